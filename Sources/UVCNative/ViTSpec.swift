@@ -1,0 +1,87 @@
+/// The shape of a plain Vision Transformer (ViT / DeiT / DeiT-distilled).
+///
+/// A `ViTSpec` is the dense architecture; an `ArchPlan` says what of it is kept.
+/// All sizes are counts (not bytes); images are `imageHeight × imageWidth` pixels
+/// cut into non-overlapping `patchSize × patchSize` patches.
+public struct ViTSpec: Hashable, Sendable {
+    public var depth: Int
+    public var embedDim: Int
+    public var numHeads: Int
+    /// Width of one head's queries and keys.
+    public var qkHeadDim: Int
+    /// Width of one head's values (equals `qkHeadDim` in timm, may differ after pruning).
+    public var vHeadDim: Int
+    public var mlpHidden: Int
+    public var patchSize: Int
+    public var imageHeight: Int
+    public var imageWidth: Int
+    public var inChannels: Int
+    /// Tokens prepended to the patches: 1 (class) for ViT/DeiT, 2 (class, distillation) for distilled DeiT.
+    public var prefixTokens: Int
+    public var numClasses: Int
+    /// Classifier heads applied to one token each: 1, or 2 for distilled DeiT.
+    public var classifierHeads: Int
+
+    /// Number of fields in the flat encoding used across the C ABI.
+    public static let encodedCount = 13
+
+    public init(
+        depth: Int, embedDim: Int, numHeads: Int, qkHeadDim: Int, vHeadDim: Int,
+        mlpHidden: Int, patchSize: Int, imageHeight: Int, imageWidth: Int,
+        inChannels: Int = 3, prefixTokens: Int = 1, numClasses: Int = 1000,
+        classifierHeads: Int = 1
+    ) throws(UVCError) {
+        self.depth = depth
+        self.embedDim = embedDim
+        self.numHeads = numHeads
+        self.qkHeadDim = qkHeadDim
+        self.vHeadDim = vHeadDim
+        self.mlpHidden = mlpHidden
+        self.patchSize = patchSize
+        self.imageHeight = imageHeight
+        self.imageWidth = imageWidth
+        self.inChannels = inChannels
+        self.prefixTokens = prefixTokens
+        self.numClasses = numClasses
+        self.classifierHeads = classifierHeads
+        try validate()
+    }
+
+    /// Decodes the flat encoding `[depth, embedDim, numHeads, qkHeadDim, vHeadDim,
+    /// mlpHidden, patchSize, imageHeight, imageWidth, inChannels, prefixTokens,
+    /// numClasses, classifierHeads]`.
+    public init(encoded e: UnsafeBufferPointer<Int64>) throws(UVCError) {
+        try require(e.count == ViTSpec.encodedCount, "spec",
+                    "expected \(ViTSpec.encodedCount) integers, got \(e.count)")
+        try self.init(
+            depth: Int(e[0]), embedDim: Int(e[1]), numHeads: Int(e[2]), qkHeadDim: Int(e[3]),
+            vHeadDim: Int(e[4]), mlpHidden: Int(e[5]), patchSize: Int(e[6]),
+            imageHeight: Int(e[7]), imageWidth: Int(e[8]), inChannels: Int(e[9]),
+            prefixTokens: Int(e[10]), numClasses: Int(e[11]), classifierHeads: Int(e[12]))
+    }
+
+    func validate() throws(UVCError) {
+        for (name, value) in [("depth", depth), ("embed_dim", embedDim), ("num_heads", numHeads),
+                              ("qk_head_dim", qkHeadDim), ("v_head_dim", vHeadDim),
+                              ("mlp_hidden", mlpHidden), ("patch_size", patchSize),
+                              ("image_height", imageHeight), ("image_width", imageWidth),
+                              ("in_channels", inChannels), ("classifier_heads", classifierHeads)] {
+            try require(value >= 1, "spec.\(name)", "must be at least 1, got \(value)")
+            // Keeps every product of the cost model far inside Int64.
+            try require(value <= 1 << 20, "spec.\(name)", "must be at most \(1 << 20), got \(value)")
+        }
+        try require(prefixTokens >= 0 && prefixTokens <= 64, "spec.prefix_tokens",
+                    "must be in 0...64, got \(prefixTokens)")
+        try require(numClasses >= 0 && numClasses <= 1 << 20, "spec.num_classes",
+                    "must be in 0...\(1 << 20), got \(numClasses)")
+        try require(imageHeight % patchSize == 0 && imageWidth % patchSize == 0, "spec.patch_size",
+                    "must divide the image size \(imageHeight)x\(imageWidth), got \(patchSize)")
+        try require(classifierHeads <= max(prefixTokens, 1), "spec.classifier_heads",
+                    "each classifier head reads one prefix token; got \(classifierHeads) heads for \(prefixTokens) prefix tokens")
+    }
+
+    /// Patches per image.
+    public var numPatches: Int { (imageHeight / patchSize) * (imageWidth / patchSize) }
+    /// Tokens entering the first block: patches plus prefix tokens.
+    public var numTokens: Int { numPatches + prefixTokens }
+}

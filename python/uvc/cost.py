@@ -1,0 +1,182 @@
+"""The cost model: exact MACs of any plan and the expected cost with its gradient.
+
+Every number is computed by the Swift core (`uvc._native`); this module shapes the
+arrays. Units: **MACs** (multiply-accumulates) throughout; FLOPs = 2 × MACs, reported
+under that name where shown.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import _native
+
+if TYPE_CHECKING:
+    from .plan import ArchPlan
+    from .spec import ViTSpec
+
+__all__ = ["Convention", "CONVENTIONS", "CostReport", "count", "expected_cost", "relaxed_cost",
+           "LAYER_COMPONENTS", "GLOBAL_COMPONENTS", "RELAXED_FIELDS", "relaxed_inputs"]
+
+LAYER_COMPONENTS = ("qkv", "attn_qk", "attn_av", "proj", "fc1", "fc2", "norm1", "norm2", "softmax", "gelu", "bias")
+GLOBAL_COMPONENTS = ("patch_embed", "final_norm", "head")
+RELAXED_FIELDS = ("heads", "v_dim", "neurons", "attn_gate", "mlp_gate", "tokens")
+
+
+@dataclasses.dataclass(frozen=True)
+class Convention:
+    """What is counted besides matrix products (attention matmuls are always counted).
+
+    ``layer_norm``: MACs per LayerNorm input element (0 = not counted; fvcore uses 5).
+    ``softmax`` / ``gelu``: one MAC per element. ``bias``: one MAC per output element of a
+    layer with a bias. ``head``: the classifier head(s).
+    """
+
+    layer_norm: float = 0.0
+    softmax: bool = False
+    gelu: bool = False
+    bias: bool = False
+    head: bool = False
+
+    @functools.cached_property
+    def encoded(self) -> np.ndarray:
+        e = np.array([self.layer_norm, self.softmax, self.gelu, self.bias, self.head], dtype=np.float64)
+        e.flags.writeable = False
+        return e
+
+
+CONVENTIONS = {
+    # The UVC paper: linear layers, attention matmuls, patch embedding.
+    "uvc": Convention(),
+    # fvcore on timm with fused attention off: adds affine LayerNorm (5/element) and the head.
+    "fvcore": Convention(layer_norm=5.0, head=True),
+    # Everything: what Torch-Pruning-style counters add on top (bias, softmax, GELU).
+    "full": Convention(layer_norm=5.0, softmax=True, gelu=True, bias=True, head=True),
+}
+
+
+def as_convention(convention: "str | Convention") -> Convention:
+    if isinstance(convention, Convention):
+        return convention
+    if isinstance(convention, str) and convention in CONVENTIONS:
+        return CONVENTIONS[convention]
+    raise ValueError(f"convention must be a Convention or one of {sorted(CONVENTIONS)}, got {convention!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CostReport:
+    """Exact MACs of one plan. ``layers``: (depth, 11) MACs per `LAYER_COMPONENTS`;
+    ``globals``: (3,) MACs per `GLOBAL_COMPONENTS`."""
+
+    spec: "ViTSpec"
+    convention: Convention
+    layers: np.ndarray
+    globals: np.ndarray
+    macs: int
+
+    @property
+    def flops(self) -> int:
+        """FLOPs, counted as 2 per MAC."""
+        return 2 * self.macs
+
+    @property
+    def layer_macs(self) -> np.ndarray:
+        """Total MACs of each block."""
+        return self.layers.sum(axis=1)
+
+    def to_dict(self) -> dict:
+        return {
+            "macs": self.macs, "flops": self.flops, "gmacs": self.macs / 1e9,
+            "convention": dataclasses.asdict(self.convention),
+            "globals": {k: float(v) for k, v in zip(GLOBAL_COMPONENTS, self.globals)},
+            "layers": [{k: float(v) for k, v in zip(LAYER_COMPONENTS, row)} for row in self.layers],
+        }
+
+
+def count(spec: "ViTSpec", plan: "ArchPlan | None" = None, convention: "str | Convention" = "uvc") -> CostReport:
+    """Exact MACs of ``plan`` (the dense model when None) under ``convention``."""
+    from .plan import ArchPlan
+    conv = as_convention(convention)
+    if plan is None:
+        plan = ArchPlan.dense(spec)
+    elif not isinstance(plan, ArchPlan):
+        raise TypeError(f"count: plan must be an ArchPlan, got {type(plan).__name__}")
+    elif plan.spec != spec:
+        raise ValueError("count: plan was built for a different spec")
+    return _count_counts(spec, plan.counts, conv)
+
+
+def _count_counts(spec: "ViTSpec", counts: np.ndarray, conv: Convention) -> CostReport:
+    layers = np.empty((spec.depth, len(LAYER_COMPONENTS)), dtype=np.float64)
+    glob = np.empty(len(GLOBAL_COMPONENTS), dtype=np.float64)
+    total = _native.cost_exact(spec.encoded, conv.encoded, counts, layers, glob)
+    return CostReport(spec, conv, layers, glob, int(round(total)))
+
+
+def check_spec(spec: "ViTSpec") -> None:
+    """Raises ValueError unless the core accepts ``spec`` (used by `ViTSpec` itself)."""
+    counts = np.tile(np.array([spec.num_heads, spec.v_head_dim, spec.mlp_hidden, 1, 1, spec.num_tokens],
+                              dtype=np.int64), (max(spec.depth, 0), 1))
+    try:
+        _count_counts(spec, counts, CONVENTIONS["uvc"])
+    except ValueError as e:
+        raise ValueError(f"ViTSpec: {str(e).split(': ', 1)[-1]}") from None
+
+
+def check_plan(plan: "ArchPlan") -> None:
+    """Raises ValueError unless the core accepts the plan's counts."""
+    try:
+        _count_counts(plan.spec, plan.counts, CONVENTIONS["uvc"])
+    except ValueError as e:
+        raise ValueError(f"ArchPlan: {str(e).split(': ', 1)[-1]}") from None
+
+
+def expected_cost(spec: "ViTSpec", x: np.ndarray, out: np.ndarray | None = None,
+                  convention: "str | Convention" = "uvc") -> float:
+    """Expected MACs of the relaxed architecture ``x`` and its gradient.
+
+    ``x``: float64 array of shape (6, depth), rows `RELAXED_FIELDS` (expected kept heads,
+    value dims per head, MLP neurons; probabilities that the MHSA and MLP parts run;
+    expected tokens entering each block). ``out``: optional float64 (6, depth) array that
+    receives d(MACs)/dx; a new array is allocated when None (then only the cost is returned,
+    use `relaxed_cost` to get both). Returns the expected MACs.
+
+    This is the hot path of the solver: no checks happen in Python, the core checks
+    dtype, shape, contiguity and ranges.
+    """
+    if out is None:
+        out = np.empty_like(x, dtype=np.float64) if isinstance(x, np.ndarray) else np.empty(0)
+    conv = convention if isinstance(convention, Convention) else as_convention(convention)
+    return _native.cost_expected(spec.encoded, conv.encoded, x, out)
+
+
+def relaxed_inputs(spec: "ViTSpec", *, heads=None, v_dim=None, neurons=None, attn_gate=None,
+                   mlp_gate=None, tokens=None) -> np.ndarray:
+    """Builds the (6, depth) input of `expected_cost`; fields left out are dense
+    (everything kept, gates 1). Each given field is a scalar or a length-depth sequence."""
+    x = np.empty((len(RELAXED_FIELDS), spec.depth), dtype=np.float64)
+    dense = (spec.num_heads, spec.v_head_dim, spec.mlp_hidden, 1.0, 1.0, spec.num_tokens)
+    given = (heads, v_dim, neurons, attn_gate, mlp_gate, tokens)
+    for row, (name, value, default) in enumerate(zip(RELAXED_FIELDS, given, dense)):
+        if value is None:
+            x[row] = default
+            continue
+        v = np.asarray(value, dtype=np.float64)
+        if v.ndim > 1 or (v.ndim == 1 and v.shape[0] != spec.depth):
+            raise ValueError(f"relaxed_inputs: {name} must be a scalar or have length {spec.depth}, got shape {v.shape}")
+        x[row] = v
+    return x
+
+
+def relaxed_cost(spec: "ViTSpec", convention: "str | Convention" = "uvc", **fields) -> tuple[float, dict]:
+    """Expected MACs and its gradient by field name; see `relaxed_inputs` for the fields.
+
+    Returns ``(macs, {field: d(macs)/d(field) array of length depth})``.
+    """
+    x = relaxed_inputs(spec, **fields)
+    grad = np.empty_like(x)
+    macs = expected_cost(spec, x, grad, convention)
+    return macs, {name: grad[i] for i, name in enumerate(RELAXED_FIELDS)}

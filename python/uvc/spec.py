@@ -1,0 +1,137 @@
+"""`ViTSpec`: the shape of a dense Vision Transformer, by name, by numbers, or from a timm model."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ViTSpec", "spec_names"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTSpec:
+    """A plain ViT / DeiT architecture.
+
+    Sizes are counts. ``qk_head_dim`` and ``v_head_dim`` are the widths of one head's
+    queries/keys and values; in timm both equal ``embed_dim // num_heads`` unless the model
+    was built with ``attn_dim`` or ``head_dim``.
+    """
+
+    depth: int
+    embed_dim: int
+    num_heads: int
+    mlp_hidden: int
+    patch_size: int
+    image_size: tuple[int, int]
+    in_channels: int = 3
+    prefix_tokens: int = 1
+    num_classes: int = 1000
+    classifier_heads: int = 1
+    qk_head_dim: int | None = None
+    v_head_dim: int | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        size = self.image_size
+        if isinstance(size, (int, np.integer)):
+            size = (int(size), int(size))
+        object.__setattr__(self, "image_size", tuple(int(s) for s in size))
+        for field in ("depth", "embed_dim", "num_heads", "mlp_hidden", "patch_size", "in_channels",
+                      "prefix_tokens", "num_classes", "classifier_heads"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"ViTSpec: {field} must be an int, got {type(value).__name__}")
+            object.__setattr__(self, field, int(value))
+        for field in ("qk_head_dim", "v_head_dim"):
+            if getattr(self, field) is None:
+                if self.embed_dim % self.num_heads:
+                    raise ValueError(f"ViTSpec: {field} must be given when embed_dim {self.embed_dim} "
+                                     f"is not a multiple of num_heads {self.num_heads}")
+                object.__setattr__(self, field, self.embed_dim // self.num_heads)
+        # Every range check lives in the core; building the encoding runs them now.
+        from . import cost
+        cost.check_spec(self)
+
+    @functools.cached_property
+    def encoded(self) -> np.ndarray:
+        """The int64 array the Swift core reads (read-only)."""
+        e = np.array([self.depth, self.embed_dim, self.num_heads, self.qk_head_dim, self.v_head_dim,
+                      self.mlp_hidden, self.patch_size, self.image_size[0], self.image_size[1],
+                      self.in_channels, self.prefix_tokens, self.num_classes, self.classifier_heads],
+                     dtype=np.int64)
+        e.flags.writeable = False
+        return e
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size[0] // self.patch_size) * (self.image_size[1] // self.patch_size)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens entering the first block (patches plus prefix tokens)."""
+        return self.num_patches + self.prefix_tokens
+
+    def replace(self, **changes: Any) -> "ViTSpec":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["image_size"] = list(self.image_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ViTSpec":
+        if not isinstance(d, dict):
+            raise TypeError(f"ViTSpec.from_dict: expected a dict, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"ViTSpec.from_dict: unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> "ViTSpec":
+        """A spec for a timm model name (see `spec_names()`), e.g. ``deit_small_patch16_224``.
+
+        Keyword overrides replace fields, e.g. ``num_classes=10``.
+        """
+        if name not in _PRESETS:
+            raise ValueError(f"ViTSpec.from_name: unknown model {name!r}; known: {', '.join(spec_names())}")
+        fields = dict(_PRESETS[name], name=name)
+        fields.update(overrides)
+        return cls(**fields)
+
+    @classmethod
+    def from_timm(cls, model: Any) -> "ViTSpec":
+        """Reads the architecture of a timm ``VisionTransformer`` (or distilled) instance."""
+        from .torch.introspect import spec_from_model
+        return spec_from_model(model)
+
+
+def _vit(depth, dim, heads, patch=16, size=224, prefix=1, heads_out=1):
+    return dict(depth=depth, embed_dim=dim, num_heads=heads, mlp_hidden=4 * dim, patch_size=patch,
+                image_size=(size, size), prefix_tokens=prefix, classifier_heads=heads_out)
+
+
+_PRESETS: dict[str, dict] = {
+    "deit_tiny_patch16_224": _vit(12, 192, 3),
+    "deit_small_patch16_224": _vit(12, 384, 6),
+    "deit_base_patch16_224": _vit(12, 768, 12),
+    "deit_base_patch16_384": _vit(12, 768, 12, size=384),
+    "deit_tiny_distilled_patch16_224": _vit(12, 192, 3, prefix=2, heads_out=2),
+    "deit_small_distilled_patch16_224": _vit(12, 384, 6, prefix=2, heads_out=2),
+    "deit_base_distilled_patch16_224": _vit(12, 768, 12, prefix=2, heads_out=2),
+    "vit_tiny_patch16_224": _vit(12, 192, 3),
+    "vit_small_patch16_224": _vit(12, 384, 6),
+    "vit_base_patch16_224": _vit(12, 768, 12),
+    "vit_base_patch32_224": _vit(12, 768, 12, patch=32),
+    "vit_large_patch16_224": _vit(24, 1024, 16),
+    "vit_large_patch32_224": _vit(24, 1024, 16, patch=32),
+}
+
+
+def spec_names() -> list[str]:
+    """Model names `ViTSpec.from_name` knows."""
+    return sorted(_PRESETS)
