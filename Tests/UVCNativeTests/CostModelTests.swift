@@ -1,0 +1,202 @@
+import XCTest
+@testable import UVCNative
+
+/// A small deterministic generator for test inputs (the core's own PRNG is tested elsewhere).
+struct TestRNG {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func int(_ range: ClosedRange<Int>) -> Int {
+        range.lowerBound + Int(next() % UInt64(range.count))
+    }
+    mutating func unit() -> Double { Double(next() >> 11) / Double(1 << 53) }
+}
+
+func deit(_ dim: Int, _ heads: Int, distilled: Bool = false) throws -> ViTSpec {
+    try ViTSpec(depth: 12, embedDim: dim, numHeads: heads, qkHeadDim: dim / heads, vHeadDim: dim / heads,
+                mlpHidden: 4 * dim, patchSize: 16, imageHeight: 224, imageWidth: 224,
+                prefixTokens: distilled ? 2 : 1, classifierHeads: distilled ? 2 : 1)
+}
+
+func randomSpec(_ rng: inout TestRNG) throws -> ViTSpec {
+    let heads = rng.int(1...6)
+    let patch = [2, 4, 7].randomElement(using: &rng)!
+    return try ViTSpec(depth: rng.int(1...5), embedDim: rng.int(4...48), numHeads: heads,
+                       qkHeadDim: rng.int(1...12), vHeadDim: rng.int(1...12), mlpHidden: rng.int(1...96),
+                       patchSize: patch, imageHeight: 28, imageWidth: 28, inChannels: rng.int(1...3),
+                       prefixTokens: rng.int(0...2) == 2 ? 2 : 1, numClasses: rng.int(2...20),
+                       classifierHeads: 1)
+}
+
+func randomPlan(_ spec: ViTSpec, _ rng: inout TestRNG) -> ArchPlan {
+    var tokens = spec.numTokens
+    var layers: [LayerPlan] = []
+    for _ in 0..<spec.depth {
+        if rng.int(0...2) == 0 { tokens = rng.int((spec.prefixTokens + 1)...tokens) }
+        layers.append(LayerPlan(heads: rng.int(1...spec.numHeads), vDim: rng.int(1...spec.vHeadDim),
+                                neurons: rng.int(1...spec.mlpHidden), attention: rng.int(0...4) != 0,
+                                mlp: rng.int(0...4) != 0, tokens: tokens))
+    }
+    return ArchPlan(layers: layers)
+}
+
+extension TestRNG: RandomNumberGenerator {}
+
+func relaxedInputs(_ plan: ArchPlan) -> [Double] {
+    let depth = plan.layers.count
+    var x = [Double](repeating: 0, count: RelaxedField.allCases.count * depth)
+    for (l, p) in plan.layers.enumerated() {
+        let row = [Double(p.heads), Double(p.vDim), Double(p.neurons),
+                   p.attention ? 1 : 0, p.mlp ? 1 : 0, Double(p.tokens)]
+        for (k, v) in row.enumerated() { x[k * depth + l] = v }
+    }
+    return x
+}
+
+func expected(_ model: CostModel, _ x: [Double]) -> (Double, [Double]) {
+    var grad = [Double](repeating: 0, count: x.count)
+    let cost = x.withUnsafeBufferPointer { xb in
+        grad.withUnsafeMutableBufferPointer { gb in model.expected(xb, gradient: gb) }
+    }
+    return (cost, grad)
+}
+
+final class CostModelTests: XCTestCase {
+    /// REFERENCE.md §8: dense DeiT at 224, batch 1, in GMACs.
+    func testDenseDeiTMatchesPublishedCounters() throws {
+        let cases: [(Int, Int, Double, Double)] = [
+            (192, 3, 1.2535, 1.2584), (384, 6, 4.5985, 4.6083), (768, 12, 17.563, 17.5827)]
+        for (dim, heads, uvcG, fvcoreG) in cases {
+            let spec = try deit(dim, heads)
+            let dense = ArchPlan.dense(spec)
+            let uvc = CostModel(spec: spec, convention: .uvc).exactTotal(dense) / 1e9
+            let fvcore = CostModel(spec: spec, convention: .fvcore).exactTotal(dense) / 1e9
+            XCTAssertEqual(uvc, uvcG, accuracy: uvcG * 5e-5, "DeiT \(dim) uvc")
+            XCTAssertEqual(fvcore, fvcoreG, accuracy: fvcoreG * 5e-5, "DeiT \(dim) fvcore")
+        }
+    }
+
+    /// The analytic UVC formula of REFERENCE.md §3, written out independently.
+    func testUVCConventionEqualsAnalyticFormula() throws {
+        for (dim, heads) in [(192, 3), (384, 6), (768, 12)] {
+            let spec = try deit(dim, heads)
+            let n = 197.0, d = Double(dim)
+            let block = 3 * n * d * d + 2 * n * n * d + n * d * d + 8 * n * d * d
+            let analytic = 12 * block + 196 * d * 16 * 16 * 3
+            XCTAssertEqual(CostModel(spec: spec, convention: .uvc).exactTotal(.dense(spec)), analytic)
+        }
+    }
+
+    func testDistilledAddsOneTokenAndASecondHead() throws {
+        let plain = try deit(192, 3), distilled = try deit(192, 3, distilled: true)
+        XCTAssertEqual(distilled.numTokens, 198)
+        let model = CostModel(spec: distilled, convention: .fvcore)
+        var layers = [Double](repeating: 0, count: 12 * CostModel.Component.allCases.count)
+        var globals = [Double](repeating: 0, count: 3)
+        layers.withUnsafeMutableBufferPointer { lb in
+            globals.withUnsafeMutableBufferPointer { gb in _ = model.exact(.dense(distilled), layers: lb, globals: gb) }
+        }
+        XCTAssertEqual(globals[CostModel.GlobalComponent.head.rawValue], 2 * 192 * 1000)
+        XCTAssertGreaterThan(model.exactTotal(.dense(distilled)),
+                             CostModel(spec: plain, convention: .fvcore).exactTotal(.dense(plain)))
+    }
+
+    func testSkippedPartsCostNothing() throws {
+        let spec = try deit(192, 3)
+        let model = CostModel(spec: spec, convention: CostConvention(layerNormPerElement: 5, softmax: true,
+                                                                      gelu: true, bias: true, head: true))
+        var plan = ArchPlan.dense(spec)
+        let dense = model.exactTotal(plan)
+        for l in 0..<12 { plan.layers[l].attention = false; plan.layers[l].mlp = false }
+        let embedOnly = model.patchEmbedMACs + model.headMACs + model.finalNormMACs(tokens: 197)
+        XCTAssertEqual(model.exactTotal(plan), embedOnly)
+        XCTAssertLessThan(embedOnly, dense)
+    }
+
+    /// At integer counts and 0/1 gates, the relaxed cost is the exact count.
+    func testRelaxedAtIntegersEqualsExact() throws {
+        var rng = TestRNG(state: 7)
+        for _ in 0..<200 {
+            let spec = try randomSpec(&rng)
+            let plan = randomPlan(spec, &rng)
+            try plan.validate(for: spec)
+            for convention in [CostConvention.uvc, .fvcore, CostConvention(layerNormPerElement: 2.5, softmax: true, gelu: true, bias: true, head: true)] {
+                let model = CostModel(spec: spec, convention: convention)
+                XCTAssertEqual(expected(model, relaxedInputs(plan)).0, model.exactTotal(plan))
+            }
+        }
+    }
+
+    /// The gradient matches central finite differences to 1e-6 relative.
+    func testGradientMatchesFiniteDifferences() throws {
+        var rng = TestRNG(state: 11)
+        let conventions = [CostConvention.uvc, .fvcore,
+                           CostConvention(layerNormPerElement: 5, softmax: true, gelu: true, bias: true, head: true)]
+        for trial in 0..<60 {
+            let spec = trial == 0 ? try deit(768, 12) : try randomSpec(&rng)
+            let model = CostModel(spec: spec, convention: conventions[trial % 3])
+            var x = [Double](repeating: 0, count: RelaxedField.allCases.count * spec.depth)
+            for field in RelaxedField.allCases {
+                for l in 0..<spec.depth {
+                    x[field.rawValue * spec.depth + l] = (0.05 + 0.9 * rng.unit()) * field.upperBound(spec)
+                }
+            }
+            let (_, grad) = expected(model, x)
+            for i in x.indices {
+                let h = 1e-3 * max(1, abs(x[i]))
+                var up = x, down = x
+                up[i] += h
+                down[i] -= h
+                let numeric = (expected(model, up).0 - expected(model, down).0) / (2 * h)
+                let scale = max(abs(numeric), abs(grad[i]), 1)
+                XCTAssertLessThanOrEqual(abs(numeric - grad[i]) / scale, 1e-6, "trial \(trial) input \(i)")
+            }
+        }
+    }
+
+    func testInvalidSpecsAndPlansThrow() throws {
+        XCTAssertThrowsError(try ViTSpec(depth: 0, embedDim: 8, numHeads: 2, qkHeadDim: 4, vHeadDim: 4, mlpHidden: 8,
+                                         patchSize: 4, imageHeight: 8, imageWidth: 8)) { error in
+            XCTAssertEqual((error as? UVCError)?.argument, "spec.depth")
+        }
+        XCTAssertThrowsError(try ViTSpec(depth: 1, embedDim: 8, numHeads: 2, qkHeadDim: 4, vHeadDim: 4, mlpHidden: 8,
+                                         patchSize: 3, imageHeight: 8, imageWidth: 8))
+        let spec = try deit(192, 3)
+        var plan = ArchPlan.dense(spec)
+        plan.layers[2].heads = 4
+        XCTAssertThrowsError(try plan.validate(for: spec)) { error in
+            XCTAssertTrue((error as? UVCError)?.message.contains("layer 2 keeps 4 heads") ?? false)
+        }
+        plan = .dense(spec)
+        plan.layers[5].tokens = 198
+        XCTAssertThrowsError(try plan.validate(for: spec))
+        plan = .dense(spec)
+        plan.layers[5].tokens = 100
+        XCTAssertThrowsError(try plan.validate(for: spec), "tokens may not grow again after layer 5") { _ in }
+        plan.layers[6...].indices.forEach { plan.layers[$0].tokens = 100 }
+        XCTAssertNoThrow(try plan.validate(for: spec))
+        plan.layers[0].neurons = 0
+        XCTAssertThrowsError(try plan.validate(for: spec))
+        plan.layers[0].mlp = false
+        XCTAssertNoThrow(try plan.validate(for: spec))
+    }
+
+    func testRelaxedValidationRejectsNaNAndOutOfRange() throws {
+        let spec = try deit(192, 3)
+        let model = CostModel(spec: spec, convention: .uvc)
+        var x = relaxedInputs(.dense(spec))
+        XCTAssertNoThrow(try x.withUnsafeBufferPointer { try model.validateRelaxed($0) })
+        for (index, bad) in [(0, Double.nan), (12, -1), (40, 2), (60, 198), (5, .infinity)] {
+            var y = x
+            y[index] = bad
+            XCTAssertThrowsError(try y.withUnsafeBufferPointer { try model.validateRelaxed($0) })
+        }
+        x.removeLast()
+        XCTAssertThrowsError(try x.withUnsafeBufferPointer { try model.validateRelaxed($0) })
+    }
+}

@@ -1,0 +1,170 @@
+"""The cost model through the numpy API: reference numbers, consistency, gradients, errors."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import uvc
+from uvc.cost import RELAXED_FIELDS, expected_cost, relaxed_inputs
+
+# REFERENCE.md §8 (GMACs, 224x224, batch 1).
+DENSE = {
+    "deit_tiny_patch16_224": (1.2535, 1.2584),
+    "deit_small_patch16_224": (4.5985, 4.6083),
+    "deit_base_patch16_224": (17.563, 17.5827),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DENSE))
+def test_dense_deit_matches_reference(name):
+    spec = uvc.ViTSpec.from_name(name)
+    uvc_g, fvcore_g = DENSE[name]
+    # The table gives 5 significant digits; agreement to 1e-4 relative is better than 4.
+    assert uvc.count(spec, convention="uvc").macs / 1e9 == pytest.approx(uvc_g, rel=1e-4)
+    assert uvc.count(spec, convention="fvcore").macs / 1e9 == pytest.approx(fvcore_g, rel=1e-4)
+
+
+def test_flops_are_twice_macs_and_breakdown_sums():
+    spec = uvc.ViTSpec.from_name("deit_small_patch16_224")
+    r = uvc.count(spec, convention="full")
+    assert r.flops == 2 * r.macs
+    assert r.layers.sum() + r.globals.sum() == pytest.approx(r.macs, rel=0, abs=0.5)
+    assert r.layers.shape == (12, len(uvc.cost.LAYER_COMPONENTS))
+
+
+def test_distilled_spec():
+    spec = uvc.ViTSpec.from_name("deit_tiny_distilled_patch16_224")
+    assert spec.num_tokens == 198 and spec.classifier_heads == 2
+    r = uvc.count(spec, convention="fvcore")
+    assert r.globals[2] == 2 * 192 * 1000
+
+
+def exact_as_relaxed(plan):
+    c = plan.counts.astype(np.float64)
+    return np.ascontiguousarray(c.T)  # rows: heads, v_dim, neurons, attn, mlp, tokens
+
+
+def random_spec(rng):
+    heads = int(rng.integers(1, 7))
+    return uvc.ViTSpec(depth=int(rng.integers(1, 6)), embed_dim=int(rng.integers(4, 64)), num_heads=heads,
+                       qk_head_dim=int(rng.integers(1, 17)), v_head_dim=int(rng.integers(1, 17)),
+                       mlp_hidden=int(rng.integers(1, 129)), patch_size=int(rng.choice([2, 4, 7])),
+                       image_size=28, in_channels=int(rng.integers(1, 4)),
+                       prefix_tokens=int(rng.integers(1, 3)), num_classes=int(rng.integers(2, 20)))
+
+
+def test_relaxed_at_integers_equals_exact(rng):
+    for _ in range(100):
+        spec = random_spec(rng)
+        plan = uvc.random_plan(spec, rng)
+        for conv in ("uvc", "fvcore", "full"):
+            exact = uvc.count(spec, plan, conv).macs
+            assert expected_cost(spec, exact_as_relaxed(plan), convention=conv) == pytest.approx(exact, rel=1e-12)
+
+
+def test_gradient_matches_central_differences(rng):
+    for trial in range(20):
+        spec = uvc.ViTSpec.from_name("deit_base_patch16_224") if trial == 0 else random_spec(rng)
+        upper = np.array([spec.num_heads, spec.v_head_dim, spec.mlp_hidden, 1, 1, spec.num_tokens], float)
+        x = np.ascontiguousarray((0.05 + 0.9 * rng.random((6, spec.depth))) * upper[:, None])
+        grad = np.empty_like(x)
+        expected_cost(spec, x, grad, "full")
+        for idx in np.ndindex(*x.shape):
+            h = 1e-3 * max(1.0, abs(x[idx]))
+            up, down = x.copy(), x.copy()
+            up[idx] += h
+            down[idx] -= h
+            numeric = (expected_cost(spec, up, convention="full") - expected_cost(spec, down, convention="full")) / (2 * h)
+            assert abs(numeric - grad[idx]) <= 1e-6 * max(abs(numeric), abs(grad[idx]), 1.0)
+
+
+def test_relaxed_cost_by_name():
+    spec = uvc.ViTSpec.from_name("deit_tiny_patch16_224")
+    macs, grads = uvc.relaxed_cost(spec, heads=1.5, mlp_gate=np.linspace(0, 1, 12))
+    assert set(grads) == set(RELAXED_FIELDS)
+    assert macs < uvc.count(spec).macs
+    # The MLP gate's gradient is the cost of one running MLP part, the same in every layer.
+    mlp = 2 * 197 * 192 * 768
+    np.testing.assert_allclose(grads["mlp_gate"], mlp)
+
+
+def test_expected_cost_errors():
+    spec = uvc.ViTSpec.from_name("deit_tiny_patch16_224")
+    x = relaxed_inputs(spec)
+    out = np.empty_like(x)
+    with pytest.raises(TypeError, match="'x' must have dtype float64"):
+        expected_cost(spec, x.astype(np.float32), out)
+    with pytest.raises(TypeError, match="'x' must be a numpy array"):
+        expected_cost(spec, [[1.0]], out)
+    with pytest.raises(ValueError, match=r"x: expected shape \(6, 12\), got \(12, 6\)"):
+        expected_cost(spec, np.ascontiguousarray(x.T), np.empty((12, 6)))
+    with pytest.raises(ValueError, match="'x' must be C-contiguous"):
+        expected_cost(spec, np.tile(x, (1, 2))[:, ::2], out)
+    with pytest.raises(ValueError, match="'out' must be writable"):
+        ro = np.empty_like(x)
+        ro.flags.writeable = False
+        expected_cost(spec, x, ro)
+    with pytest.raises(ValueError, match="shares memory"):
+        expected_cost(spec, x, x)
+    for row, bad in ((0, np.nan), (1, -1.0), (3, 1.5), (5, 1e9), (2, np.inf)):
+        y = x.copy()
+        y[row, 4] = bad
+        with pytest.raises(ValueError, match=rf"{RELAXED_FIELDS[row]}\[4\]"):
+            expected_cost(spec, y, out)
+    with pytest.raises(ValueError, match="convention"):
+        expected_cost(spec, x, out, convention="flops")
+
+
+def test_spec_errors():
+    with pytest.raises(ValueError, match="spec.depth"):
+        uvc.ViTSpec(depth=0, embed_dim=64, num_heads=4, mlp_hidden=256, patch_size=4, image_size=28)
+    with pytest.raises(ValueError, match="patch_size"):
+        uvc.ViTSpec(depth=2, embed_dim=64, num_heads=4, mlp_hidden=256, patch_size=5, image_size=28)
+    with pytest.raises(ValueError, match="qk_head_dim must be given"):
+        uvc.ViTSpec(depth=2, embed_dim=65, num_heads=4, mlp_hidden=256, patch_size=4, image_size=28)
+    with pytest.raises(TypeError, match="depth must be an int"):
+        uvc.ViTSpec(depth=2.0, embed_dim=64, num_heads=4, mlp_hidden=256, patch_size=4, image_size=28)
+    with pytest.raises(ValueError, match="unknown model"):
+        uvc.ViTSpec.from_name("resnet50")
+
+
+def test_plan_errors_and_roundtrip(tmp_path, rng):
+    spec = uvc.ViTSpec.from_name("deit_tiny_patch16_224")
+    dense = uvc.ArchPlan.dense(spec)
+    layer = dense.layers[0]
+    bad = uvc.LayerPlan(heads=(0, 1, 2, 3), v_index=((0,),) * 4, neurons=layer.neurons, tokens=197)
+    with pytest.raises(ValueError, match="heads: indices must lie in 0..2"):
+        uvc.ArchPlan(spec, (bad,) + dense.layers[1:])
+    bad = uvc.LayerPlan(heads=(0, 1), v_index=((0,), (0, 1)), neurons=layer.neurons, tokens=197)
+    with pytest.raises(ValueError, match="same number"):
+        uvc.ArchPlan(spec, (bad,) + dense.layers[1:])
+    bad = uvc.LayerPlan(heads=(), v_index=(), neurons=layer.neurons, tokens=197, attn=True)
+    with pytest.raises(ValueError, match="at least one"):
+        uvc.ArchPlan(spec, (bad,) + dense.layers[1:])
+    with pytest.raises(ValueError, match="depth 12"):
+        uvc.ArchPlan(spec, dense.layers[1:])
+    plan = uvc.random_plan(spec, rng)
+    plan.save(tmp_path / "plan.json")
+    again = uvc.ArchPlan.load(tmp_path / "plan.json")
+    assert again == plan
+    assert uvc.count(spec, again).macs == uvc.count(spec, plan).macs
+
+
+def test_cli_flops(tmp_path, rng):
+    spec = uvc.ViTSpec.from_name("deit_small_patch16_224")
+    plan = uvc.random_plan(spec, rng)
+    plan.save(tmp_path / "p.json")
+    out = subprocess.run([sys.executable, "-m", "uvc", "flops", "deit_small_patch16_224", "--plan",
+                          str(tmp_path / "p.json"), "--convention", "fvcore", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    d = json.loads(out)
+    assert d["macs"] == uvc.count(spec, plan, "fvcore").macs
+    assert d["flops"] == 2 * d["macs"]
+    assert d["dense_macs"] == uvc.count(spec, None, "fvcore").macs
+    table = subprocess.run([sys.executable, "-m", "uvc", "flops", "deit_tiny_patch16_224"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "1.2535 GMACs = 2.5070 GFLOPs" in table
+    bad = subprocess.run([sys.executable, "-m", "uvc", "flops", "not_a_model"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "neither a known model" in bad.stderr
