@@ -1,0 +1,127 @@
+"""Saving, loading and ONNX export of a `SlimViT`, without pickling modules.
+
+A saved model is a folder with ``arch.json`` (format tag, `ViTSpec`, `ArchPlan`, the
+SlimViT keyword configuration, free-form ``meta``) and ``model.safetensors`` (the state
+dict). `load` rebuilds the model from these two files with torch and safetensors only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..plan import ArchPlan
+from ..spec import ViTSpec
+from .slim import SlimViT
+
+__all__ = ["FORMAT", "save", "load", "export_onnx"]
+
+FORMAT = "uvc.slim/1"
+ARCH_FILE = "arch.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def _check_model(model: Any, who: str) -> SlimViT:
+    if not isinstance(model, SlimViT):
+        raise TypeError(f"{who}: model must be a uvc.torch.SlimViT (build one with SlimViT.from_timm), "
+                        f"got {type(model).__name__}")
+    return model
+
+
+def save(model: SlimViT, path: str | os.PathLike, *, meta: dict | None = None) -> Path:
+    """Writes ``model`` to the folder ``path`` (created if needed) and returns it.
+
+    ``meta``: JSON-serialisable metadata (e.g. input mean/std, class names); defaults to
+    ``model.meta``. Each file is written atomically.
+    """
+    from safetensors.torch import save_file
+    _check_model(model, "save")
+    meta = dict(model.meta) if meta is None else meta
+    if not isinstance(meta, dict):
+        raise TypeError(f"save: meta must be a dict, got {type(meta).__name__}")
+    arch = {"format": FORMAT, "spec": model.spec.to_dict(), "plan": model.plan.to_dict(),
+            "config": model.config, "meta": meta}
+    try:
+        text = json.dumps(arch, indent=1)
+    except TypeError as e:
+        raise TypeError(f"save: meta is not JSON-serialisable ({e})") from None
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, folder / (WEIGHTS_FILE + ".tmp"), metadata={"format": FORMAT})
+    os.replace(folder / (WEIGHTS_FILE + ".tmp"), folder / WEIGHTS_FILE)
+    (folder / (ARCH_FILE + ".tmp")).write_text(text)
+    os.replace(folder / (ARCH_FILE + ".tmp"), folder / ARCH_FILE)
+    return folder
+
+
+def load(path: str | os.PathLike, device: str | torch.device | None = None) -> SlimViT:
+    """Rebuilds a model written by `save`, in eval mode, on ``device`` (CPU when None), in the
+    dtype it was saved in. Raises FileNotFoundError / ValueError naming the bad file."""
+    from safetensors import safe_open
+    folder = Path(path)
+    arch_path, weights_path = folder / ARCH_FILE, folder / WEIGHTS_FILE
+    for p in (arch_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"load: {p} not found (expected a folder written by uvc.torch.save)")
+    try:
+        arch = json.loads(arch_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"load: {arch_path} is not valid JSON ({e})") from None
+    if not isinstance(arch, dict) or arch.get("format") != FORMAT:
+        raise ValueError(f"load: {arch_path} is not a {FORMAT!r} architecture file")
+    try:
+        spec = ViTSpec.from_dict(arch["spec"])
+        plan = ArchPlan.from_dict(arch["plan"], spec=spec)
+        config, meta = dict(arch["config"]), arch.get("meta", {})
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"load: {arch_path} is malformed: {e}") from None
+    device = torch.device("cpu" if device is None else device)
+    try:
+        with safe_open(weights_path, framework="pt", device="cpu") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(f"load: {weights_path} is not a readable safetensors file ({e})") from None
+    dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
+    try:
+        model = SlimViT(spec, plan, **config, device=device, dtype=dtype)
+    except TypeError as e:
+        raise ValueError(f"load: {arch_path} has an unknown config: {e}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"load: {weights_path} does not match {arch_path}: {e}") from None
+    model.meta = meta
+    return model.eval()
+
+
+def export_onnx(model: SlimViT, path: str | os.PathLike, batch_size: int = 1, opset: int = 17) -> Path:
+    """Writes ``model`` (eval mode, explicit attention) as ONNX to ``path`` with input ``images``
+    (batch, C, H, W) and output ``logits``; the batch axis is dynamic, ``batch_size`` is the
+    example used for tracing. Train mode and fused attention are restored after."""
+    from .counter import unfused_attention
+    _check_model(model, "export_onnx")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"export_onnx: batch_size must be a positive int, got {batch_size!r}")
+    spec = model.spec
+    ref = model.cls_token
+    example = torch.zeros(batch_size, spec.in_channels, *spec.image_size, device=ref.device, dtype=ref.dtype)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    try:
+        # The TorchScript exporter needs no onnxscript (the torch.export-based one does), and
+        # explicit attention exports at any opset. Its deprecation notice is not the caller's to act on.
+        with unfused_attention(model), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    finally:
+        model.train(was_training)
+    return path

@@ -1,0 +1,179 @@
+"""Wall-clock latency of a forward pass, for one model or several measured side by side.
+
+    measure_latency(model, (3, 224, 224), batch_sizes=(1, 64))
+    -> {1: {"median_ms": 4.1, "p10_ms": 4.0, "p90_ms": 4.4, "images_per_s": 243.9}, 64: {...}}
+
+Times are per forward pass of one batch, in ms, under ``torch.inference_mode`` with the
+model in eval mode; on CUDA the device is synchronised before and after every pass.
+"""
+from __future__ import annotations
+
+import numbers
+import time
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["measure_latency", "compare_latency"]
+
+
+def _check_int(value, name: str, fn: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{fn}: {name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_shape(input_shape, fn: str) -> tuple[int, int, int]:
+    if not isinstance(input_shape, (tuple, list)):
+        raise TypeError(f"{fn}: input_shape must be a tuple (C, H, W), got {type(input_shape).__name__}")
+    if len(input_shape) != 3:
+        raise ValueError(f"{fn}: input_shape must have 3 entries (C, H, W) without the batch, got {tuple(input_shape)}")
+    return tuple(_check_int(v, f"input_shape[{i}]", fn, 1) for i, v in enumerate(input_shape))
+
+
+def _check_batch_sizes(batch_sizes, fn: str) -> tuple[int, ...]:
+    if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Sequence):
+        raise TypeError(f"{fn}: batch_sizes must be a sequence of ints, got {type(batch_sizes).__name__}")
+    if not batch_sizes:
+        raise ValueError(f"{fn}: batch_sizes is empty")
+    sizes = tuple(_check_int(b, f"batch_sizes[{i}]", fn, 1) for i, b in enumerate(batch_sizes))
+    if len(set(sizes)) != len(sizes):
+        raise ValueError(f"{fn}: batch_sizes has duplicates: {list(sizes)}")
+    return sizes
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return None
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    return torch.get_default_dtype()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _measure(models: Mapping[str, nn.Module], input_shape, batch_sizes, warmup, repeats, threads, device,
+             fn: str) -> dict[str, dict[int, dict]]:
+    shape = _check_shape(input_shape, fn)
+    sizes = _check_batch_sizes(batch_sizes, fn)
+    warmup = _check_int(warmup, "warmup", fn, 0)
+    repeats = _check_int(repeats, "repeats", fn, 1)
+    if threads is not None:
+        threads = _check_int(threads, "threads", fn, 1)
+    if device is not None and not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{fn}: device must be a str, torch.device or None, got {type(device).__name__}")
+    names = list(models)
+    devices = {name: _model_device(models[name]) for name in names}
+    if device is None:
+        found = {d for d in devices.values() if d is not None}
+        if len(found) > 1:
+            raise ValueError(f"{fn}: the models live on different devices {sorted(map(str, found))}")
+        device = found.pop() if found else torch.device("cpu")
+    else:
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    for name, d in devices.items():
+        # The model is never moved: moving it would change the caller's object.
+        if d is not None and d != device:
+            raise ValueError(f"{fn}: device is {device} but model {name!r} lives on {d}; move the model first")
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    times = {name: {b: np.empty(repeats) for b in sizes} for name in names}
+    # Every submodule's own flag, so a partly frozen model comes back exactly as it was.
+    flags = {name: [(m, m.training) for m in models[name].modules()] for name in names}
+    old_threads = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        for name in names:
+            models[name].eval()
+        with torch.inference_mode():
+            for b in sizes:
+                base = torch.randn((b, *shape), generator=gen, device=device)
+                inputs = {name: base.to(_model_dtype(models[name])) for name in names}
+                for _ in range(warmup):
+                    for name in names:
+                        models[name](inputs[name])
+                for r in range(repeats):
+                    # Interleaved (A, B, A, B, ...) so drifts in machine load hit every model alike.
+                    for name in names:
+                        _sync(device)
+                        start = time.perf_counter()
+                        models[name](inputs[name])
+                        _sync(device)
+                        times[name][b][r] = (time.perf_counter() - start) * 1e3
+    finally:
+        torch.set_num_threads(old_threads)
+        for name in names:
+            for m, was_training in flags[name]:
+                m.training = was_training
+
+    result = {}
+    for name in names:
+        result[name] = {}
+        for b in sizes:
+            p10, median, p90 = np.percentile(times[name][b], [10, 50, 90])
+            result[name][b] = {"median_ms": float(median), "p10_ms": float(p10), "p90_ms": float(p90),
+                               "images_per_s": float(b * 1e3 / median)}
+    return result
+
+
+def measure_latency(model: nn.Module, input_shape: tuple[int, int, int], batch_sizes: Sequence[int] = (1, 64), *,
+                    warmup: int = 3, repeats: int = 10, threads: int | None = None,
+                    device: str | torch.device | None = None) -> dict[int, dict]:
+    """Latency of ``model`` on random inputs of shape (batch, *input_shape).
+
+    ``input_shape``: (C, H, W). ``warmup``: untimed passes per batch size; ``repeats``: timed
+    passes. ``threads``: CPU threads to use while measuring (``torch.get_num_threads()`` is
+    restored afterwards). ``device``: where inputs go (default: the model's device); the
+    model must already live there. The model runs in eval mode and its (and every
+    submodule's) training flag is restored afterwards.
+
+    Returns ``{batch_size: {"median_ms", "p10_ms", "p90_ms", "images_per_s"}}``: median and
+    10th / 90th percentile of the ms per forward pass, and images/s at the median.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"measure_latency: model must be a torch.nn.Module, got {type(model).__name__}")
+    return _measure({"model": model}, input_shape, batch_sizes, warmup, repeats, threads, device,
+                    "measure_latency")["model"]
+
+
+def compare_latency(models: Mapping[str, nn.Module], input_shape: tuple[int, int, int],
+                    batch_sizes: Sequence[int] = (1, 64), *, warmup: int = 3, repeats: int = 10,
+                    threads: int | None = None, device: str | torch.device | None = None) -> dict[str, dict[int, dict]]:
+    """Latency of several models measured interleaved (A, B, A, B, ... per repeat), so that
+    machine noise hits them alike; arguments as in `measure_latency`.
+
+    Returns ``{name: {batch_size: {...}}}`` with `measure_latency`'s keys plus ``"ratio"``:
+    this model's median ms divided by the first model's (1.0 for the first).
+    """
+    if not isinstance(models, Mapping):
+        raise TypeError(f"compare_latency: models must be a dict of name -> torch.nn.Module, got {type(models).__name__}")
+    if not models:
+        raise ValueError("compare_latency: models is empty")
+    for name, m in models.items():
+        if not isinstance(name, str):
+            raise TypeError(f"compare_latency: models keys must be str, got {type(name).__name__}")
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"compare_latency: models[{name!r}] must be a torch.nn.Module, got {type(m).__name__}")
+    result = _measure(models, input_shape, batch_sizes, warmup, repeats, threads, device, "compare_latency")
+    first = result[next(iter(models))]
+    for per_batch in result.values():
+        for b, stats in per_batch.items():
+            stats["ratio"] = stats["median_ms"] / first[b]["median_ms"]
+    return result

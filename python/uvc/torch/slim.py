@@ -1,0 +1,279 @@
+"""`SlimViT`: the physically smaller ViT an `ArchPlan` describes.
+
+Every block keeps its own number of heads and value width (queries/keys keep their full
+width), its own MLP width, and only the parts that run: a skipped MHSA or MLP has no
+modules and costs nothing, a block with both skipped is gone. Needs torch only, so a saved
+slim model loads without timm or any training code. State-dict names follow timm's
+(``blocks.0.attn.qkv.weight``, ...), with blocks numbered among the kept ones
+(`SlimViT.block_index` maps them back to the source layers).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..plan import ArchPlan
+from ..spec import ViTSpec
+
+__all__ = ["SlimViT", "SlimAttention", "SlimMlp", "SlimBlock", "LayerScale", "PatchEmbed"]
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale of a residual branch (timm's LayerScale, torch only)."""
+
+    def __init__(self, dim: int, init_values: float = 1e-5, *, device=None, dtype=None) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values), device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches to tokens: Conv2d with kernel = stride = patch size."""
+
+    def __init__(self, image_size: tuple[int, int], patch_size: int, in_channels: int, embed_dim: int, *,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        self.image_size = tuple(image_size)
+        self.proj = nn.Conv2d(in_channels, embed_dim, patch_size, stride=patch_size, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Shapes are constants while tracing (ONNX export); checking them there only warns.
+        if not torch.jit.is_tracing() and tuple(x.shape[-2:]) != self.image_size:
+            raise ValueError(f"PatchEmbed: input size {tuple(x.shape[-2:])} != model image size {self.image_size}")
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class SlimAttention(nn.Module):
+    """Multi-head self-attention whose value width may differ from the query/key width.
+
+    qkv: Linear(dim → heads·(2·qk_dim + v_dim)) laid out [q heads | k heads | v heads];
+    proj: Linear(heads·v_dim → dim). ``fused_attn`` picks torch SDPA (fast) or explicit
+    matmuls and softmax (what fvcore can count), like timm's attribute of that name.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qk_dim: int, v_dim: int, *, qkv_bias: bool = True,
+                 proj_bias: bool = True, fused_attn: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        self.num_heads, self.qk_dim, self.v_dim = num_heads, qk_dim, v_dim
+        self.scale = qk_dim ** -0.5
+        self.fused_attn = fused_attn
+        self.qkv = nn.Linear(dim, num_heads * (2 * qk_dim + v_dim), bias=qkv_bias, device=device, dtype=dtype)
+        self.proj = nn.Linear(num_heads * v_dim, dim, bias=proj_bias, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        h, qd, vd = self.num_heads, self.qk_dim, self.v_dim
+        q, k, v = self.qkv(x).split((h * qd, h * qd, h * vd), dim=-1)
+        q = q.reshape(b, n, h, qd).transpose(1, 2)
+        k = k.reshape(b, n, h, qd).transpose(1, 2)
+        v = v.reshape(b, n, h, vd).transpose(1, 2)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            x = attn.softmax(dim=-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(b, n, h * vd))
+
+
+class SlimMlp(nn.Module):
+    """fc1 (dim → hidden), GELU, fc2 (hidden → dim)."""
+
+    def __init__(self, dim: int, hidden: int, *, bias: bool = True, gelu_approximate: str = "none",
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=bias, device=device, dtype=dtype)
+        self.act = nn.GELU(approximate=gelu_approximate)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SlimBlock(nn.Module):
+    """A pre-norm transformer block whose MHSA part (``num_heads`` = 0) or MLP part
+    (``mlp_hidden`` = 0) may be absent: an absent part has no modules and adds nothing."""
+
+    def __init__(self, dim: int, *, num_heads: int, qk_dim: int, v_dim: int, mlp_hidden: int,
+                 qkv_bias: bool = True, proj_bias: bool = True, norm_eps: float = 1e-6,
+                 init_values: float | None = None, gelu_approximate: str = "none", fused_attn: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.norm1 = self.attn = self.ls1 = self.norm2 = self.mlp = self.ls2 = None
+        if num_heads:
+            self.norm1 = nn.LayerNorm(dim, eps=norm_eps, **dd)
+            self.attn = SlimAttention(dim, num_heads, qk_dim, v_dim, qkv_bias=qkv_bias, proj_bias=proj_bias,
+                                      fused_attn=fused_attn, **dd)
+            self.ls1 = LayerScale(dim, init_values, **dd) if init_values is not None else nn.Identity()
+        if mlp_hidden:
+            self.norm2 = nn.LayerNorm(dim, eps=norm_eps, **dd)
+            self.mlp = SlimMlp(dim, mlp_hidden, bias=proj_bias, gelu_approximate=gelu_approximate, **dd)
+            self.ls2 = LayerScale(dim, init_values, **dd) if init_values is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.attn is not None:
+            x = x + self.ls1(self.attn(self.norm1(x)))
+        if self.mlp is not None:
+            x = x + self.ls2(self.mlp(self.norm2(x)))
+        return x
+
+
+class SlimViT(nn.Module):
+    """A ViT / DeiT pruned to ``plan`` (a plan of ``spec``), with weights initialised afresh;
+    use `SlimViT.from_timm` to build one from a trained timm model, or `uvc.torch.load`.
+
+    Keyword configuration mirrors timm: ``qkv_bias``, ``proj_bias`` (attention proj and both
+    MLP layers), ``norm_eps``, ``init_values`` (LayerScale on when not None),
+    ``gelu_approximate``, ``no_embed_class`` (position embedding on patches only) and
+    ``fused_attn`` (SDPA; set False for explicit attention that fvcore can count).
+    A distilled spec (``classifier_heads`` = 2) gets a distillation token and a second head;
+    like timm's VisionTransformerDistilled it returns the mean of both heads' logits, or both
+    when ``distilled_training`` is set and the model is in training mode. Prefix tokens
+    beyond the class (and distillation) token are register tokens.
+    """
+
+    def __init__(self, spec: ViTSpec, plan: ArchPlan, *, qkv_bias: bool = True, proj_bias: bool = True,
+                 norm_eps: float = 1e-6, init_values: float | None = None, gelu_approximate: str = "none",
+                 no_embed_class: bool = False, fused_attn: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        if not isinstance(spec, ViTSpec):
+            raise TypeError(f"SlimViT: spec must be a ViTSpec, got {type(spec).__name__}")
+        if not isinstance(plan, ArchPlan):
+            raise TypeError(f"SlimViT: plan must be an ArchPlan, got {type(plan).__name__}")
+        if plan.spec != spec:
+            raise ValueError("SlimViT: plan was built for a different spec")
+        if spec.classifier_heads not in (1, 2) or spec.prefix_tokens < spec.classifier_heads:
+            raise ValueError(f"SlimViT: spec has {spec.classifier_heads} classifier heads and "
+                             f"{spec.prefix_tokens} prefix tokens; expected 1 head (class token plus optional "
+                             "register tokens) or 2 (class and distillation tokens)")
+        if spec.classifier_heads == 2 and spec.prefix_tokens != 2:
+            raise ValueError("SlimViT: a distilled spec has exactly 2 prefix tokens (class, distillation)")
+        for i, layer in enumerate(plan.layers):
+            if layer.tokens != spec.num_tokens:
+                raise ValueError(f"SlimViT: plan layer {i} keeps {layer.tokens} of {spec.num_tokens} tokens; "
+                                 "token schedules are not supported yet")
+        if gelu_approximate not in ("none", "tanh"):
+            raise ValueError(f"SlimViT: gelu_approximate must be 'none' or 'tanh', got {gelu_approximate!r}")
+        dd = dict(device=device, dtype=dtype)
+        d = spec.embed_dim
+        self.spec, self.plan = spec, plan
+        self.config = dict(qkv_bias=bool(qkv_bias), proj_bias=bool(proj_bias), norm_eps=float(norm_eps),
+                           init_values=None if init_values is None else float(init_values),
+                           gelu_approximate=gelu_approximate, no_embed_class=bool(no_embed_class),
+                           fused_attn=bool(fused_attn))
+        self.num_classes = spec.num_classes
+        self.num_prefix_tokens = spec.prefix_tokens
+        self.distilled = spec.classifier_heads == 2
+        self.distilled_training = False
+        # Free-form metadata (e.g. preprocessing) that `uvc.torch.save` writes into arch.json.
+        self.meta: dict[str, Any] = {}
+
+        self.patch_embed = PatchEmbed(spec.image_size, spec.patch_size, spec.in_channels, d, **dd)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d, **dd))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, d, **dd)) if self.distilled else None
+        n_reg = spec.prefix_tokens - spec.classifier_heads
+        self.reg_token = nn.Parameter(torch.zeros(1, n_reg, d, **dd)) if n_reg else None
+        pos_len = spec.num_patches if no_embed_class else spec.num_tokens
+        self.pos_embed = nn.Parameter(torch.zeros(1, pos_len, d, **dd))
+        for p in (self.cls_token, self.dist_token, self.reg_token, self.pos_embed):
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02)
+
+        kept, index = [], []
+        for i, layer in enumerate(plan.layers):
+            if not (layer.attn or layer.mlp):
+                continue
+            kept.append(SlimBlock(d, num_heads=len(layer.heads) if layer.attn else 0, qk_dim=spec.qk_head_dim,
+                                  v_dim=layer.v_dim, mlp_hidden=len(layer.neurons) if layer.mlp else 0,
+                                  qkv_bias=qkv_bias, proj_bias=proj_bias, norm_eps=norm_eps,
+                                  init_values=init_values, gelu_approximate=gelu_approximate,
+                                  fused_attn=fused_attn, **dd))
+            index.append(i)
+        self.blocks = nn.Sequential(*kept)
+        self.block_index: tuple[int, ...] = tuple(index)
+        self.norm = nn.LayerNorm(d, eps=norm_eps, **dd)
+
+        def head() -> nn.Module:
+            return nn.Linear(d, spec.num_classes, **dd) if spec.num_classes > 0 else nn.Identity()
+        self.head = head()
+        self.head_dist = head() if self.distilled else None
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        prefix = [t.expand(b, -1, -1) for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
+        if self.config["no_embed_class"]:
+            return torch.cat(prefix + [x + self.pos_embed], dim=1)
+        return torch.cat(prefix + [x], dim=1) + self.pos_embed
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) → normalised tokens (B, N, D)."""
+        x = self._pos_embed(self.patch_embed(x))
+        return self.norm(self.blocks(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+        """Tokens → logits (class token; distilled: mean of both heads, see the class doc)."""
+        if not self.distilled:
+            x = x[:, 0]
+            return x if pre_logits else self.head(x)
+        x, x_dist = x[:, 0], x[:, 1]
+        if pre_logits:
+            return (x + x_dist) / 2
+        x, x_dist = self.head(x), self.head_dist(x_dist)
+        if self.distilled_training and self.training:
+            return x, x_dist
+        return (x + x_dist) / 2
+
+    def forward(self, x: torch.Tensor):
+        return self.forward_head(self.forward_features(x))
+
+    @classmethod
+    def from_timm(cls, model: nn.Module, plan: ArchPlan, *, fused_attn: bool = True) -> "SlimViT":
+        """Copies the kept weights of a timm ViT into a new `SlimViT` on the model's device and
+        dtype, in the model's train/eval mode.
+
+        The result computes what ``model`` computes with the proj input columns of removed heads
+        and value dims zeroed, the fc2 input columns of removed neurons zeroed, and skipped
+        parts adding nothing.
+        """
+        from .introspect import model_config, spec_from_model
+        if not isinstance(plan, ArchPlan):
+            raise TypeError(f"SlimViT.from_timm: plan must be an ArchPlan, got {type(plan).__name__}")
+        spec = spec_from_model(model)
+        if plan.spec.replace(name=None) != spec.replace(name=None):
+            raise ValueError(f"SlimViT.from_timm: the plan's spec {plan.spec} does not match the model's {spec}")
+        ref = model.patch_embed.proj.weight
+        slim = cls(plan.spec, plan, **model_config(model), fused_attn=fused_attn, device=ref.device, dtype=ref.dtype)
+        src = model.state_dict()
+        out = {k: src[k] for k in slim.state_dict() if not k.startswith("blocks.")}
+        attn_dim = model.blocks[0].attn.attn_dim
+        hd = spec.qk_head_dim
+        for j, l in enumerate(slim.block_index):
+            layer, s, t = plan.layers[l], f"blocks.{l}.", f"blocks.{j}."
+            if layer.attn:
+                qk = [h * hd + i for h in layer.heads for i in range(hd)]
+                v = [h * hd + i for h, idx in zip(layer.heads, layer.v_index) for i in idx]
+                rows = torch.tensor(qk + [attn_dim + r for r in qk] + [2 * attn_dim + r for r in v], device=ref.device)
+                cols = torch.tensor(v, device=ref.device)
+                out[t + "attn.qkv.weight"] = src[s + "attn.qkv.weight"][rows]
+                out[t + "attn.proj.weight"] = src[s + "attn.proj.weight"][:, cols]
+                if s + "attn.qkv.bias" in src:
+                    out[t + "attn.qkv.bias"] = src[s + "attn.qkv.bias"][rows]
+                for name in ("attn.proj.bias", "norm1.weight", "norm1.bias", "ls1.gamma"):
+                    if s + name in src:
+                        out[t + name] = src[s + name]
+            if layer.mlp:
+                n = torch.tensor(layer.neurons, device=ref.device)
+                out[t + "mlp.fc1.weight"] = src[s + "mlp.fc1.weight"][n]
+                out[t + "mlp.fc2.weight"] = src[s + "mlp.fc2.weight"][:, n]
+                if s + "mlp.fc1.bias" in src:
+                    out[t + "mlp.fc1.bias"] = src[s + "mlp.fc1.bias"][n]
+                for name in ("mlp.fc2.bias", "norm2.weight", "norm2.bias", "ls2.gamma"):
+                    if s + name in src:
+                        out[t + name] = src[s + name]
+        slim.load_state_dict(out, strict=True)
+        return slim.train(model.training)
