@@ -84,12 +84,18 @@ def main():
             bar.set_postfix(loss=f"{loss.item():.3f}")
         acc = evaluate(model, xte, yte)
         print(f"epoch {epoch + 1}: test accuracy {acc:.2f} %  ({time.time() - start:.0f} s)", flush=True)
+        save(model, Path(args.out), args, acc, epoch + 1)
 
-    out = Path(args.out)
+
+def save(model, out: Path, args, acc: float, epochs_done: int) -> None:
+    """Writes the weights and their description after every epoch (atomically), so a killed
+    run still leaves its last finished epoch behind."""
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "fmnist_vit.safetensors"))
+    tmp = out / "fmnist_vit.safetensors.tmp"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(out / "fmnist_vit.safetensors")
     meta = {"timm_model": "vit_tiny_patch16_224", "kwargs": MODEL_KWARGS, "test_accuracy": acc,
-            "mean": MEAN, "std": STD, "epochs": args.epochs, "seed": args.seed,
+            "mean": MEAN, "std": STD, "epochs": epochs_done, "seed": args.seed,
             "trained_with": "python scripts/train_dense.py " + " ".join(
                 f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())}
     (out / "fmnist_vit.json").write_text(json.dumps(meta, indent=1))

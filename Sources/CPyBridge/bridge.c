@@ -83,6 +83,25 @@ static int acquire_all(const char *fn, PyObject *const *args, Py_ssize_t nargs,
     return 0;
 }
 
+/* Acquires the first n arguments as buffers and converts the m after them to doubles. */
+static int acquire_with_scalars(const char *fn, PyObject *const *args, Py_ssize_t nargs, const ArgSpec *specs,
+                                Py_ssize_t n, Py_buffer *views, const char *const *scalar_names,
+                                double *scalars, Py_ssize_t m) {
+    if (nargs != n + m) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments, got %zd", fn, n + m, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < m; i++) {
+        scalars[i] = PyFloat_AsDouble(args[n + i]);
+        if (scalars[i] == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s(): argument '%s' must be a number", fn, scalar_names[i]);
+            return -1;
+        }
+    }
+    return acquire_all(fn, args, n, specs, n, views);
+}
+
 static void release_all(Py_buffer *views, Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < n; i++) PyBuffer_Release(&views[i]);
 }
@@ -128,11 +147,153 @@ static PyObject *cost_expected(PyObject *self, PyObject *const *args, Py_ssize_t
     return PyFloat_FromDouble(total);
 }
 
+#define SOLVER_SETUP_SPECS {"spec", 'q', 0}, {"convention", 'd', 0}, {"config", 'd', 0}, {"zlr_schedule", 'd', 0}
+
+static PyObject *solver_sizes(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    static const ArgSpec specs[] = {SOLVER_SETUP_SPECS, {"sizes_out", 'q', 1}};
+    enum { N = sizeof specs / sizeof specs[0] };
+    Py_buffer v[N];
+    if (acquire_all("solver_sizes", args, nargs, specs, N, v) != 0) return NULL;
+    char message[ERROR_CAPACITY];
+    int status = uvc_solver_sizes(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), message, ERROR_CAPACITY);
+    release_all(v, N);
+    if (raise_status("solver_sizes", status, message) != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *solver_init(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    static const ArgSpec specs[] = {SOLVER_SETUP_SPECS, {"seed", 'q', 0}, {"state", 'd', 1}, {"words", 'q', 1},
+                                    {"macs_out", 'd', 1}};
+    enum { N = sizeof specs / sizeof specs[0] };
+    Py_buffer v[N];
+    if (acquire_all("solver_init", args, nargs, specs, N, v) != 0) return NULL;
+    char message[ERROR_CAPACITY];
+    int status = uvc_solver_init(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), ARG(v[5]), ARG(v[6]),
+                                 ARG(v[7]), message, ERROR_CAPACITY);
+    release_all(v, N);
+    if (raise_status("solver_init", status, message) != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *solver_sample_gates(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    static const ArgSpec specs[] = {SOLVER_SETUP_SPECS, {"state", 'd', 1}, {"words", 'q', 1}, {"gates_out", 'd', 1}};
+    static const char *const scalar_names[] = {"epoch"};
+    enum { N = sizeof specs / sizeof specs[0] };
+    Py_buffer v[N];
+    double scalars[1];
+    if (acquire_with_scalars("solver_sample_gates", args, nargs, specs, N, v, scalar_names, scalars, 1) != 0)
+        return NULL;
+    char message[ERROR_CAPACITY];
+    int status = uvc_solver_sample_gates(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), ARG(v[5]),
+                                         ARG(v[6]), scalars[0], message, ERROR_CAPACITY);
+    release_all(v, N);
+    if (raise_status("solver_sample_gates", status, message) != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *solver_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    static const ArgSpec specs[] = {
+        SOLVER_SETUP_SPECS, {"state", 'd', 1}, {"words", 'q', 1},
+        {"head_scores", 'd', 0}, {"dim_scores", 'd', 0}, {"neuron_scores", 'd', 0}, {"gate_grad", 'd', 0},
+        {"head_factor", 'd', 1}, {"dim_factor", 'd', 1}, {"neuron_factor", 'd', 1},
+        {"last_head", 'd', 1}, {"last_dim", 'd', 1}, {"last_neuron", 'd', 1}};
+    static const char *const scalar_names[] = {"lr", "epoch"};
+    enum { N = sizeof specs / sizeof specs[0] };
+    Py_buffer v[N];
+    double scalars[2];
+    if (acquire_with_scalars("solver_step", args, nargs, specs, N, v, scalar_names, scalars, 2) != 0) return NULL;
+    char message[ERROR_CAPACITY];
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = uvc_solver_step(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), ARG(v[5]), ARG(v[6]), ARG(v[7]),
+                             ARG(v[8]), ARG(v[9]), ARG(v[10]), ARG(v[11]), ARG(v[12]), ARG(v[13]), ARG(v[14]),
+                             ARG(v[15]), scalars[0], scalars[1], message, ERROR_CAPACITY);
+    Py_END_ALLOW_THREADS
+    release_all(v, N);
+    if (raise_status("solver_step", status, message) != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *solver_masks(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    static const ArgSpec specs[] = {
+        SOLVER_SETUP_SPECS, {"state", 'd', 0}, {"words", 'q', 0},
+        {"head_scores", 'd', 0}, {"dim_scores", 'd', 0}, {"neuron_scores", 'd', 0},
+        {"head_mask", 'd', 1}, {"dim_mask", 'd', 1}, {"neuron_mask", 'd', 1}};
+    enum { N = sizeof specs / sizeof specs[0] };
+    Py_buffer v[N];
+    if (acquire_all("solver_masks", args, nargs, specs, N, v) != 0) return NULL;
+    char message[ERROR_CAPACITY];
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = uvc_solver_masks(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), ARG(v[5]), ARG(v[6]),
+                              ARG(v[7]), ARG(v[8]), ARG(v[9]), ARG(v[10]), ARG(v[11]), message, ERROR_CAPACITY);
+    Py_END_ALLOW_THREADS
+    release_all(v, N);
+    if (raise_status("solver_masks", status, message) != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *solver_plan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    static const ArgSpec specs[] = {
+        SOLVER_SETUP_SPECS, {"state", 'd', 0}, {"words", 'q', 0},
+        {"head_scores", 'd', 0}, {"dim_scores", 'd', 0}, {"neuron_scores", 'd', 0}, {"counts_out", 'q', 1},
+        {"head_mask", 'd', 1}, {"dim_mask", 'd', 1}, {"neuron_mask", 'd', 1}};
+    static const char *const scalar_names[] = {"round_to"};
+    enum { N = sizeof specs / sizeof specs[0] };
+    Py_buffer v[N];
+    double scalars[1];
+    if (acquire_with_scalars("solver_plan", args, nargs, specs, N, v, scalar_names, scalars, 1) != 0) return NULL;
+    char message[ERROR_CAPACITY];
+    double total = 0;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = uvc_solver_plan(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), ARG(v[5]), ARG(v[6]),
+                             ARG(v[7]), ARG(v[8]), ARG(v[9]), ARG(v[10]), ARG(v[11]), ARG(v[12]), scalars[0],
+                             &total, message, ERROR_CAPACITY);
+    Py_END_ALLOW_THREADS
+    release_all(v, N);
+    if (raise_status("solver_plan", status, message) != 0) return NULL;
+    return PyFloat_FromDouble(total);
+}
+
+static PyObject *solver_summary(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    static const ArgSpec specs[] = {
+        SOLVER_SETUP_SPECS, {"state", 'd', 0}, {"words", 'q', 0},
+        {"probs_out", 'd', 1}, {"decisions_out", 'd', 1}, {"kept_out", 'd', 1}, {"values_out", 'd', 1}};
+    enum { N = sizeof specs / sizeof specs[0] };
+    Py_buffer v[N];
+    if (acquire_all("solver_summary", args, nargs, specs, N, v) != 0) return NULL;
+    char message[ERROR_CAPACITY];
+    int status = uvc_solver_summary(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), ARG(v[5]), ARG(v[6]),
+                                    ARG(v[7]), ARG(v[8]), ARG(v[9]), message, ERROR_CAPACITY);
+    release_all(v, N);
+    if (raise_status("solver_summary", status, message) != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"cost_exact", (PyCFunction)(void (*)(void))cost_exact, METH_FASTCALL,
      "cost_exact(spec, convention, plan, layers_out, globals_out) -> total MACs"},
     {"cost_expected", (PyCFunction)(void (*)(void))cost_expected, METH_FASTCALL,
      "cost_expected(spec, convention, x, out) -> expected MACs; writes the gradient to out"},
+    {"solver_sizes", (PyCFunction)(void (*)(void))solver_sizes, METH_FASTCALL,
+     "solver_sizes(spec, convention, config, zlr_schedule, sizes_out): sizes of the state's fields"},
+    {"solver_init", (PyCFunction)(void (*)(void))solver_init, METH_FASTCALL,
+     "solver_init(spec, convention, config, zlr_schedule, seed, state, words, macs_out): initial state"},
+    {"solver_sample_gates", (PyCFunction)(void (*)(void))solver_sample_gates, METH_FASTCALL,
+     "solver_sample_gates(spec, convention, config, zlr_schedule, state, words, gates_out, epoch)"},
+    {"solver_step", (PyCFunction)(void (*)(void))solver_step, METH_FASTCALL,
+     "solver_step(spec, convention, config, zlr_schedule, state, words, head_scores, dim_scores, neuron_scores, "
+     "gate_grad, head_factor, dim_factor, neuron_factor, last_head, last_dim, last_neuron, lr, epoch)"},
+    {"solver_masks", (PyCFunction)(void (*)(void))solver_masks, METH_FASTCALL,
+     "solver_masks(spec, convention, config, zlr_schedule, state, words, head_scores, dim_scores, neuron_scores, "
+     "head_mask, dim_mask, neuron_mask)"},
+    {"solver_plan", (PyCFunction)(void (*)(void))solver_plan, METH_FASTCALL,
+     "solver_plan(spec, convention, config, zlr_schedule, state, words, head_scores, dim_scores, neuron_scores, "
+     "counts_out, head_mask, dim_mask, neuron_mask, round_to) -> exact MACs of the plan"},
+    {"solver_summary", (PyCFunction)(void (*)(void))solver_summary, METH_FASTCALL,
+     "solver_summary(spec, convention, config, zlr_schedule, state, words, probs_out, decisions_out, kept_out, "
+     "values_out)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {

@@ -12,7 +12,8 @@ public struct LayerPlan: Hashable, Sendable {
     public var attention: Bool
     /// Whether the MLP part (norm2, fc1, GELU, fc2) runs.
     public var mlp: Bool
-    /// Tokens entering the block, prefix tokens included.
+    /// Tokens entering the block, prefix tokens included. Fewer tokens in the next layer
+    /// means this block drops tokens after its MHSA (see `ArchPlan.validate`).
     public var tokens: Int
 
     public init(heads: Int, vDim: Int, neurons: Int, attention: Bool = true, mlp: Bool = true, tokens: Int) {
@@ -63,11 +64,18 @@ public struct ArchPlan: Hashable, Sendable {
     }
 
     /// Checks the plan fits inside `spec`: at most the heads, dims and neurons that exist,
-    /// at least one of each in a part that runs, and a token count that never grows.
+    /// at least one of each in a part that runs, and a valid token schedule.
+    ///
+    /// Token schedule: `tokens[0]` is `spec.numTokens`, and `tokens[l + 1] <= tokens[l]`. A
+    /// drop `tokens[l + 1] < tokens[l]` happens inside block `l`, after its MHSA and before its
+    /// MLP: the prefix tokens stay, the `k = tokens[l + 1] - prefix - 1` patch tokens with the
+    /// highest class-token attention stay, and the others are fused into one token. So block
+    /// `l` must run its MHSA, and `k >= 1` (`tokens[l + 1] >= prefix + 2`): a drop keeps at least
+    /// one patch token besides the fused one, and the spec needs a class token (prefix ≥ 1).
+    /// The last block never drops.
     public func validate(for spec: ViTSpec) throws(UVCError) {
         try require(layers.count == spec.depth, "plan",
                     "has \(layers.count) layers, the spec has depth \(spec.depth)")
-        var previousTokens = spec.numTokens
         for (l, p) in layers.enumerated() {
             try require(p.heads >= 0 && p.heads <= spec.numHeads, "plan",
                         "layer \(l) keeps \(p.heads) heads, expected 0...\(spec.numHeads)")
@@ -83,9 +91,22 @@ public struct ArchPlan: Hashable, Sendable {
                 try require(p.neurons >= 1, "plan",
                             "layer \(l) runs its MLP with 0 neurons; a running part keeps at least one")
             }
-            try require(p.tokens >= spec.prefixTokens + 1 && p.tokens <= previousTokens, "plan",
-                        "layer \(l) takes \(p.tokens) tokens, expected \(spec.prefixTokens + 1)...\(previousTokens) (prefix tokens plus at least one patch, never more than the layer before)")
-            previousTokens = p.tokens
+            guard l > 0 else {
+                try require(p.tokens == spec.numTokens, "plan",
+                            "layer 0 takes \(p.tokens) tokens, expected all \(spec.numTokens) (spec.num_tokens); tokens are dropped inside blocks, never before the first")
+                continue
+            }
+            let before = layers[l - 1].tokens
+            try require(p.tokens <= before, "plan",
+                        "layer \(l) takes \(p.tokens) tokens, more than the \(before) of layer \(l - 1); dropped tokens never come back")
+            if p.tokens < before {
+                try require(spec.prefixTokens >= 1, "plan",
+                            "layer \(l - 1) drops tokens, but the spec has no class token to rank them by (prefix_tokens = 0)")
+                try require(layers[l - 1].attention, "plan",
+                            "layer \(l - 1) drops tokens (\(before) -> \(p.tokens)) with its attention off; a block drops tokens by its class-token attention, so its MHSA must run")
+                try require(p.tokens >= spec.prefixTokens + 2, "plan",
+                            "layer \(l - 1) drops tokens to \(p.tokens), expected at least \(spec.prefixTokens + 2) (the \(spec.prefixTokens) prefix tokens, one kept patch token and the fused token)")
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 // C entry points of the cost model.
 
 /// Exact MACs of a plan, broken down. Shapes: spec (13,), convention (5,), plan (depth, 6)
-/// int64, layers out (depth, 11) float64, globals out (3,) float64. Writes the total to `total`.
+/// int64, layers out (depth, 12) float64, globals out (3,) float64. Writes the total to `total`.
 @c(uvc_cost_exact)
 public func uvcCostExact(
     _ specData: UnsafePointer<Int64>, _ specShape: UnsafePointer<Int>, _ specDims: Int,

@@ -5,15 +5,21 @@
 /// gate probabilities it is the expected cost used by the budget term, whose exact
 /// gradient `expected(_:gradient:)` returns. Costs are in MACs; FLOPs are 2 × MACs.
 ///
-/// Per block with N tokens, width D, h heads of qk width q and value width v, m MLP
-/// neurons, MHSA gate a and MLP gate g:
+/// Per block with N tokens in (`tokens[l]`), N' tokens out (`tokens[l+1]`, N for the last
+/// block), width D, h heads of qk width q and value width v, m MLP neurons, MHSA gate a,
+/// MLP gate g and r = [N' < N] (the block drops tokens):
 ///
 ///     a · [ N·D·h·(2q+v) + h·N²·q + h·N²·v + N·h·v·D + ln·N·D + sm·h·N² + b·(N·h·(2q+v) + N·D) ]
-///   + g · [ 2·N·D·m + ln·N·D + ge·N·m + b·(N·m + N·D) ]
+///   + a · r · [ h·N·q + (N − N' + 1)·D + sm·h·N ]
+///   + g · [ 2·N'·D·m + ln·N'·D + ge·N'·m + b·(N'·m + N'·D) ]
 ///
-/// (qkv, QKᵀ, AV, proj, norm1, softmax, biases | fc1 + fc2, norm2, GELU, biases), plus the
+/// (qkv, QKᵀ, AV, proj, norm1, softmax, biases | token fusion: the class token's attention
+/// row q_cls·Kᵀ, the weighted sum of the N − N' + 1 dropped tokens, the row's softmax |
+/// fc1 + fc2, norm2, GELU, biases: the MLP runs after the drop, on N' tokens), plus the
 /// patch embedding P·D·C·p² (+ b·P·D), the final norm ln·N_last·D and the classifier
-/// head(s) c·(D·K + b·K), where ln, sm, ge, b, c come from the `CostConvention`.
+/// head(s) c·(D·K + b·K), where ln, sm, ge, b, c come from the `CostConvention`. The fusion
+/// matmuls count under every convention; ranking, head averaging and renormalising the
+/// weights are element-wise and count under none.
 public struct CostModel: Sendable {
     public let spec: ViTSpec
     public let convention: CostConvention
@@ -26,6 +32,8 @@ public struct CostModel: Sendable {
     /// Per-layer components, in the order of the breakdown columns.
     public enum Component: Int, CaseIterable, Sendable {
         case qkv, attnQK, attnAV, proj, fc1, fc2, norm1, norm2, softmax, gelu, bias
+        /// Token fusion in a block that drops tokens: class-attention row and weighted sum.
+        case fuse
     }
 
     /// Whole-model components outside the blocks.
@@ -33,21 +41,26 @@ public struct CostModel: Sendable {
         case patchEmbed, finalNorm, head
     }
 
-    /// One block's continuous inputs.
+    /// One block's continuous inputs. `tokens` enter the block; `tokensOut` leave it (and
+    /// feed its MLP): fewer out than in means the block drops tokens after its MHSA.
     public struct LayerInputs: Sendable {
-        public var heads, vDim, neurons, attentionGate, mlpGate, tokens: Double
-        public init(heads: Double, vDim: Double, neurons: Double, attentionGate: Double, mlpGate: Double, tokens: Double) {
+        public var heads, vDim, neurons, attentionGate, mlpGate, tokens, tokensOut: Double
+        public init(heads: Double, vDim: Double, neurons: Double, attentionGate: Double, mlpGate: Double,
+                    tokens: Double, tokensOut: Double) {
             self.heads = heads
             self.vDim = vDim
             self.neurons = neurons
             self.attentionGate = attentionGate
             self.mlpGate = mlpGate
             self.tokens = tokens
+            self.tokensOut = tokensOut
         }
 
-        public init(_ p: LayerPlan) {
+        /// Block `p` followed by a block taking `tokensOut` tokens (`p.tokens` for the last block).
+        public init(_ p: LayerPlan, tokensOut: Int) {
             self.init(heads: Double(p.heads), vDim: Double(p.vDim), neurons: Double(p.neurons),
-                      attentionGate: p.attention ? 1 : 0, mlpGate: p.mlp ? 1 : 0, tokens: Double(p.tokens))
+                      attentionGate: p.attention ? 1 : 0, mlpGate: p.mlp ? 1 : 0, tokens: Double(p.tokens),
+                      tokensOut: Double(tokensOut))
         }
     }
 
@@ -69,27 +82,30 @@ public struct CostModel: Sendable {
         convention.layerNormPerElement * tokens * Double(spec.embedDim)
     }
 
-    /// Writes the 11 components of one block into `out` (indexed by `Component`).
+    /// Writes the 12 components of one block into `out` (indexed by `Component`). The
+    /// softmax of the class-attention row of a dropping block counts under `softmax`.
     public func layerBreakdown(_ x: LayerInputs, into out: UnsafeMutableBufferPointer<Double>) {
         let d = Double(spec.embedDim), q = Double(spec.qkHeadDim)
         let ln = convention.layerNormPerElement
-        let n = x.tokens, h = x.heads, v = x.vDim, m = x.neurons
+        let n = x.tokens, n2 = x.tokensOut, h = x.heads, v = x.vDim, m = x.neurons
         let a = x.attentionGate, g = x.mlpGate
+        let r: Double = n2 < n ? 1 : 0
         out[Component.qkv.rawValue] = a * n * d * h * (2 * q + v)
         out[Component.attnQK.rawValue] = a * h * n * n * q
         out[Component.attnAV.rawValue] = a * h * n * n * v
         out[Component.proj.rawValue] = a * n * h * v * d
-        out[Component.fc1.rawValue] = g * n * d * m
-        out[Component.fc2.rawValue] = g * n * m * d
+        out[Component.fc1.rawValue] = g * n2 * d * m
+        out[Component.fc2.rawValue] = g * n2 * m * d
         out[Component.norm1.rawValue] = a * ln * n * d
-        out[Component.norm2.rawValue] = g * ln * n * d
-        out[Component.softmax.rawValue] = convention.softmax ? a * h * n * n : 0
-        out[Component.gelu.rawValue] = convention.gelu ? g * n * m : 0
+        out[Component.norm2.rawValue] = g * ln * n2 * d
+        out[Component.softmax.rawValue] = convention.softmax ? a * h * n * (n + r) : 0
+        out[Component.gelu.rawValue] = convention.gelu ? g * n2 * m : 0
         out[Component.bias.rawValue] = convention.bias
-            ? a * (n * h * (2 * q + v) + n * d) + g * (n * m + n * d) : 0
+            ? a * (n * h * (2 * q + v) + n * d) + g * (n2 * m + n2 * d) : 0
+        out[Component.fuse.rawValue] = a * r * (h * n * q + (n - n2 + 1) * d)
     }
 
-    /// Exact MACs of `plan`: per-layer components into `layers` (depth × 11, row-major)
+    /// Exact MACs of `plan`: per-layer components into `layers` (depth × 12, row-major)
     /// and the global ones into `globals` (3). Returns the total.
     ///
     /// Precondition: `plan` was validated for `spec`; buffer sizes match.
@@ -101,7 +117,8 @@ public struct CostModel: Sendable {
         var total = 0.0
         for (l, p) in plan.layers.enumerated() {
             let row = UnsafeMutableBufferPointer(rebasing: layers[(l * width)..<((l + 1) * width)])
-            layerBreakdown(LayerInputs(p), into: row)
+            let tokensOut = l + 1 < plan.layers.count ? plan.layers[l + 1].tokens : p.tokens
+            layerBreakdown(LayerInputs(p, tokensOut: tokensOut), into: row)
             for c in row { total += c }
         }
         globals[GlobalComponent.patchEmbed.rawValue] = patchEmbedMACs
@@ -126,6 +143,12 @@ public struct CostModel: Sendable {
     /// `inputs` and `gradient` are `RelaxedField.allCases.count × depth`, row-major: row k holds
     /// field k for every layer. On return `gradient[k][l]` is ∂cost/∂inputs[k][l].
     ///
+    /// The formula is the exact one with continuous values: `tokens[l + 1]` (also) sizes block
+    /// `l`'s MLP and fusion, and the drop indicator r = [tokens[l+1] < tokens[l]] is taken as
+    /// locally constant, so the cost is piecewise smooth and the gradient exact wherever every
+    /// `tokens[l + 1]` differs from `tokens[l]`. The schedule is taken as given: keeping
+    /// `tokens[l + 1] = tokens[l]` where the MHSA may not run is the caller's business.
+    ///
     /// Precondition: `inputs` passed `validateRelaxed`; both buffers have the same size.
     public func expected(_ inputs: UnsafeBufferPointer<Double>, gradient: UnsafeMutableBufferPointer<Double>) -> Double {
         let depth = spec.depth
@@ -136,30 +159,38 @@ public struct CostModel: Sendable {
         let ge: Double = convention.gelu ? 1 : 0
         let b: Double = convention.bias ? 1 : 0
         var total = patchEmbedMACs + headMACs
+        let tokenRow = RelaxedField.tokens.rawValue * depth
+        // Block l's cost depends on tokens[l] and tokens[l + 1]: that row accumulates.
+        for l in 0..<depth { gradient[tokenRow + l] = 0 }
         for l in 0..<depth {
             let h = inputs[RelaxedField.heads.rawValue * depth + l]
             let v = inputs[RelaxedField.vDim.rawValue * depth + l]
             let m = inputs[RelaxedField.neurons.rawValue * depth + l]
             let a = inputs[RelaxedField.attentionGate.rawValue * depth + l]
             let g = inputs[RelaxedField.mlpGate.rawValue * depth + l]
-            let n = inputs[RelaxedField.tokens.rawValue * depth + l]
+            let n = inputs[tokenRow + l]
+            let out = l + 1 < depth ? tokenRow + l + 1 : tokenRow + l
+            let n2 = inputs[out]
+            let r: Double = n2 < n ? 1 : 0
             let qkvWidth = 2 * q + v
             let attn = n * d * h * qkvWidth + h * n * n * (q + v) + n * h * v * d + ln * n * d
                 + sm * h * n * n + b * (n * h * qkvWidth + n * d)
-            let mlp = 2 * n * d * m + ln * n * d + ge * n * m + b * (n * m + n * d)
-            total += a * attn + g * mlp
+            let fuse = r * (h * n * q + (n - n2 + 1) * d + sm * h * n)
+            let mlp = 2 * n2 * d * m + ln * n2 * d + ge * n2 * m + b * (n2 * m + n2 * d)
+            total += a * (attn + fuse) + g * mlp
             gradient[RelaxedField.heads.rawValue * depth + l] =
-                a * (n * d * qkvWidth + n * n * (q + v) + n * v * d + sm * n * n + b * n * qkvWidth)
+                a * (n * d * qkvWidth + n * n * (q + v) + n * v * d + sm * n * n + b * n * qkvWidth
+                     + r * (n * q + sm * n))
             gradient[RelaxedField.vDim.rawValue * depth + l] = a * (n * d * h + h * n * n + n * h * d + b * n * h)
-            gradient[RelaxedField.neurons.rawValue * depth + l] = g * (2 * n * d + ge * n + b * n)
-            gradient[RelaxedField.attentionGate.rawValue * depth + l] = attn
+            gradient[RelaxedField.neurons.rawValue * depth + l] = g * (2 * n2 * d + ge * n2 + b * n2)
+            gradient[RelaxedField.attentionGate.rawValue * depth + l] = attn + fuse
             gradient[RelaxedField.mlpGate.rawValue * depth + l] = mlp
-            gradient[RelaxedField.tokens.rawValue * depth + l] =
+            gradient[tokenRow + l] +=
                 a * (d * h * qkvWidth + 2 * h * n * (q + v) + h * v * d + ln * d + 2 * sm * h * n
-                     + b * (h * qkvWidth + d))
-                + g * (2 * d * m + ln * d + ge * m + b * (m + d))
+                     + b * (h * qkvWidth + d) + r * (h * q + d + sm * h))
+            gradient[out] += g * (2 * d * m + ln * d + ge * m + b * (m + d)) - a * r * d
         }
-        let last = RelaxedField.tokens.rawValue * depth + depth - 1
+        let last = tokenRow + depth - 1
         total += finalNormMACs(tokens: inputs[last])
         gradient[last] += ln * d
         return total
@@ -194,7 +225,8 @@ public enum RelaxedField: Int, CaseIterable, Sendable {
     case attentionGate
     /// Probability that the MLP part runs.
     case mlpGate
-    /// Expected tokens entering the block, in [0, numTokens].
+    /// Expected tokens entering the block, in [0, numTokens]; `tokens[l + 1]` is also what
+    /// block `l`'s MLP sees (see `CostModel`).
     case tokens
 
     public var name: String {

@@ -33,14 +33,18 @@ func randomSpec(_ rng: inout TestRNG) throws -> ViTSpec {
                        classifierHeads: 1)
 }
 
+/// A random valid plan; a block whose MHSA runs drops tokens with probability 1/2 (when it can).
 func randomPlan(_ spec: ViTSpec, _ rng: inout TestRNG) -> ArchPlan {
     var tokens = spec.numTokens
     var layers: [LayerPlan] = []
     for _ in 0..<spec.depth {
-        if rng.int(0...2) == 0 { tokens = rng.int((spec.prefixTokens + 1)...tokens) }
-        layers.append(LayerPlan(heads: rng.int(1...spec.numHeads), vDim: rng.int(1...spec.vHeadDim),
-                                neurons: rng.int(1...spec.mlpHidden), attention: rng.int(0...4) != 0,
-                                mlp: rng.int(0...4) != 0, tokens: tokens))
+        let layer = LayerPlan(heads: rng.int(1...spec.numHeads), vDim: rng.int(1...spec.vHeadDim),
+                              neurons: rng.int(1...spec.mlpHidden), attention: rng.int(0...4) != 0,
+                              mlp: rng.int(0...4) != 0, tokens: tokens)
+        layers.append(layer)
+        if layer.attention && tokens >= spec.prefixTokens + 3 && rng.int(0...1) == 0 {
+            tokens = rng.int((spec.prefixTokens + 2)...(tokens - 1))
+        }
     }
     return ArchPlan(layers: layers)
 }
@@ -118,21 +122,59 @@ final class CostModelTests: XCTestCase {
         XCTAssertLessThan(embedOnly, dense)
     }
 
+    /// A token drop, written out: DeiT-S drops 197 → 120 tokens in block 3 (uvc convention).
+    func testTokenDropAnalytic() throws {
+        let spec = try deit(384, 6)
+        let model = CostModel(spec: spec, convention: .uvc)
+        var plan = ArchPlan.dense(spec)
+        for l in 4..<12 { plan.layers[l].tokens = 120 }
+        try plan.validate(for: spec)
+        let d = 384.0
+        func block(_ n: Double, _ n2: Double) -> Double { 4 * n * d * d + 2 * n * n * d + 8 * n2 * d * d }
+        let fuse = 6 * 197 * 64 + (197 - 120 + 1) * d
+        let analytic = 3 * block(197, 197) + block(197, 120) + fuse + 8 * block(120, 120) + 196 * d * 16 * 16 * 3
+        XCTAssertEqual(model.exactTotal(plan), analytic)
+        let width = CostModel.Component.allCases.count
+        var layers = [Double](repeating: 0, count: 12 * width)
+        var globals = [Double](repeating: 0, count: 3)
+        layers.withUnsafeMutableBufferPointer { lb in
+            globals.withUnsafeMutableBufferPointer { gb in _ = model.exact(plan, layers: lb, globals: gb) }
+        }
+        let fuseColumn = CostModel.Component.fuse.rawValue
+        XCTAssertEqual(fuseColumn, width - 1, "fuse is the last breakdown column")
+        XCTAssertEqual((0..<12).map { layers[$0 * width + fuseColumn] }, (0..<12).map { $0 == 3 ? fuse : 0 })
+        XCTAssertEqual(layers[3 * width + CostModel.Component.fc1.rawValue], 120 * d * 4 * d)
+        XCTAssertEqual(layers[3 * width + CostModel.Component.qkv.rawValue], 197 * d * 3 * d)
+        // fvcore: norm2 of block 3 and the final norm see the 120 tokens left.
+        let fv = CostModel(spec: spec, convention: .fvcore)
+        layers.withUnsafeMutableBufferPointer { lb in
+            globals.withUnsafeMutableBufferPointer { gb in _ = fv.exact(plan, layers: lb, globals: gb) }
+        }
+        XCTAssertEqual(layers[3 * width + CostModel.Component.norm2.rawValue], 5 * 120 * d)
+        XCTAssertEqual(layers[3 * width + CostModel.Component.norm1.rawValue], 5 * 197 * d)
+        XCTAssertEqual(globals[CostModel.GlobalComponent.finalNorm.rawValue], 5 * 120 * d)
+        XCTAssertEqual(layers[3 * width + fuseColumn], fuse, "the fusion matmuls count under every convention")
+    }
+
     /// At integer counts and 0/1 gates, the relaxed cost is the exact count.
     func testRelaxedAtIntegersEqualsExact() throws {
         var rng = TestRNG(state: 7)
+        var drops = 0
         for _ in 0..<200 {
             let spec = try randomSpec(&rng)
             let plan = randomPlan(spec, &rng)
             try plan.validate(for: spec)
+            drops += zip(plan.layers, plan.layers.dropFirst()).filter { $0.tokens > $1.tokens }.count
             for convention in [CostConvention.uvc, .fvcore, CostConvention(layerNormPerElement: 2.5, softmax: true, gelu: true, bias: true, head: true)] {
                 let model = CostModel(spec: spec, convention: convention)
                 XCTAssertEqual(expected(model, relaxedInputs(plan)).0, model.exactTotal(plan))
             }
         }
+        XCTAssertGreaterThan(drops, 100, "the random plans drop tokens")
     }
 
-    /// The gradient matches central finite differences to 1e-6 relative.
+    /// The gradient matches central finite differences to 1e-6 relative, at points where every
+    /// block drops tokens (tokens[l + 1] < tokens[l] strictly, by more than the step).
     func testGradientMatchesFiniteDifferences() throws {
         var rng = TestRNG(state: 11)
         let conventions = [CostConvention.uvc, .fvcore,
@@ -146,6 +188,9 @@ final class CostModelTests: XCTestCase {
                     x[field.rawValue * spec.depth + l] = (0.05 + 0.9 * rng.unit()) * field.upperBound(spec)
                 }
             }
+            let tokenRow = RelaxedField.tokens.rawValue * spec.depth
+            x[tokenRow] = (0.6 + 0.4 * rng.unit()) * Double(spec.numTokens)
+            for l in 1..<spec.depth { x[tokenRow + l] = x[tokenRow + l - 1] * (0.5 + 0.45 * rng.unit()) }
             let (_, grad) = expected(model, x)
             for i in x.indices {
                 let h = 1e-3 * max(1, abs(x[i]))
@@ -177,9 +222,36 @@ final class CostModelTests: XCTestCase {
         XCTAssertThrowsError(try plan.validate(for: spec))
         plan = .dense(spec)
         plan.layers[5].tokens = 100
-        XCTAssertThrowsError(try plan.validate(for: spec), "tokens may not grow again after layer 5") { _ in }
+        XCTAssertThrowsError(try plan.validate(for: spec)) { error in
+            XCTAssertEqual((error as? UVCError)?.message.hasPrefix("layer 6 takes 197 tokens, more than the 100 of layer 5"), true)
+        }
         plan.layers[6...].indices.forEach { plan.layers[$0].tokens = 100 }
         XCTAssertNoThrow(try plan.validate(for: spec))
+        for l in 0..<12 { plan.layers[l].tokens = 150 }
+        XCTAssertThrowsError(try plan.validate(for: spec)) { error in
+            XCTAssertEqual((error as? UVCError)?.message.hasPrefix("layer 0 takes 150 tokens, expected all 197"), true)
+        }
+        plan = .dense(spec)
+        plan.layers[3].attention = false
+        plan.layers[4...].indices.forEach { plan.layers[$0].tokens = 100 }
+        XCTAssertThrowsError(try plan.validate(for: spec)) { error in
+            XCTAssertEqual((error as? UVCError)?.message.hasPrefix("layer 3 drops tokens (197 -> 100) with its attention off"), true)
+        }
+        plan.layers[3].attention = true
+        plan.layers[4...].indices.forEach { plan.layers[$0].tokens = 2 }
+        XCTAssertThrowsError(try plan.validate(for: spec)) { error in
+            XCTAssertEqual((error as? UVCError)?.message.hasPrefix("layer 3 drops tokens to 2, expected at least 3"), true)
+        }
+        plan.layers[4...].indices.forEach { plan.layers[$0].tokens = 3 }
+        XCTAssertNoThrow(try plan.validate(for: spec), "one kept patch and the fused token")
+        let noClass = try ViTSpec(depth: 2, embedDim: 8, numHeads: 2, qkHeadDim: 4, vHeadDim: 4, mlpHidden: 8,
+                                  patchSize: 2, imageHeight: 8, imageWidth: 8, prefixTokens: 0)
+        var headless = ArchPlan.dense(noClass)
+        XCTAssertNoThrow(try headless.validate(for: noClass))
+        headless.layers[1].tokens = 10
+        XCTAssertThrowsError(try headless.validate(for: noClass)) { error in
+            XCTAssertEqual((error as? UVCError)?.message.hasPrefix("layer 0 drops tokens, but the spec has no class token"), true)
+        }
         plan.layers[0].neurons = 0
         XCTAssertThrowsError(try plan.validate(for: spec))
         plan.layers[0].mlp = false

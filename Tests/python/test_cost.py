@@ -1,4 +1,5 @@
 """The cost model through the numpy API: reference numbers, consistency, gradients, errors."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -56,19 +57,50 @@ def random_spec(rng):
 
 
 def test_relaxed_at_integers_equals_exact(rng):
+    drops = 0
     for _ in range(100):
         spec = random_spec(rng)
-        plan = uvc.random_plan(spec, rng)
+        plan = uvc.random_plan(spec, rng, drop_prob=0.5)
+        tokens = plan.counts[:, 5]
+        assert tokens[0] == spec.num_tokens and np.all(np.diff(tokens) <= 0)
+        drops += int(np.sum(np.diff(tokens) < 0))
         for conv in ("uvc", "fvcore", "full"):
-            exact = uvc.count(spec, plan, conv).macs
-            assert expected_cost(spec, exact_as_relaxed(plan), convention=conv) == pytest.approx(exact, rel=1e-12)
+            report = uvc.count(spec, plan, conv)
+            # The fuse column is non-zero exactly in the blocks that drop tokens.
+            np.testing.assert_array_equal(report.layers[:-1, -1] > 0, np.diff(tokens) < 0)
+            assert report.layers[-1, -1] == 0
+            assert expected_cost(spec, exact_as_relaxed(plan), convention=conv) == pytest.approx(report.macs, rel=1e-12)
+    assert drops > 50
+
+
+def test_token_drop_breakdown():
+    # DeiT-Tiny drops 197 -> 100 tokens in block 5: its MLP and norm2, later blocks and the
+    # final norm see 100; its fuse component is the class-attention row plus the weighted sum.
+    spec = uvc.ViTSpec.from_name("deit_tiny_patch16_224")
+    dense = uvc.ArchPlan.dense(spec)
+    plan = uvc.ArchPlan(spec, dense.layers[:6] + tuple(dataclasses.replace(l, tokens=100) for l in dense.layers[6:]))
+    assert uvc.cost.LAYER_COMPONENTS[-1] == "fuse"
+    r, d = uvc.count(spec, plan, "fvcore"), 192
+    col = {name: r.layers[:, i] for i, name in enumerate(uvc.cost.LAYER_COMPONENTS)}
+    np.testing.assert_array_equal(col["fuse"], [0] * 5 + [3 * 197 * 64 + (197 - 100 + 1) * d] + [0] * 6)
+    np.testing.assert_array_equal(col["fc1"], [197 * d * 4 * d] * 5 + [100 * d * 4 * d] * 7)
+    np.testing.assert_array_equal(col["qkv"], [197 * d * 3 * d] * 6 + [100 * d * 3 * d] * 6)
+    np.testing.assert_array_equal(col["norm2"], [5 * 197 * d] * 5 + [5 * 100 * d] * 7)
+    np.testing.assert_array_equal(col["attn_qk"], [197 * 197 * d] * 6 + [100 * 100 * d] * 6)
+    assert r.globals[1] == 5 * 100 * d
+    # Softmax counts the class-attention row too (h * N more elements).
+    full = uvc.count(spec, plan, "full").layers[:, uvc.cost.LAYER_COMPONENTS.index("softmax")]
+    assert full[5] == 3 * 197 * 197 + 3 * 197 and full[4] == 3 * 197 * 197 and full[6] == 3 * 100 * 100
 
 
 def test_gradient_matches_central_differences(rng):
+    # Away from the kinks: every block drops tokens (tokens[l+1] < tokens[l] by more than the step).
     for trial in range(20):
         spec = uvc.ViTSpec.from_name("deit_base_patch16_224") if trial == 0 else random_spec(rng)
         upper = np.array([spec.num_heads, spec.v_head_dim, spec.mlp_hidden, 1, 1, spec.num_tokens], float)
-        x = np.ascontiguousarray((0.05 + 0.9 * rng.random((6, spec.depth))) * upper[:, None])
+        x = (0.05 + 0.9 * rng.random((6, spec.depth))) * upper[:, None]
+        x[5] = (0.6 + 0.4 * rng.random()) * spec.num_tokens * np.cumprod(0.5 + 0.45 * rng.random(spec.depth))
+        x = np.ascontiguousarray(x)
         grad = np.empty_like(x)
         expected_cost(spec, x, grad, "full")
         for idx in np.ndindex(*x.shape):
@@ -145,6 +177,8 @@ def test_plan_errors_and_roundtrip(tmp_path, rng):
         uvc.ArchPlan(spec, (bad,) + dense.layers[1:])
     with pytest.raises(ValueError, match="depth 12"):
         uvc.ArchPlan(spec, dense.layers[1:])
+    with pytest.raises(ValueError, match="drop_prob"):
+        uvc.random_plan(spec, rng, drop_prob=1.5)
     plan = uvc.random_plan(spec, rng)
     plan.save(tmp_path / "plan.json")
     again = uvc.ArchPlan.load(tmp_path / "plan.json")

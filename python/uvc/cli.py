@@ -51,6 +51,103 @@ def cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_flags(p: argparse.ArgumentParser, stage: int) -> None:
+    """Flags shared by both stages, spelled as in the original UVC scripts where they mean the same."""
+    p.add_argument("--config", help="JSON file of settings (keys as the long flags, '_' for '-'); flags override it")
+    p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder root with train/ and val/")
+    p.add_argument("--data-dir", dest="data_dir", help="folder with the Fashion-MNIST IDX files (default: the Debian package's)")
+    p.add_argument("--subset", type=int, help="train on this many images of a seeded shuffle (quick runs)")
+    p.add_argument("--eval-subset", dest="eval_subset", type=int, help="evaluate on this many test images")
+    p.add_argument("--train_batch_size", "--batch-size", dest="train_batch_size", type=int, default=128)
+    p.add_argument("--learning_rate", "--lr", dest="learning_rate", type=float, default=1e-4 if stage == 1 else 5e-4)
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=0.0 if stage == 1 else 0.05)
+    p.add_argument("--distillation-type", dest="distillation_type", choices=("none", "soft", "hard"), default="soft")
+    p.add_argument("--distillation-alpha", dest="distillation_alpha", type=float, default=0.1)
+    p.add_argument("--distillation-tau", dest="distillation_tau", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="every random choice flows from this seed")
+    p.add_argument("--output_dir", "--output-dir", dest="output_dir", required=False, default="runs/uvc")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output_dir from its checkpoint")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    settings = dict(vars(args))
+    if args.config:
+        try:
+            config = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--config {args.config}: cannot read JSON settings ({e})") from None
+        defaults = {a.dest: a.default for a in parser._actions}
+        for key, value in config.items():
+            key = key.replace("-", "_")
+            if key not in defaults:
+                raise ValueError(f"--config {args.config}: unknown setting {key!r}")
+            if settings.get(key) == defaults[key]:
+                settings[key] = value
+    for key in ("func", "command", "config"):
+        settings.pop(key, None)
+    return settings
+
+
+def _flag01(text: str) -> bool:
+    if text not in ("0", "1"):
+        raise argparse.ArgumentTypeError(f"expected 0 or 1, got {text!r}")
+    return text == "1"
+
+
+def _epochs_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs like '1,5,9', got {text!r}") from None
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from .torch.pipeline import compress
+    settings = _settings(args, args.parser)
+    if not settings.pop("enable_pruning"):
+        settings.update(prune_heads=False, prune_dims=False, prune_neurons=False)
+    settings["skip_blocks"] = settings.pop("enable_block_gating")
+    summary = compress(**settings)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .torch.pipeline import finetune
+    summary = finetune(**_settings(args, args.parser))
+    print(json.dumps({k: v for k, v in summary.items() if k != "records"}, indent=1))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .torch.demo import evaluate_models
+    evaluate_models(args.models, data=args.data, data_dir=args.data_dir, eval_subset=args.eval_subset,
+                    batch_sizes=tuple(args.latency_batch), json_path=args.json)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .torch.demo import run_demo
+    run_demo(**_settings(args, args.parser))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .plots import plot_architecture, plot_training_log
+    run = Path(args.run)
+    plan = ArchPlan.load(run / "plan.json")
+    print(cost_table(cost_mod.count(plan.spec, plan), plan))
+    print("wrote", plot_architecture(plan, run / "architecture.png", title=str(run)))
+    log = run / "stage1" / "log.jsonl"
+    if log.exists():
+        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        print("wrote", plot_training_log(records, run / "stage1_log.png"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uvc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +158,59 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to count besides matmuls: uvc (the paper's), fvcore (adds LayerNorm and head), full")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_flops)
+
+    p = sub.add_parser("compress", help="stage 1: search the architecture under the budget and export it")
+    p.add_argument("--model", "--model_type", dest="model", default="demo",
+                   help="'demo' (the shipped Fashion-MNIST ViT) or a timm model name")
+    p.add_argument("--checkpoint", "--model_path", dest="checkpoint", help="weights for --model (safetensors or torch)")
+    p.add_argument("--budget", type=float, default=0.5, help="fraction of the dense MACs to keep, in (0, 1]")
+    p.add_argument("--num_epochs", "--epochs", dest="num_epochs", type=int, default=30)
+    p.add_argument("--convention", choices=sorted(cost_mod.CONVENTIONS), default="uvc", help="what the budget counts")
+    p.add_argument("--enable_pruning", type=_flag01, default=True, help="1: prune heads, value dims and neurons")
+    p.add_argument("--enable_block_gating", type=_flag01, default=True, help="1: learn to skip block parts")
+    p.add_argument("--gate_granularity", choices=("block", "part"), default="block",
+                   help="one skip gate per block (as UVC) or one per MHSA / MLP part")
+    p.add_argument("--gating_weight", type=float, default=5e-4)
+    p.add_argument("--glr", dest="gate_lr", type=float, default=0.1, help="learning rate of the gate logits")
+    p.add_argument("--zlr_schedule_list", dest="zlr_schedule", type=_epochs_list, default=(1, 5, 9, 13, 17))
+    p.add_argument("--warmup_epochs", type=float, default=5.0, help="epochs of weight-only training first")
+    p.add_argument("--z_grad_clip", type=float, default=0.5)
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--eps_decay", type=float, default=0.92)
+    _train_flags(p, 1)
+    p.set_defaults(func=cmd_compress, parser=p)
+
+    p = sub.add_parser("finetune", help="stage 2: fine-tune the exported architecture with distillation")
+    p.add_argument("--model", required=True, help="folder written by uvc compress (its stage1_model/)")
+    p.add_argument("--teacher", default="demo", help="the dense teacher: 'demo' or a timm model name")
+    p.add_argument("--teacher-checkpoint", dest="teacher_checkpoint", help="weights of --teacher")
+    p.add_argument("--epochs", type=int, default=120)
+    _train_flags(p, 2)
+    p.set_defaults(func=cmd_finetune, parser=p)
+
+    p = sub.add_parser("evaluate", help="accuracy, MACs, parameters and CPU latency of one or more models")
+    p.add_argument("models", nargs="+", help="'demo' or folders written by uvc compress / finetune")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--data-dir", dest="data_dir")
+    p.add_argument("--eval-subset", dest="eval_subset", type=int)
+    p.add_argument("--latency-batch", dest="latency_batch", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--json", help="also write the results here")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="compress the shipped Fashion-MNIST ViT to 50%% of its MACs, end to end")
+    p.add_argument("--budget", type=float, default=0.5)
+    p.add_argument("--search-epochs", dest="search_epochs", type=int, default=4)
+    p.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, default=4)
+    p.add_argument("--subset", type=int, default=20000, help="training images per epoch (60000 = all)")
+    p.add_argument("--output_dir", "--output-dir", dest="output_dir", default="runs/demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.add_argument("--config", help="JSON file of settings")
+    p.set_defaults(func=cmd_demo, parser=p)
+
+    p = sub.add_parser("report", help="per-layer table and plots of a finished run")
+    p.add_argument("run", help="the --output_dir of uvc compress")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -3,6 +3,13 @@
 Every number is computed by the Swift core (`uvc._native`); this module shapes the
 arrays. Units: **MACs** (multiply-accumulates) throughout; FLOPs = 2 × MACs, reported
 under that name where shown.
+
+Token slimming: block l sees ``tokens[l]`` tokens in its MHSA; when ``tokens[l+1]`` is
+smaller it drops tokens right after its MHSA, so its MLP (and norm2) run on ``tokens[l+1]``
+tokens, and its ``fuse`` component counts the class token's attention row
+(heads·tokens[l]·qk_head_dim MACs) plus the weighted sum of the
+tokens[l] − tokens[l+1] + 1 fused tokens (that many × embed_dim MACs). The final norm
+sees ``tokens[depth-1]``.
 """
 from __future__ import annotations
 
@@ -21,7 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["Convention", "CONVENTIONS", "CostReport", "count", "expected_cost", "relaxed_cost",
            "LAYER_COMPONENTS", "GLOBAL_COMPONENTS", "RELAXED_FIELDS", "relaxed_inputs"]
 
-LAYER_COMPONENTS = ("qkv", "attn_qk", "attn_av", "proj", "fc1", "fc2", "norm1", "norm2", "softmax", "gelu", "bias")
+LAYER_COMPONENTS = ("qkv", "attn_qk", "attn_av", "proj", "fc1", "fc2", "norm1", "norm2", "softmax", "gelu", "bias",
+                    "fuse")
 GLOBAL_COMPONENTS = ("patch_embed", "final_norm", "head")
 RELAXED_FIELDS = ("heads", "v_dim", "neurons", "attn_gate", "mlp_gate", "tokens")
 
@@ -68,7 +76,7 @@ def as_convention(convention: "str | Convention") -> Convention:
 
 @dataclasses.dataclass(frozen=True)
 class CostReport:
-    """Exact MACs of one plan. ``layers``: (depth, 11) MACs per `LAYER_COMPONENTS`;
+    """Exact MACs of one plan. ``layers``: (depth, 12) MACs per `LAYER_COMPONENTS`;
     ``globals``: (3,) MACs per `GLOBAL_COMPONENTS`."""
 
     spec: "ViTSpec"
@@ -143,6 +151,10 @@ def expected_cost(spec: "ViTSpec", x: np.ndarray, out: np.ndarray | None = None,
     expected tokens entering each block). ``out``: optional float64 (6, depth) array that
     receives d(MACs)/dx; a new array is allocated when None (then only the cost is returned,
     use `relaxed_cost` to get both). Returns the expected MACs.
+
+    ``tokens[l+1]`` also sizes block l's MLP and token fusion (see the module doc); the
+    fusion term of a block counts when ``tokens[l+1] < tokens[l]`` and its gradient treats
+    that indicator as constant (the cost is piecewise smooth in the tokens).
 
     This is the hot path of the solver: no checks happen in Python, the core checks
     dtype, shape, contiguity and ranges.

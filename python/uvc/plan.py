@@ -32,6 +32,12 @@ class LayerPlan:
     (the same number for every head of a layer, so the layer stays one rectangular
     attention call). ``neurons``: kept MLP hidden neurons. ``attn`` / ``mlp``: whether the
     MHSA / MLP part runs at all. ``tokens``: tokens entering the block, prefix included.
+
+    Token schedule (checked by `ArchPlan`): layer 0 takes ``spec.num_tokens``; when layer
+    l + 1 takes fewer tokens than layer l, block l drops them after its MHSA (which must
+    run): it keeps the prefix tokens and the ``tokens[l+1] − prefix − 1`` ≥ 1 patch tokens
+    the class token attends to most, and fuses the rest into one token. The last block
+    never drops.
     """
 
     heads: tuple[int, ...]
@@ -129,16 +135,17 @@ class ArchPlan:
 
 
 def random_plan(spec: ViTSpec, rng: np.random.Generator, *, skip_prob: float = 0.15,
-                tokens: bool = True) -> ArchPlan:
+                tokens: bool = True, drop_prob: float = 0.3) -> ArchPlan:
     """A random valid plan (for tests and benchmarks): random kept heads, value dims,
-    neurons, skipped block parts and, if ``tokens``, a non-increasing token schedule."""
+    neurons, skipped block parts and, if ``tokens``, a valid token schedule in which each
+    block whose MHSA runs drops tokens with probability ``drop_prob`` (when it can)."""
     if not isinstance(rng, np.random.Generator):
         raise TypeError("random_plan: rng must be a numpy.random.Generator")
+    if not 0.0 <= drop_prob <= 1.0:
+        raise ValueError(f"random_plan: drop_prob must lie in [0, 1], got {drop_prob!r}")
     layers = []
     n_tok = spec.num_tokens
-    for _ in range(spec.depth):
-        if tokens and rng.random() < 0.3:
-            n_tok = int(rng.integers(spec.prefix_tokens + 1, n_tok + 1))
+    for i in range(spec.depth):
         attn = bool(rng.random() >= skip_prob)
         mlp = bool(rng.random() >= skip_prob)
         n_heads = int(rng.integers(1, spec.num_heads + 1))
@@ -149,4 +156,8 @@ def random_plan(spec: ViTSpec, rng: np.random.Generator, *, skip_prob: float = 0
         neurons = tuple(sorted(rng.choice(spec.mlp_hidden, n_neurons, replace=False).tolist()))
         layers.append(LayerPlan(heads=heads if attn else (), v_index=v_index if attn else (),
                                 neurons=neurons if mlp else (), tokens=n_tok, attn=attn, mlp=mlp))
+        # A drop keeps the prefix, at least one patch and the fused token: needs prefix + 3 in.
+        can_drop = attn and i + 1 < spec.depth and n_tok >= spec.prefix_tokens + 3
+        if tokens and can_drop and rng.random() < drop_prob:
+            n_tok = int(rng.integers(spec.prefix_tokens + 2, n_tok))
     return ArchPlan(spec, tuple(layers))

@@ -2,8 +2,9 @@
 
 Every block keeps its own number of heads and value width (queries/keys keep their full
 width), its own MLP width, and only the parts that run: a skipped MHSA or MLP has no
-modules and costs nothing, a block with both skipped is gone. Needs torch only, so a saved
-slim model loads without timm or any training code. State-dict names follow timm's
+modules and costs nothing, a block with both skipped is gone. A block after which the plan
+has fewer tokens drops them between its MHSA and its MLP (`reduce_tokens`). Needs torch
+only, so a saved slim model loads without timm or any training code. State-dict names follow timm's
 (``blocks.0.attn.qkv.weight``, ...), with blocks numbered among the kept ones
 (`SlimViT.block_index` maps them back to the source layers).
 """
@@ -18,7 +19,48 @@ from torch import nn
 from ..plan import ArchPlan
 from ..spec import ViTSpec
 
-__all__ = ["SlimViT", "SlimAttention", "SlimMlp", "SlimBlock", "LayerScale", "PatchEmbed"]
+__all__ = ["SlimViT", "SlimAttention", "SlimMlp", "SlimBlock", "LayerScale", "PatchEmbed", "reduce_tokens"]
+
+
+def reduce_tokens(x: torch.Tensor, class_attention: torch.Tensor, prefix_tokens: int,
+                  tokens_out: int) -> torch.Tensor:
+    """EViT-style token reduction: what a block that drops tokens does after its MHSA.
+
+    ``x``: (B, N, D) tokens, the first ``prefix_tokens`` of them class / distillation /
+    register tokens. ``class_attention``: (B, N), the class token's attention probabilities
+    over the N keys, averaged over the block's (kept) heads. Returns (B, ``tokens_out``, D):
+    the prefix tokens unchanged, then the k = ``tokens_out`` − prefix − 1 ≥ 1 other tokens
+    with the highest class attention (highest first), then one fused token: the sum of the
+    remaining N − ``tokens_out`` + 1 tokens weighted by their class attention renormalised to
+    sum 1. The fusion is a batched matmul of (N − ``tokens_out`` + 1)·D MACs per image; the
+    ranking and the weights cost no MACs.
+    """
+    for name, value in (("prefix_tokens", prefix_tokens), ("tokens_out", tokens_out)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"reduce_tokens: {name} must be an int, got {type(value).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"reduce_tokens: x must have shape (batch, tokens, dim), got {tuple(x.shape)}")
+    b, n, d = x.shape
+    # Shapes are constants while tracing (ONNX export); checking them there only warns.
+    if not torch.jit.is_tracing():
+        if prefix_tokens < 0 or not prefix_tokens + 2 <= tokens_out < n:
+            raise ValueError(f"reduce_tokens: tokens_out must lie in {prefix_tokens + 2}..{n - 1} (the prefix "
+                             f"tokens, at least one kept token and the fused one; fewer than the {n} in), "
+                             f"got {tokens_out}")
+        if tuple(class_attention.shape) != (b, n):
+            raise ValueError(f"reduce_tokens: class_attention must have shape {(b, n)}, "
+                             f"got {tuple(class_attention.shape)}")
+    keep = tokens_out - prefix_tokens - 1
+    # A full descending sort (TopK over all patches): kept first, the fused rest after.
+    scores, order = class_attention[:, prefix_tokens:].topk(n - prefix_tokens, dim=1)
+    patches = x[:, prefix_tokens:]
+    kept = patches.gather(1, order[:, :keep, None].expand(-1, -1, d))
+    dropped = patches.gather(1, order[:, keep:, None].expand(-1, -1, d))
+    weights = scores[:, keep:]
+    # Weights that all underflowed to 0 would give 0/0; the fused token is then 0, not NaN.
+    weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+    fused = weights.unsqueeze(1) @ dropped
+    return torch.cat([x[:, :prefix_tokens], kept, fused], dim=1)
 
 
 class LayerScale(nn.Module):
@@ -54,6 +96,9 @@ class SlimAttention(nn.Module):
     qkv: Linear(dim → heads·(2·qk_dim + v_dim)) laid out [q heads | k heads | v heads];
     proj: Linear(heads·v_dim → dim). ``fused_attn`` picks torch SDPA (fast) or explicit
     matmuls and softmax (what fvcore can count), like timm's attribute of that name.
+    Called with ``class_attention=True`` it also returns the class token's attention
+    probabilities, averaged over heads, (B, N): one extra matmul q_cls·Kᵀ of heads·N·qk_dim
+    MACs per image in both paths.
     """
 
     def __init__(self, dim: int, num_heads: int, qk_dim: int, v_dim: int, *, qkv_bias: bool = True,
@@ -65,7 +110,7 @@ class SlimAttention(nn.Module):
         self.qkv = nn.Linear(dim, num_heads * (2 * qk_dim + v_dim), bias=qkv_bias, device=device, dtype=dtype)
         self.proj = nn.Linear(num_heads * v_dim, dim, bias=proj_bias, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, class_attention: bool = False):
         b, n, _ = x.shape
         h, qd, vd = self.num_heads, self.qk_dim, self.v_dim
         q, k, v = self.qkv(x).split((h * qd, h * qd, h * vd), dim=-1)
@@ -77,7 +122,13 @@ class SlimAttention(nn.Module):
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)
             x = attn.softmax(dim=-1) @ v
-        return self.proj(x.transpose(1, 2).reshape(b, n, h * vd))
+        out = self.proj(x.transpose(1, 2).reshape(b, n, h * vd))
+        if not class_attention:
+            return out
+        # Its own small matmul in both paths: SDPA cannot return attention weights, and doing
+        # the same in the explicit path keeps the MAC count independent of fused_attn.
+        row = ((q[:, :, :1] * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return out, row.mean(dim=1).squeeze(1)
 
 
 class SlimMlp(nn.Module):
@@ -96,13 +147,22 @@ class SlimMlp(nn.Module):
 
 class SlimBlock(nn.Module):
     """A pre-norm transformer block whose MHSA part (``num_heads`` = 0) or MLP part
-    (``mlp_hidden`` = 0) may be absent: an absent part has no modules and adds nothing."""
+    (``mlp_hidden`` = 0) may be absent: an absent part has no modules and adds nothing.
+
+    With ``tokens_out`` set, the block drops tokens after its MHSA (which must be present):
+    `reduce_tokens` by the class token's attention, keeping ``prefix_tokens`` in place; the
+    MLP then runs on ``tokens_out`` tokens.
+    """
 
     def __init__(self, dim: int, *, num_heads: int, qk_dim: int, v_dim: int, mlp_hidden: int,
                  qkv_bias: bool = True, proj_bias: bool = True, norm_eps: float = 1e-6,
                  init_values: float | None = None, gelu_approximate: str = "none", fused_attn: bool = True,
-                 device=None, dtype=None) -> None:
+                 tokens_out: int | None = None, prefix_tokens: int = 1, device=None, dtype=None) -> None:
         super().__init__()
+        if tokens_out is not None and not num_heads:
+            raise ValueError("SlimBlock: tokens_out needs the MHSA part (num_heads >= 1): tokens are dropped "
+                             "by the class token's attention")
+        self.tokens_out, self.prefix_tokens = tokens_out, prefix_tokens
         dd = dict(device=device, dtype=dtype)
         self.norm1 = self.attn = self.ls1 = self.norm2 = self.mlp = self.ls2 = None
         if num_heads:
@@ -116,7 +176,10 @@ class SlimBlock(nn.Module):
             self.ls2 = LayerScale(dim, init_values, **dd) if init_values is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.attn is not None:
+        if self.tokens_out is not None:
+            y, cls_attn = self.attn(self.norm1(x), class_attention=True)
+            x = reduce_tokens(x + self.ls1(y), cls_attn, self.prefix_tokens, self.tokens_out)
+        elif self.attn is not None:
             x = x + self.ls1(self.attn(self.norm1(x)))
         if self.mlp is not None:
             x = x + self.ls2(self.mlp(self.norm2(x)))
@@ -153,10 +216,6 @@ class SlimViT(nn.Module):
                              "register tokens) or 2 (class and distillation tokens)")
         if spec.classifier_heads == 2 and spec.prefix_tokens != 2:
             raise ValueError("SlimViT: a distilled spec has exactly 2 prefix tokens (class, distillation)")
-        for i, layer in enumerate(plan.layers):
-            if layer.tokens != spec.num_tokens:
-                raise ValueError(f"SlimViT: plan layer {i} keeps {layer.tokens} of {spec.num_tokens} tokens; "
-                                 "token schedules are not supported yet")
         if gelu_approximate not in ("none", "tanh"):
             raise ValueError(f"SlimViT: gelu_approximate must be 'none' or 'tanh', got {gelu_approximate!r}")
         dd = dict(device=device, dtype=dtype)
@@ -188,11 +247,14 @@ class SlimViT(nn.Module):
         for i, layer in enumerate(plan.layers):
             if not (layer.attn or layer.mlp):
                 continue
+            # The plan (validated by the core) lets only a block whose MHSA runs drop tokens.
+            after = plan.layers[i + 1].tokens if i + 1 < spec.depth else layer.tokens
             kept.append(SlimBlock(d, num_heads=len(layer.heads) if layer.attn else 0, qk_dim=spec.qk_head_dim,
                                   v_dim=layer.v_dim, mlp_hidden=len(layer.neurons) if layer.mlp else 0,
                                   qkv_bias=qkv_bias, proj_bias=proj_bias, norm_eps=norm_eps,
                                   init_values=init_values, gelu_approximate=gelu_approximate,
-                                  fused_attn=fused_attn, **dd))
+                                  fused_attn=fused_attn, tokens_out=after if after < layer.tokens else None,
+                                  prefix_tokens=spec.prefix_tokens, **dd))
             index.append(i)
         self.blocks = nn.Sequential(*kept)
         self.block_index: tuple[int, ...] = tuple(index)
@@ -237,8 +299,10 @@ class SlimViT(nn.Module):
         dtype, in the model's train/eval mode.
 
         The result computes what ``model`` computes with the proj input columns of removed heads
-        and value dims zeroed, the fc2 input columns of removed neurons zeroed, and skipped
-        parts adding nothing.
+        and value dims zeroed, the fc2 input columns of removed neurons zeroed, skipped
+        parts adding nothing and, where the plan's token count falls after block l, block l
+        dropping tokens after its MHSA by `reduce_tokens`, with the class attention averaged
+        over the kept heads only.
         """
         from .introspect import model_config, spec_from_model
         if not isinstance(plan, ArchPlan):

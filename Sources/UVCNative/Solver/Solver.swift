@@ -1,0 +1,122 @@
+/// Per-group arrays of one model, borrowed for one call: heads `depth × numHeads`, value
+/// dims `depth × numHeads × vHeadDim`, neurons `depth × mlpHidden`, all row-major.
+public struct GroupArrays<Buffer> {
+    public let heads: Buffer
+    public let dims: Buffer
+    public let neurons: Buffer
+
+    public init(heads: Buffer, dims: Buffer, neurons: Buffer) {
+        self.heads = heads
+        self.dims = dims
+        self.neurons = neurons
+    }
+}
+
+/// Group scores (squared norms of the columns each group feeds into `attn.proj` / `mlp.fc2`).
+public typealias GroupScores = GroupArrays<UnsafeBufferPointer<Double>>
+/// Per-group outputs: proximal factors or keep masks.
+public typealias GroupOutputs = GroupArrays<UnsafeMutableBufferPointer<Double>>
+
+extension ViTSpec {
+    /// Sizes of the head, dim and neuron arrays.
+    var groupArraySizes: (heads: Int, dims: Int, neurons: Int) {
+        (depth * numHeads, depth * numHeads * vHeadDim, depth * mlpHidden)
+    }
+}
+
+extension GroupArrays where Buffer == UnsafeBufferPointer<Double> {
+    /// Checks sizes and values: every score finite and ≥ 0. `names` are the arguments' names.
+    public func validate(for spec: ViTSpec, names: (String, String, String) = ("head_scores", "dim_scores", "neuron_scores")) throws(UVCError) {
+        let n = spec.groupArraySizes
+        for (name, buffer, count, shape) in [(names.0, heads, n.heads, "(\(spec.depth), \(spec.numHeads))"),
+                                             (names.1, dims, n.dims, "(\(spec.depth), \(spec.numHeads), \(spec.vHeadDim))"),
+                                             (names.2, neurons, n.neurons, "(\(spec.depth), \(spec.mlpHidden))")] {
+            try require(buffer.count == count, name, "expected shape \(shape), got \(buffer.count) values")
+            guard !Kernels.allFiniteNonNegative(buffer) else { continue }
+            let i = buffer.firstIndex { !($0.isFinite && $0 >= 0) } ?? 0
+            throw UVCError(name, "scores must be finite and >= 0; entry \(i) is \(buffer[i])")
+        }
+    }
+}
+
+extension GroupArrays where Buffer == UnsafeMutableBufferPointer<Double> {
+    public func validate(for spec: ViTSpec, names: (String, String, String)) throws(UVCError) {
+        let n = spec.groupArraySizes
+        try require(heads.count == n.heads, names.0, "expected \(n.heads) values, got \(heads.count)")
+        try require(dims.count == n.dims, names.1, "expected \(n.dims) values, got \(dims.count)")
+        try require(neurons.count == n.neurons, names.2, "expected \(n.neurons) values, got \(neurons.count)")
+    }
+
+    func fill(_ value: Double) {
+        heads.update(repeating: value)
+        dims.update(repeating: value)
+        neurons.update(repeating: value)
+    }
+}
+
+/// The UVC primal-dual solver (REFERENCE.md §2–4) for one `ViTSpec`, with the original's
+/// defects fixed (§6). A value type: copying it forks the run; `state` is everything that
+/// changes, and restoring it continues the run exactly.
+///
+/// One `step` per optimizer step: proximal shrink of the groups selected for removal, a
+/// primal step on the removal counts and the gate logits, dual ascent on the group duals and
+/// on z. Costs are MACs under `convention`; the budget is `config.budget × denseMACs`.
+public struct Solver: Sendable {
+    public let spec: ViTSpec
+    public let config: SolverConfig
+    public let cost: CostModel
+    /// MACs of the dense model.
+    public let denseMACs: Double
+    public var state: SolverState
+
+    /// A fresh solver; `seed` seeds the gate sampler's generator (the only random source).
+    public init(spec: ViTSpec, convention: CostConvention, config: SolverConfig, seed: UInt64) throws(UVCError) {
+        try self.init(spec: spec, convention: convention, config: config,
+                      state: SolverState(spec: spec, config: config, seed: seed))
+    }
+
+    /// A solver resumed from a saved `state` (checked against spec and config).
+    public init(spec: ViTSpec, convention: CostConvention, config: SolverConfig, state: SolverState) throws(UVCError) {
+        self.spec = spec
+        self.config = config
+        self.cost = CostModel(spec: spec, convention: convention)
+        self.denseMACs = cost.exactTotal(.dense(spec))
+        self.state = state
+        try state.validate(spec: spec, config: config)
+        let floor = smallestReachableMACs
+        try require(budgetMACs >= floor * (1 + 1e-12), "budget",
+                    "\(budgetMACs) MACs (\(config.budget) of \(denseMACs)) is below the smallest cost the enabled "
+                    + "options can reach, \(floor) MACs (\(floor / denseMACs) of dense)")
+    }
+
+    public var budgetMACs: Double { config.budget * denseMACs }
+
+    /// MACs of the cheapest architecture the options allow: one head, one value dim and one
+    /// neuron per layer for the kinds being pruned, every part skipped if gates are on.
+    public var smallestReachableMACs: Double {
+        let l = spec.depth
+        var x = [Double](repeating: 0, count: RelaxedField.allCases.count * l)
+        let gate: Double = config.skipBlocks ? 0 : 1
+        for i in 0..<l {
+            x[RelaxedField.heads.rawValue * l + i] = config.prune[0] ? 1 : Double(spec.numHeads)
+            x[RelaxedField.vDim.rawValue * l + i] = config.prune[1] ? 1 : Double(spec.vHeadDim)
+            x[RelaxedField.neurons.rawValue * l + i] = config.prune[2] ? 1 : Double(spec.mlpHidden)
+            x[RelaxedField.attentionGate.rawValue * l + i] = gate
+            x[RelaxedField.mlpGate.rawValue * l + i] = gate
+            x[RelaxedField.tokens.rawValue * l + i] = Double(spec.numTokens)
+        }
+        return evaluate(x).macs
+    }
+
+    /// The cost model on a relaxed input (see `RelaxedField`), with its gradient.
+    func evaluate(_ x: [Double]) -> (macs: Double, gradient: [Double]) {
+        var gradient = [Double](repeating: 0, count: x.count)
+        let macs = x.withUnsafeBufferPointer { xb in
+            gradient.withUnsafeMutableBufferPointer { cost.expected(xb, gradient: $0) }
+        }
+        return (macs, gradient)
+    }
+
+    /// Groups of `kind` per layer, as a Double.
+    func groups(_ kind: GroupKind) -> Double { Double(kind.groupCount(spec)) }
+}

@@ -1,0 +1,132 @@
+import XCTest
+@testable import UVCNative
+
+/// Keep masks and the exported plan against the committed counts, and width rounding.
+final class SolverPlanTests: XCTestCase {
+    /// 4 blocks, 4 heads of 16 value dims, 96 neurons: widths worth rounding to 8.
+    private func spec() throws -> ViTSpec {
+        try ViTSpec(depth: 4, embedDim: 64, numHeads: 4, qkHeadDim: 16, vHeadDim: 16, mlpHidden: 96,
+                    patchSize: 4, imageHeight: 16, imageWidth: 16, numClasses: 10)
+    }
+
+    private func lowest(_ row: ArraySlice<Double>, _ k: Int) -> Set<Int> {
+        let r = Array(row)
+        return Set(r.indices.sorted { (r[$0], $0) < (r[$1], $1) }.prefix(k))
+    }
+
+    private func masks(_ s: Solver, _ scores: GroupData) throws -> GroupData {
+        var out = GroupData(s.spec, fill: -1)
+        try scores.withScores { sc in try out.withOutputs { try s.masks(scores: sc, into: $0) } }
+        return out
+    }
+
+    private func plan(_ s: Solver, _ scores: GroupData, roundTo: Int) throws -> (ArchPlan, Double, GroupData) {
+        var out = GroupData(s.spec, fill: -1)
+        let (p, macs) = try scores.withScores { sc in try out.withOutputs { try s.plan(scores: sc, roundTo: roundTo, into: $0) } }
+        return (p, macs, out)
+    }
+
+    func testMasksAreAllOnesBeforeTheSearchMoves() throws {
+        let s = try Solver(spec: try spec(), convention: .uvc, config: SolverConfig(), seed: 0)
+        var rng = Xoshiro256StarStar(seed: 1)
+        XCTAssertEqual(try masks(s, GroupData(s.spec, &rng)), GroupData(s.spec, fill: 1))
+    }
+
+    func testMasksRemoveTheCommittedNumberOfLowestScoringGroups() throws {
+        var s = try Solver(spec: try spec(), convention: .uvc, config: SolverConfig(), seed: 0)
+        s.state.committed = [0, 1, 3, 2, 5, 0, 15, 9, 40, 95, 0, 12]
+        var rng = Xoshiro256StarStar(seed: 2)
+        let scores = GroupData(s.spec, &rng)
+        let m = try masks(s, scores)
+        for layer in 0..<4 {
+            let removedHeads = lowest(scores.heads[(layer * 4)..<((layer + 1) * 4)], Int(s.state.committed[layer]))
+            for head in 0..<4 {
+                XCTAssertEqual(m.heads[layer * 4 + head], removedHeads.contains(head) ? 0 : 1)
+                let row = (layer * 4 + head) * 16
+                let removedDims = lowest(scores.dims[row..<(row + 16)], Int(s.state.committed[4 + layer]))
+                for j in 0..<16 {
+                    let kept = !removedHeads.contains(head) && !removedDims.contains(j)
+                    XCTAssertEqual(m.dims[row + j], kept ? 1 : 0, "a removed head keeps no dims")
+                }
+            }
+            let removedNeurons = lowest(scores.neurons[(layer * 96)..<((layer + 1) * 96)], Int(s.state.committed[8 + layer]))
+            for j in 0..<96 { XCTAssertEqual(m.neurons[layer * 96 + j], removedNeurons.contains(j) ? 0 : 1) }
+        }
+    }
+
+    func testPlanFollowsCountsAndGateDecisionsAndCostsWhatTheStateSays() throws {
+        var s = try Solver(spec: try spec(), convention: .fvcore, config: SolverConfig(gateGranularity: .part), seed: 0)
+        s.state.committed = [0, 1, 3, 2, 5, 0, 15, 9, 40, 95, 0, 12]
+        s.state.logits = [2, 2, -1, 2, 2, -3, 0.5, 2]
+        var rng = Xoshiro256StarStar(seed: 3)
+        let scores = GroupData(s.spec, &rng)
+        let (p, macs, m) = try plan(s, scores, roundTo: 1)
+        XCTAssertEqual(p.layers.map(\.attention), [true, false, true, true])
+        XCTAssertEqual(p.layers.map(\.mlp), [true, true, false, true])
+        XCTAssertEqual(p.layers.map(\.heads), [4, 0, 1, 2])
+        XCTAssertEqual(p.layers.map(\.vDim), [11, 0, 1, 7])
+        XCTAssertEqual(p.layers.map(\.neurons), [56, 1, 0, 84])
+        XCTAssertEqual(p.layers.map(\.tokens), [17, 17, 17, 17])
+        XCTAssertNoThrow(try p.validate(for: s.spec))
+        XCTAssertEqual(macs, s.cost.exactTotal(p))
+        XCTAssertEqual(macs, s.planMACs(), accuracy: 1e-6)
+        // The plan's masks keep exactly its counts; skipped parts keep nothing.
+        for (layer, lp) in p.layers.enumerated() {
+            XCTAssertEqual(m.heads[(layer * 4)..<((layer + 1) * 4)].reduce(0, +), Double(lp.heads))
+            XCTAssertEqual(m.dims[(layer * 64)..<((layer + 1) * 64)].reduce(0, +), Double(lp.heads * lp.vDim))
+            XCTAssertEqual(m.neurons[(layer * 96)..<((layer + 1) * 96)].reduce(0, +), Double(lp.neurons))
+        }
+        // Where a part runs, the plan's masks are the training masks.
+        let train = try masks(s, scores)
+        XCTAssertEqual(Array(m.neurons[0..<96]), Array(train.neurons[0..<96]))
+        XCTAssertEqual(Array(m.dims[0..<64]), Array(train.dims[0..<64]))
+    }
+
+    func testRoundingGivesMultiplesOfEightWithinTheBudget() throws {
+        for budget in [0.35, 0.5, 0.8] {
+            var s = try Solver(spec: try spec(), convention: .uvc, config: SolverConfig(budget: budget), seed: 0)
+            var rng = Xoshiro256StarStar(seed: 4)
+            let scores = GroupData(s.spec, &rng)
+            for t in 0..<400 {
+                let epoch = 5 + Double(t) / 50
+                let gates = try s.sample(epoch: epoch)
+                _ = try s.step(scores, gateGradient: gates.map { $0 - 2 }, epoch: epoch)
+            }
+            let (rounded, macs, m) = try plan(s, scores, roundTo: 8)
+            XCTAssertLessThanOrEqual(macs, s.budgetMACs, "budget \(budget)")
+            XCTAssertGreaterThan(macs, 0.9 * s.budgetMACs, "budget \(budget): trimming stops at the budget")
+            let (raw, _, _) = try plan(s, scores, roundTo: 1)
+            for (r, l) in zip(rounded.layers, raw.layers) {
+                XCTAssertEqual(r.heads, l.heads)
+                XCTAssertEqual(r.attention, l.attention)
+                if r.attention { XCTAssertEqual(r.vDim % 8, 0) }
+                if r.mlp { XCTAssertEqual(r.neurons % 8, 0) }
+            }
+            for (layer, lp) in rounded.layers.enumerated() {
+                XCTAssertEqual(m.neurons[(layer * 96)..<((layer + 1) * 96)].reduce(0, +), Double(lp.neurons))
+            }
+        }
+    }
+
+    func testWidthRoundingSteps() {
+        let w = WidthRounding(roundTo: 8)
+        XCTAssertEqual(w.nearest(3, dense: 96), 8)
+        XCTAssertEqual(w.nearest(11, dense: 96), 8)
+        XCTAssertEqual(w.nearest(12, dense: 96), 16)
+        XCTAssertEqual(w.nearest(95, dense: 96), 96)
+        XCTAssertEqual(w.nearest(37, dense: 38), 38, "the dense width is allowed")
+        XCTAssertEqual(w.nearest(5, dense: 6), 5, "a dense width below roundTo is not rounded")
+        XCTAssertEqual(w.nextLower(16, dense: 96), 8)
+        XCTAssertEqual(w.nextLower(38, dense: 38), 32)
+        XCTAssertNil(w.nextLower(8, dense: 96))
+        XCTAssertNil(w.nextLower(5, dense: 6))
+    }
+
+    func testRoundToMustBePositive() throws {
+        let s = try Solver(spec: try spec(), convention: .uvc, config: SolverConfig(), seed: 0)
+        var rng = Xoshiro256StarStar(seed: 5)
+        XCTAssertThrowsError(try plan(s, GroupData(s.spec, &rng), roundTo: 0)) {
+            XCTAssertEqual(($0 as? UVCError)?.argument, "round_to")
+        }
+    }
+}

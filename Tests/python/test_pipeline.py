@@ -1,0 +1,92 @@
+"""End to end on a tiny timm ViT with real Fashion-MNIST images: stage 1 → export → reload →
+stage 2 → evaluate; exact resume; ONNX."""
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+import uvc
+from uvc.torch import export_onnx, load
+from uvc.torch.compress import Compressor
+from uvc.torch.pipeline import compress, finetune
+
+TINY = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=3, num_heads=4)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
+    save_file(model.state_dict(), str(path))
+    return str(path)
+
+
+def settings(tmp, ckpt, **over):
+    s = dict(model="vit_tiny_patch16_224", model_kwargs=TINY, checkpoint=ckpt, data="fashion-mnist", subset=384,
+             eval_subset=200, train_batch_size=64, learning_rate=1e-3, weight_decay=0.0, budget=0.5,
+             num_epochs=3, warmup_epochs=0.5, zlr_schedule=(1.0, 2.0), distillation_type="soft",
+             distillation_alpha=0.5, distillation_tau=1.0, seed=3, output_dir=str(tmp), device="cpu",
+             checkpoint_every=4, progress=False)
+    s.update(over)
+    return s
+
+
+def test_stage1_export_reload_stage2(tmp_path, tiny_checkpoint):
+    s1 = compress(**settings(tmp_path, tiny_checkpoint))
+    spec = uvc.ViTSpec.from_dict(json.loads((tmp_path / "stage1_model" / "arch.json").read_text())["spec"])
+    plan = uvc.ArchPlan.load(tmp_path / "plan.json")
+    # The exported model reproduces the masked model and is physically smaller.
+    assert s1["max_abs_logit_diff"] < 1e-4
+    assert s1["macs"] == uvc.count(spec, plan).macs < s1["dense_macs"]
+    exported = load(tmp_path / "stage1_model")
+    dense_params = sum(p.numel() for p in timm.create_model("vit_tiny_patch16_224", **TINY).parameters())
+    assert sum(p.numel() for p in exported.parameters()) < dense_params
+    log = [json.loads(l) for l in (tmp_path / "stage1" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3] and all("z" in r for r in log)
+    # Stage 2 trains the exported architecture and keeps it.
+    s2 = finetune(**settings(tmp_path, tiny_checkpoint, model=str(tmp_path / "stage1_model"),
+                             teacher="vit_tiny_patch16_224", teacher_checkpoint=tiny_checkpoint, epochs=2,
+                             output_dir=str(tmp_path / "ft")))
+    final = load(tmp_path / "ft" / "model")
+    assert final.plan == exported.plan
+    assert 0 <= s2["acc"] <= 100
+    x = torch.randn(3, 1, 28, 28)
+    before = exported(x)
+    assert not torch.allclose(final(x), before), "stage 2 must change the weights"
+    # ONNX of the final model agrees with torch.
+    import onnxruntime as ort
+    path = export_onnx(final, tmp_path / "m.onnx", batch_size=3)
+    sess = ort.InferenceSession(str(path))
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, final(x).detach().numpy(), atol=1e-4)
+
+
+def test_resume_equals_uninterrupted(tmp_path, tiny_checkpoint):
+    full = tmp_path / "full"
+    part = tmp_path / "part"
+    compress(**settings(full, tiny_checkpoint, num_epochs=2))
+    stopped = compress(**settings(part, tiny_checkpoint, num_epochs=2, stop_after=7))
+    assert stopped == {"stopped_at_step": 7}
+    compress(**settings(part, tiny_checkpoint, num_epochs=2, resume=True))
+    a = torch.load(full / "stage1" / "checkpoint.pt", weights_only=False)
+    b = torch.load(part / "stage1" / "checkpoint.pt", weights_only=False)
+    assert a["compressor"] == b["compressor"]
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert (full / "plan.json").read_text() == (part / "plan.json").read_text()
+
+
+def test_compressor_rejects_non_vit():
+    with pytest.raises(TypeError, match="model"):
+        Compressor(torch.nn.Sequential(torch.nn.Linear(4, 4)), 0.5, steps_per_epoch=1)
+
+
+def test_unreachable_budget_is_reported():
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY)
+    with pytest.raises(ValueError, match="budget"):
+        Compressor(model, 0.001, steps_per_epoch=1, prune_heads=False, prune_dims=False, prune_neurons=False,
+                   skip_blocks=False)

@@ -1,0 +1,376 @@
+"""uvc.Solver: convergence on a synthetic problem, formulas against plain-Python references,
+the gate sampler's statistics, exact resume, and argument checking."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import uvc
+
+TINY, SMALL = "deit_tiny_patch16_224", "deit_small_patch16_224"
+
+
+def synthetic_run(name, budget, steps=1500, steps_per_epoch=100, seed=0, **hyper):
+    """The solver on fixed random group scores (no network): each column's norm is pulled back
+    to its trained value by a quadratic task loss and shrunk by the solver's factors; the gate
+    loss ½·a·(g − 2)² wants every part on, more so in later layers. Returns the solver, the
+    (expected ratio, plan ratio, z) of the last fifth of the run and the trained norms."""
+    spec = uvc.ViTSpec.from_name(name)
+    L, H, dv, M = spec.depth, spec.num_heads, spec.v_head_dim, spec.mlp_hidden
+    rng = np.random.default_rng(seed)
+    layer = np.exp(rng.normal(0, 0.3, L))
+    w0d = np.exp(rng.normal(0, 0.5, (L, H, dv))) * np.exp(rng.normal(0, 0.3, (L, H, 1))) * layer[:, None, None]
+    w0n = np.exp(rng.normal(0, 0.5, (L, M))) * layer[:, None]
+    wd, wn = w0d.copy(), w0n.copy()
+    a = np.linspace(0.2, 1.0, L)[:, None] * np.ones((1, 2))
+    solver = uvc.Solver(spec, budget, seed=seed, **dict(dict(warmup_epochs=1.0), **hyper))
+    tail = []
+    for t in range(steps):
+        epoch = t / steps_per_epoch
+        g = solver.sample_gates(epoch)
+        wd += 0.02 * (w0d - wd)
+        wn += 0.02 * (w0n - wn)
+        sd, sn = wd ** 2, wn ** 2
+        res = solver.step(sd.sum(-1), sd, sn, a * (g - 2.0), lr=1e-2, epoch=epoch)
+        wd *= res.head_factor[:, :, None] * res.dim_factor
+        wn *= res.neuron_factor
+        if t >= steps - steps // 5 and t % 10 == 0:
+            st = solver.stats()
+            tail.append((st["expected_ratio"], st["plan_ratio"], st["z"]))
+    return solver, np.array(tail), (w0d, w0n, layer)
+
+
+@pytest.mark.parametrize("name", [TINY, SMALL])
+@pytest.mark.parametrize("budget", [0.3, 0.5, 0.7])
+def test_search_meets_the_budget_with_a_settled_z_removing_the_lowest_groups(name, budget):
+    solver, tail, (w0d, w0n, _) = synthetic_run(name, budget)
+    st = solver.stats()
+    plan = solver.plan()
+    macs = uvc.count(solver.spec, plan).macs
+    assert macs == pytest.approx(st["plan_macs"], rel=1e-12)
+    assert macs == pytest.approx(solver.budget_macs, rel=0.01)
+    # The expected cost counts gate probabilities still short of 1 (the gates started at 0.88).
+    assert st["expected_ratio"] == pytest.approx(budget, rel=0.03)
+    z = tail[:, 2]
+    assert 0 < z.min() and z.max() < 1e3
+    assert z.max() / z.min() < 1.05, "z settles: no swing to 0, no growth"
+    assert np.abs(tail[:, 1] / budget - 1).max() < 0.02
+    # The kept groups are the highest-scoring ones (scores: the trained column norms squared).
+    for l, layer in enumerate(plan.layers):
+        assert layer.attn and layer.mlp
+        heads = np.argsort(-(w0d[l] ** 2).sum(-1), kind="stable")[:len(layer.heads)]
+        assert set(layer.heads) == set(heads.tolist())
+        neurons = np.argsort(-w0n[l], kind="stable")[:len(layer.neurons)]
+        assert set(layer.neurons) == set(neurons.tolist())
+        for h, v in zip(layer.heads, layer.v_index):
+            assert set(v) == set(np.argsort(-w0d[l, h], kind="stable")[:len(v)].tolist())
+
+
+def test_layers_with_lower_scores_lose_more():
+    solver, _, (_, _, layer) = synthetic_run(SMALL, 0.5)
+    kept = np.array(solver.stats()["kept_neurons"])
+    # Rank correlation between a layer's score scale and the neurons it keeps.
+    r = np.corrcoef(np.argsort(np.argsort(layer)), np.argsort(np.argsort(kept)))[0, 1]
+    assert r > 0.8
+
+
+def _drive(solver, scores, steps, start=0, spe=10):
+    out = []
+    for t in range(start, start + steps):
+        epoch = t / spe
+        g = solver.sample_gates(epoch)
+        res = solver.step(*scores, 0.5 - g, lr=1e-2, epoch=epoch)
+        out.append((g, res.head_factor.copy(), res.dim_factor.copy(), res.neuron_factor.copy()))
+    return out
+
+
+def _scores(spec, seed=0):
+    rng = np.random.default_rng(seed)
+    d = rng.random((spec.depth, spec.num_heads, spec.v_head_dim)) + 0.1
+    return d.sum(-1), d, rng.random((spec.depth, spec.mlp_hidden)) + 0.1
+
+
+HYPER = dict(warmup_epochs=0.5, lr_counts=(0.05, 0.05, 0.1), gating_interval=3, gate_granularity="part",
+             zlr_schedule=(1, 2))
+
+
+def test_resume_from_json_continues_bit_identically():
+    spec = uvc.ViTSpec.from_name(TINY)
+    scores = _scores(spec)
+    whole = uvc.Solver(spec, 0.4, seed=3, **HYPER)
+    a = _drive(whole, scores, 60)
+    first = uvc.Solver(spec, 0.4, seed=3, **HYPER)
+    _drive(first, scores, 25)
+    d = json.loads(json.dumps(first.state_dict(), allow_nan=False))
+    resumed = uvc.Solver.from_state_dict(d)
+    b = _drive(resumed, scores, 35, start=25)
+    for x, y in zip(a[25:], b):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v)
+    assert resumed.state_dict() == whole.state_dict()
+    assert whole.stats()["z"] > 0 and whole.stats()["search_steps"] == 55
+    other = uvc.Solver(spec, 0.4, seed=3, **HYPER)
+    other.load_state_dict(first.state_dict())
+    _drive(other, scores, 35, start=25)
+    assert other.state_dict() == whole.state_dict()
+
+
+def test_identical_inputs_give_identical_solvers():
+    spec = uvc.ViTSpec.from_name(TINY)
+    scores = _scores(spec, 1)
+    a, b = uvc.Solver(spec, 0.5, seed=7, **HYPER), uvc.Solver(spec, 0.5, seed=7, **HYPER)
+    _drive(a, scores, 40)
+    _drive(b, scores, 40)
+    assert a.state_dict() == b.state_dict()
+    c = uvc.Solver(spec, 0.5, seed=8, **HYPER)
+    _drive(c, scores, 40)
+    assert c.state_dict()["rng"] != a.state_dict()["rng"]
+
+
+def test_load_refuses_another_spec_and_corrupt_states_without_changing_anything():
+    spec = uvc.ViTSpec.from_name(TINY)
+    solver = uvc.Solver(spec, 0.5, **HYPER)
+    _drive(solver, _scores(spec), 12)
+    before = solver.state_dict()
+    other = uvc.Solver(uvc.ViTSpec.from_name(SMALL), 0.5)
+    with pytest.raises(ValueError, match="different spec"):
+        solver.load_state_dict(other.state_dict())
+    bad = json.loads(json.dumps(before))
+    bad["state"]["z"] = [-1.0]
+    with pytest.raises(ValueError, match="state.z"):
+        solver.load_state_dict(bad)
+    bad = json.loads(json.dumps(before))
+    bad["state"]["removal"] = bad["state"]["removal"][:-1]
+    with pytest.raises(ValueError, match="removal"):
+        solver.load_state_dict(bad)
+    assert solver.state_dict() == before
+
+
+def test_warmup_keeps_everything_on_and_the_state_still():
+    spec = uvc.ViTSpec.from_name(TINY)
+    solver = uvc.Solver(spec, 0.5, warmup_epochs=2.0)
+    before = solver.state_dict()["state"]
+    for epoch in (0.0, 1.0, 1.99):
+        np.testing.assert_array_equal(solver.sample_gates(epoch), np.ones((spec.depth, 2)))
+        res = solver.step(*_scores(spec), np.ones((spec.depth, 2)), lr=0.1, epoch=epoch)
+        for f in (res.head_factor, res.dim_factor, res.neuron_factor):
+            np.testing.assert_array_equal(f, 1.0)
+    after = solver.state_dict()["state"]
+    assert after["epoch"] == [1.99]
+    assert {k: v for k, v in after.items() if k != "epoch"} == {k: v for k, v in before.items() if k != "epoch"}
+    for m in solver.masks():
+        np.testing.assert_array_equal(m, 1.0)
+
+
+# Plain-Python xoshiro256** seeded by SplitMix64, and the two random gate relaxations.
+_M = (1 << 64) - 1
+
+
+def _rng_words(seed):
+    s, words = seed, []
+    for _ in range(4):
+        s = (s + 0x9E3779B97F4A7C15) & _M
+        z = ((s ^ (s >> 30)) * 0xBF58476D1CE4E5B9) & _M
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M
+        words.append(z ^ (z >> 31))
+    return words
+
+
+def _uniforms(seed):
+    s = _rng_words(seed)
+    rotl = lambda x, k: ((x << k) | (x >> (64 - k))) & _M  # noqa: E731
+    while True:
+        r = (rotl((s[1] * 5) & _M, 7) * 9) & _M
+        t = (s[1] << 17) & _M
+        s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3]; s[2] ^= t; s[3] = rotl(s[3], 45)  # noqa: E702
+        yield ((r >> 11) + 0.5) * 2.0 ** -53
+
+
+@pytest.mark.parametrize("sampler", ["gumbel", "sigmoid"])
+def test_soft_gate_samples_match_a_plain_python_reference(sampler):
+    spec = uvc.ViTSpec.from_name(TINY)
+    tau = 0.7
+    solver = uvc.Solver(spec, 0.5, seed=123, warmup_epochs=0.0, gate_sampler=sampler, straight_through=False,
+                        tau=tau, gate_granularity="part")
+    u = _uniforms(123)
+    d = 2.0  # gate_init: log-odds of running
+    for _ in range(3):
+        gates = solver.sample_gates(0.5)
+        for l in range(spec.depth):
+            for part in range(2):
+                if sampler == "gumbel":
+                    g_skip, g_run = -math.log(-math.log(next(u))), -math.log(-math.log(next(u)))
+                    expected = 1 / (1 + math.exp(-(d + g_run - g_skip) / tau))
+                else:
+                    x = next(u)
+                    expected = 1 / (1 + math.exp(-(d + math.log(x) - math.log1p(-x)) / tau))
+                assert gates[l, part] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("sampler", ["gumbel", "sigmoid"])
+def test_hard_gates_run_as_often_as_the_softmax_probability(sampler):
+    spec = uvc.ViTSpec.from_name(TINY)
+    init = 0.7
+    solver = uvc.Solver(spec, 0.5, seed=5, warmup_epochs=0.0, gate_sampler=sampler, gate_init=init)
+    draws = np.stack([solver.sample_gates(1.0) for _ in range(2000)])
+    assert set(np.unique(draws)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(draws[:, :, 0], draws[:, :, 1])  # one gate per block
+    p = 1 / (1 + math.exp(-init))
+    n = draws[:, :, 0].size
+    assert draws[:, :, 0].mean() == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / n))
+    probs = np.array(solver.stats()["gate_probs"])
+    np.testing.assert_allclose(probs, p, rtol=1e-12)
+    again = uvc.Solver(spec, 0.5, seed=5, warmup_epochs=0.0, gate_sampler=sampler, gate_init=init)
+    np.testing.assert_array_equal(np.stack([again.sample_gates(1.0) for _ in range(2000)]), draws)
+
+
+def test_proximal_factors_shrink_the_groups_leastsum_covers():
+    spec = uvc.ViTSpec.from_name(TINY)
+    solver = uvc.Solver(spec, 0.5, warmup_epochs=0.0, lr_counts=(0.3, 0.3, 0.3), dual_lr=0.5)
+    scores = _scores(spec, 4)
+    _drive(solver, scores, 5)
+    state = solver.state_dict()["state"]
+    removal, duals = np.array(state["removal"]).reshape(3, -1), np.array(state["duals"]).reshape(3, -1)
+    eta = 0.02
+    res = solver.step(*scores, None, lr=eta, epoch=1.0)
+    for l in range(spec.depth):
+        row = scores[2][l]
+        s = removal[2, l]
+        whole, frac = int(s), s - int(s)
+        raw = duals[2, l] / row.sum()
+        expected = np.ones_like(row)
+        order = np.argsort(row, kind="stable")
+        expected[order[:whole]] = 1 / (1 + 2 * eta * raw)
+        expected[order[whole]] = 1 / (1 + 2 * eta * raw * frac)
+        np.testing.assert_allclose(res.neuron_factor[l], expected, rtol=1e-15)
+        assert (res.neuron_factor[l] < 1).sum() == whole + (frac > 0)
+
+
+def test_expected_macs_is_the_cost_model_on_counts_and_gate_probabilities():
+    spec = uvc.ViTSpec.from_name(SMALL)
+    solver = uvc.Solver(spec, 0.5, warmup_epochs=0.0, convention="fvcore", lr_counts=0.2)
+    _drive(solver, _scores(spec, 2), 20)
+    state = solver.state_dict()["state"]
+    removal = np.array(state["removal"]).reshape(3, -1)
+    probs = np.array(solver.stats()["gate_probs"])
+    x = uvc.relaxed_inputs(spec, heads=spec.num_heads - removal[0], v_dim=spec.v_head_dim - removal[1],
+                           neurons=spec.mlp_hidden - removal[2], attn_gate=probs[:, 0], mlp_gate=probs[:, 1])
+    assert solver.expected_macs() == pytest.approx(uvc.expected_cost(spec, x, convention="fvcore"), rel=1e-12)
+    assert solver.dense_macs == uvc.count(spec, convention="fvcore").macs
+
+
+def test_the_z_schedule_takes_effect():
+    spec = uvc.ViTSpec.from_name(TINY)
+    scores = _scores(spec)
+    zs = []
+    for schedule in ((), (0.0, 0.5)):
+        solver = uvc.Solver(spec, 0.5, warmup_epochs=0.0, zlr_schedule=schedule, zlr_gamma=3.0, z_lr=0.1)
+        solver.step(*scores, None, lr=1e-3, epoch=1.0)
+        zs.append(solver.stats()["z"])
+    # First step from z = 0 with the same violation: η_z is 3² times larger after two epochs listed.
+    assert zs[0] > 0
+    assert zs[1] == pytest.approx(9 * zs[0], rel=1e-12)
+
+
+def test_gates_skip_the_blocks_the_task_does_not_need():
+    spec = uvc.ViTSpec.from_name(TINY)
+    # Skipping 3 of the 12 blocks leaves 75.6 % of the MACs (the patch embedding stays).
+    solver = uvc.Solver(spec, 0.76, warmup_epochs=0.0, prune_heads=False, prune_dims=False, prune_neurons=False,
+                        gating_weight=1.0, gating_interval=1, gate_lr=0.5)
+    useless = np.zeros(spec.depth, bool)
+    useless[[2, 5, 9]] = True
+    need = np.where(useless, 0.0, 1.0)[:, None] * np.ones((1, 2))
+    scores = _scores(spec)
+    for t in range(600):
+        g = solver.sample_gates(t / 100)
+        solver.step(*scores, need * (g - 2.0), lr=1e-3, epoch=t / 100)
+    on = solver.gate_decisions()
+    np.testing.assert_array_equal(on[:, 0], ~useless)
+    np.testing.assert_array_equal(on[:, 0], on[:, 1])
+    plan = solver.plan()
+    assert [not l.attn and not l.mlp for l in plan.layers] == useless.tolist()
+    assert uvc.count(spec, plan).macs < solver.budget_macs
+
+
+def test_plan_rounded_to_eight_meets_the_budget():
+    solver, _, _ = synthetic_run(TINY, 0.5, steps=600)
+    plan = solver.plan(round_to=8)
+    macs = uvc.count(solver.spec, plan).macs
+    assert 0.97 * solver.budget_macs < macs <= solver.budget_macs
+    for layer, raw in zip(plan.layers, solver.plan().layers):
+        assert layer.v_dim % 8 == 0 and len(layer.neurons) % 8 == 0
+        assert layer.heads == raw.heads
+
+
+def test_budget_in_macs_and_reachability():
+    spec = uvc.ViTSpec.from_name(TINY)
+    dense = uvc.count(spec).macs
+    solver = uvc.Solver(spec, budget_macs=0.4 * dense)
+    assert solver.budget_macs == pytest.approx(0.4 * dense)
+    assert solver.hyper["budget"] == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="budget_macs"):
+        uvc.Solver(spec, budget_macs=2 * dense)
+    with pytest.raises(ValueError, match="smallest cost"):
+        uvc.Solver(spec, 0.2, skip_blocks=False, prune_heads=False, prune_dims=False)
+
+
+@pytest.mark.parametrize("kwargs, error, name", [
+    (dict(budget=0.0), ValueError, "budget"),
+    (dict(budget=1.5), ValueError, "budget"),
+    (dict(budget=float("nan")), ValueError, "budget"),
+    (dict(lr_counts=-0.1), ValueError, "lr_counts"),
+    (dict(lr_counts=(0.1, 0.1)), ValueError, "lr_counts"),
+    (dict(gate_lr=-1.0), ValueError, "gate_lr"),
+    (dict(z_lr=-1.0), ValueError, "z_lr"),
+    (dict(dual_lr=-1e-4), ValueError, "dual_lr"),
+    (dict(z_grad_clip=0.0), ValueError, "z_grad_clip"),
+    (dict(tau=0.0), ValueError, "tau"),
+    (dict(eps_decay=1.5), ValueError, "eps_decay"),
+    (dict(hysteresis=0.5), ValueError, "hysteresis"),
+    (dict(zlr_schedule=(1, -2)), ValueError, "zlr_schedule"),
+    (dict(gating_interval=0), ValueError, "gating_interval"),
+    (dict(gating_interval=2.5), TypeError, "gating_interval"),
+    (dict(gate_granularity="layer"), ValueError, "gate_granularity"),
+    (dict(gate_sampler="uniform"), ValueError, "gate_sampler"),
+    (dict(prune_heads=1), TypeError, "prune_heads"),
+    (dict(tau="hot"), TypeError, "tau"),
+    (dict(seed=-1), ValueError, "seed"),
+    (dict(warmup=3), TypeError, "unknown"),
+])
+def test_bad_hyper_parameters_name_the_argument(kwargs, error, name):
+    spec = uvc.ViTSpec.from_name(TINY)
+    budget = kwargs.pop("budget", 0.5)
+    with pytest.raises(error, match=name):
+        uvc.Solver(spec, budget, **kwargs)
+
+
+def test_bad_arrays_name_the_argument():
+    spec = uvc.ViTSpec.from_name(TINY)
+    solver = uvc.Solver(spec, 0.5, warmup_epochs=0.0)
+    h, d, n = _scores(spec)
+    with pytest.raises(ValueError, match="neuron_scores"):
+        solver.step(h, d, n[:, :-1], None, lr=1e-4, epoch=1.0)
+    with pytest.raises(ValueError, match="head_scores"):
+        solver.step(h.T.copy(), d, n, None, lr=1e-4, epoch=1.0)
+    bad = d.copy()
+    bad[3, 1, 7] = np.nan
+    with pytest.raises(ValueError, match="dim_scores"):
+        solver.step(h, bad, n, None, lr=1e-4, epoch=1.0)
+    with pytest.raises(ValueError, match="neuron_scores"):
+        solver.step(h, d, -n, None, lr=1e-4, epoch=1.0)
+    with pytest.raises(TypeError, match="head_scores"):
+        solver.step(h.astype(np.float32), d, n, None, lr=1e-4, epoch=1.0)
+    with pytest.raises(TypeError, match="dim_scores"):
+        solver.step(h, d.tolist(), n, None, lr=1e-4, epoch=1.0)
+    with pytest.raises(ValueError, match="gate_grad"):
+        solver.step(h, d, n, np.zeros((spec.depth, 3)), lr=1e-4, epoch=1.0)
+    with pytest.raises(ValueError, match="lr"):
+        solver.step(h, d, n, None, lr=-1.0, epoch=1.0)
+    with pytest.raises(ValueError, match="epoch"):
+        solver.step(h, d, n, None, lr=1e-4, epoch=float("inf"))
+    with pytest.raises(ValueError, match="round_to"):
+        solver.plan(round_to=0)
+    with pytest.raises(TypeError, match="round_to"):
+        solver.plan(round_to=8.0)
+    assert solver.stats()["search_steps"] == 0, "refused steps change nothing"

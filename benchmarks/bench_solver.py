@@ -1,0 +1,88 @@
+"""Cost of one `uvc.Solver.step` for DeiT-Base (12 layers × 12 heads × 64 value dims, 3072
+neurons: ~46 000 group scores per step) from Python, next to a trivial Python call and a
+numpy ufunc call measured in the same run.
+
+    python benchmarks/bench_solver.py [--repeats 7] [--number 2000]
+
+Prints a table and writes benchmarks/results/solver.json. Each figure is the median over
+``--repeats`` timings of ``--number`` back-to-back calls, in microseconds per call.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+import uvc
+
+
+def per_call_us(fn, number: int, repeats: int) -> float:
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        samples.append((time.perf_counter() - start) / number * 1e6)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--number", type=int, default=2000)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "solver.json"))
+    args = parser.parse_args()
+
+    spec = uvc.ViTSpec.from_name("deit_base_patch16_224")
+    rng = np.random.default_rng(0)
+    dims = rng.random((spec.depth, spec.num_heads, spec.v_head_dim)) + 0.1
+    heads, neurons = dims.sum(-1), rng.random((spec.depth, spec.mlp_hidden)) + 0.1
+    gate_grad = np.zeros((spec.depth, 2))
+
+    search = uvc.Solver(spec, 0.5, warmup_epochs=0.0, seed=0)
+    for _ in range(300):  # reach a pruned state: about half of every kind selected
+        search.sample_gates(1.0)
+        search.step(heads, dims, neurons, gate_grad, lr=1e-4, epoch=1.0)
+    warm = uvc.Solver(spec, 0.5, warmup_epochs=5.0, seed=0)
+
+    def trivial():
+        pass
+
+    a, b, c = np.ones(8), np.ones(8), np.empty(8)
+    rows = [
+        ("trivial Python call f()", per_call_us(trivial, args.number, args.repeats)),
+        ("numpy ufunc np.add(a, b, out=c), 8 doubles", per_call_us(lambda: np.add(a, b, out=c), args.number, args.repeats)),
+        ("Solver.sample_gates (DeiT-Base)", per_call_us(lambda: search.sample_gates(1.0), args.number, args.repeats)),
+        ("Solver.step during warm-up (checks, copies, factors = 1)",
+         per_call_us(lambda: warm.step(heads, dims, neurons, gate_grad, lr=1e-4, epoch=1.0), args.number, args.repeats)),
+        ("Solver.step during search (DeiT-Base)",
+         per_call_us(lambda: search.step(heads, dims, neurons, gate_grad, lr=1e-4, epoch=1.0), args.number, args.repeats)),
+    ]
+    stats = search.stats()
+    width = max(len(name) for name, _ in rows)
+    print(f"{'call':<{width}}  µs/call")
+    for name, us in rows:
+        print(f"{name:<{width}}  {us:8.2f}")
+    print(f"(state during the search rows: plan {stats['plan_ratio']:.3f} of the dense MACs, z = {stats['z']:.2f})")
+
+    result = {
+        "benchmark": "solver step, DeiT-Base", "unit": "microseconds per call (median of repeats)",
+        "repeats": args.repeats, "number": args.number,
+        "rows": [{"call": name, "us": round(us, 3)} for name, us in rows],
+        "scores_per_step": int(heads.size + dims.size + neurons.size),
+        "plan_ratio": stats["plan_ratio"],
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

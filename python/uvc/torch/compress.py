@@ -1,0 +1,164 @@
+"""UVC stage 1 on a live timm ViT: masks and block gates in the forward pass, one solver
+step per optimizer step, export of the physically smaller model.
+
+    comp = Compressor(model, budget=0.5, steps_per_epoch=len(loader), optimizer=opt)
+    for x, y in loader:
+        loss = criterion(x, model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+        comp.step()
+    slim = comp.export()
+
+The forward pass is changed by hooks only: the input of every ``attn.proj`` is multiplied by
+its head × value-dim keep mask, the input of every ``mlp.fc2`` by its neuron mask, and the
+outputs of ``ls1`` / ``ls2`` (the MHSA and MLP branches) by this step's block-part gates.
+Masks and gates live on the model's device; the host sees one small transfer per step.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..solver import Solver
+from .introspect import check_supported, spec_from_model
+from .slim import SlimViT
+
+__all__ = ["Compressor"]
+
+
+class Compressor:
+    """Learns which heads, value dims, MLP neurons and block parts of ``model`` to keep
+    under a MACs budget (UVC, REFERENCE.md §2–4).
+
+    ``model``: a timm ``VisionTransformer`` / ``VisionTransformerDistilled`` (changed in
+    place: hooks are added, proximal shrink rescales weights). ``budget``: fraction of the
+    dense MACs to keep (or ``budget_macs``: absolute MACs). ``steps_per_epoch``: optimizer
+    steps per epoch, to turn steps into the fractional epochs the solver's schedules use.
+    ``optimizer``: where the current learning rate η_W (proximal shrink) is read; or pass
+    ``lr=`` to `step`. Other keywords go to `uvc.Solver`.
+    """
+
+    def __init__(self, model: nn.Module, budget: float = 0.5, *, steps_per_epoch: int,
+                 optimizer: torch.optim.Optimizer | None = None, **solver_kwargs):
+        check_supported(model)
+        if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+            raise ValueError(f"Compressor: steps_per_epoch must be a positive int, got {steps_per_epoch!r}")
+        self.model = model
+        self.optimizer = optimizer
+        self.steps_per_epoch = steps_per_epoch
+        self.spec = spec_from_model(model)
+        self.solver = Solver(self.spec, budget=budget, **solver_kwargs)
+        self.step_count = 0
+        s = self.spec
+        device = next(model.parameters()).device
+        self._attn_mask = torch.ones(s.depth, s.num_heads * s.v_head_dim, device=device)
+        self._mlp_mask = torch.ones(s.depth, s.mlp_hidden, device=device)
+        self._eval_gates = torch.ones(s.depth, 2, device=device)
+        self._gates = self._new_gates(self.solver.sample_gates(self.epoch))
+        self._handles = []
+        for l, block in enumerate(model.blocks):
+            self._handles += [
+                block.attn.proj.register_forward_pre_hook(self._masker(self._attn_mask, l)),
+                block.mlp.fc2.register_forward_pre_hook(self._masker(self._mlp_mask, l)),
+                block.ls1.register_forward_hook(self._gater(block, l, 0)),
+                block.ls2.register_forward_hook(self._gater(block, l, 1)),
+            ]
+
+    @property
+    def epoch(self) -> float:
+        """Fractional epoch of the next optimizer step."""
+        return self.step_count / self.steps_per_epoch
+
+    @staticmethod
+    def _masker(mask: torch.Tensor, l: int):
+        def hook(module, args):
+            return (args[0] * mask[l],) + tuple(args[1:])
+        return hook
+
+    def _gater(self, block: nn.Module, l: int, part: int):
+        def hook(module, args, output):
+            gates = self._gates if block.training else self._eval_gates
+            return output * gates[l, part].to(output.dtype)
+        return hook
+
+    def _new_gates(self, values: np.ndarray) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=self._attn_mask.device, requires_grad=True)
+
+    @torch.no_grad()
+    def scores(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squared norms of the ``attn.proj`` input columns (depth, heads × v dim) and of
+        the ``mlp.fc2`` input columns (depth, neurons), on the model's device."""
+        proj = torch.stack([b.attn.proj.weight.float().pow(2).sum(0) for b in self.model.blocks])
+        fc2 = torch.stack([b.mlp.fc2.weight.float().pow(2).sum(0) for b in self.model.blocks])
+        return proj, fc2
+
+    def step(self, lr: float | None = None) -> dict:
+        """One solver step; call it after every ``optimizer.step()``. Returns `Solver.stats()`
+        every ``steps_per_epoch`` steps and an empty dict otherwise."""
+        if lr is None:
+            if self.optimizer is None:
+                raise ValueError("Compressor.step: pass lr= or give the Compressor an optimizer")
+            lr = float(self.optimizer.param_groups[0]["lr"])
+        s = self.spec
+        grad = self._gates.grad if self._gates.grad is not None else torch.zeros_like(self._gates)
+        proj, fc2 = self.scores()
+        packed = torch.cat([grad.reshape(-1).float(), proj.reshape(-1), fc2.reshape(-1)])
+        if dist.is_available() and dist.is_initialized():
+            # Weights are already equal on every rank; the gate gradients are averaged.
+            n = grad.numel()
+            dist.all_reduce(packed[:n])
+            packed[:n] /= dist.get_world_size()
+        host = packed.double().cpu().numpy()
+        n_g, n_p = grad.numel(), proj.numel()
+        gate_grad = host[:n_g].reshape(s.depth, 2)
+        dims = host[n_g:n_g + n_p].reshape(s.depth, s.num_heads, s.v_head_dim)
+        neurons = host[n_g + n_p:].reshape(s.depth, s.mlp_hidden)
+        res = self.solver.step(dims.sum(-1), dims, neurons, gate_grad, lr=lr, epoch=self.epoch)
+        self.step_count += 1
+        self._apply(res.head_factor[:, :, None] * res.dim_factor, res.neuron_factor)
+        self._sync_masks()
+        self._gates = self._new_gates(self.solver.sample_gates(self.epoch))
+        return self.solver.stats() if self.step_count % self.steps_per_epoch == 0 else {}
+
+    @torch.no_grad()
+    def _apply(self, proj_factor: np.ndarray, fc2_factor: np.ndarray) -> None:
+        """Proximal shrink: scale the input columns of proj / fc2 by the solver's factors."""
+        device = self._attn_mask.device
+        pf = torch.from_numpy(proj_factor.reshape(self.spec.depth, -1)).to(device)
+        ff = torch.from_numpy(fc2_factor).to(device)
+        for l, block in enumerate(self.model.blocks):
+            w = block.attn.proj.weight
+            w.mul_(pf[l].to(w.dtype))
+            w = block.mlp.fc2.weight
+            w.mul_(ff[l].to(w.dtype))
+
+    @torch.no_grad()
+    def _sync_masks(self) -> None:
+        head, dim, neuron = self.solver.masks()
+        self._attn_mask.copy_(torch.from_numpy((head[:, :, None] * dim).reshape(self.spec.depth, -1)))
+        self._mlp_mask.copy_(torch.from_numpy(neuron))
+        self._eval_gates.copy_(torch.from_numpy(self.solver.gate_decisions().astype(np.float32)))
+
+    def export(self, round_to: int = 1) -> SlimViT:
+        """The physically smaller model for the current plan, in eval mode. Before any
+        fine-tuning it reproduces this model's eval-mode logits."""
+        plan = self.solver.plan(round_to=round_to)
+        return SlimViT.from_timm(self.model, plan).eval()
+
+    def remove(self) -> None:
+        """Removes the hooks; the model runs dense again (with its shrunk weights)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def state_dict(self) -> dict:
+        """Solver state, step count and the gate sample of the next step (for exact resume)."""
+        return {"solver": self.solver.state_dict(), "step_count": self.step_count,
+                "gates": self._gates.detach().cpu().numpy().tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.solver.load_state_dict(state["solver"])
+        self.step_count = int(state["step_count"])
+        self._sync_masks()
+        self._gates = self._new_gates(np.asarray(state["gates"], dtype=np.float64))

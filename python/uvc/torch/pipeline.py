@@ -1,0 +1,210 @@
+"""The two UVC stages and evaluation as functions of plain keyword settings; the CLI and
+the demo call these.
+
+Stage 1 (`compress`): joint search of heads, value dims, neurons and block parts under the
+budget, with distillation from the dense teacher, then export of the physically smaller
+model. Stage 2 (`finetune`): train that fixed architecture, again with distillation.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .. import cost
+from .compress import Compressor
+from .data import make_loader
+from .distill import DistillationLoss
+from .export import load as load_slim, save as save_slim
+from .introspect import spec_from_model
+from .slim import SlimViT
+from .train import evaluate, fit, is_main_process, unwrap
+
+__all__ = ["load_model", "compress", "finetune", "describe", "setup_distributed", "ASSETS"]
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def setup_distributed(device: str | None) -> tuple[torch.device, int, int]:
+    """Initialises torch.distributed when launched by torchrun (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if world > 1 and not dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if dev.type == "cuda":
+            dev = torch.device("cuda", local)
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return dev, rank, world
+
+
+def load_model(source: str, checkpoint: str | None = None, **timm_kwargs) -> tuple[torch.nn.Module, dict]:
+    """A model and its metadata from ``source``:
+
+    - ``"demo"``: the small ViT trained on Fashion-MNIST that ships with uvc;
+    - a folder written by `uvc.torch.save` (an exported, compressed model);
+    - a timm model name, built with ``pretrained=False`` and ``timm_kwargs``, with weights
+      from ``checkpoint`` (a safetensors file or a torch state dict, optionally under 'model').
+    """
+    import timm
+    if source == "demo":
+        meta = json.loads((ASSETS / "fmnist_vit.json").read_text())
+        model = timm.create_model(meta["timm_model"], pretrained=False, **meta["kwargs"])
+        checkpoint = str(ASSETS / "fmnist_vit.safetensors")
+    elif Path(source).is_dir():
+        model = load_slim(source)
+        return model, dict(model.meta)
+    else:
+        meta = {"timm_model": source, "kwargs": timm_kwargs}
+        try:
+            model = timm.create_model(source, pretrained=False, **timm_kwargs)
+        except RuntimeError as e:
+            raise ValueError(f"--model {source!r}: not 'demo', an exported folder, or a timm model ({e})") from None
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.exists():
+            raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("model", state)
+        model.load_state_dict(state)
+    meta.setdefault("mean", 0.2860)
+    meta.setdefault("std", 0.3530)
+    return model, meta
+
+
+def _loaders(spec, settings: dict, rank: int, world: int):
+    common = dict(seed=settings["seed"], image_size=spec.image_size, in_chans=spec.in_channels,
+                  data_dir=settings.get("data_dir"))
+    train = make_loader(settings["data"], "train", settings["train_batch_size"], subset=settings.get("subset"),
+                        rank=rank, world_size=world, **common)
+    test = make_loader(settings["data"], "test", settings.get("eval_batch_size", 500),
+                       subset=settings.get("eval_subset"), rank=rank, world_size=world, **common)
+    return train, test
+
+
+def _schedule(optimizer, total_steps: int, warmup_steps: int):
+    """Linear warm-up, then cosine decay to 1 % of the base rate."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _criterion(teacher, settings):
+    return DistillationLoss(teacher, settings["distillation_type"], settings["distillation_alpha"],
+                            settings["distillation_tau"])
+
+
+SOLVER_KEYS = ("convention", "prune_heads", "prune_dims", "prune_neurons", "skip_blocks", "gate_granularity",
+               "warmup_epochs", "gate_lr", "gating_weight", "zlr_schedule", "z_grad_clip", "eps", "eps_decay",
+               "lr_counts", "budget_macs")
+
+
+def compress(**settings) -> dict:
+    """Stage 1. Writes to ``output_dir``: ``stage1/`` (checkpoint, log.jsonl), ``plan.json``,
+    ``stage1_model/`` (the exported model before fine-tuning) and ``summary.json``."""
+    device, rank, world = setup_distributed(settings.get("device"))
+    torch.manual_seed(settings["seed"])
+    model, meta = load_model(settings["model"], settings.get("checkpoint"), **settings.get("model_kwargs") or {})
+    model.to(device)
+    teacher = copy.deepcopy(model).eval()
+    spec = spec_from_model(model)
+    train, test = _loaders(spec, settings, rank, world)
+    epochs = settings["num_epochs"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"],
+                                  weight_decay=settings.get("weight_decay", 0.0))
+    scheduler = _schedule(optimizer, epochs * len(train), 0)
+    solver_kwargs = {k: settings[k] for k in SOLVER_KEYS if settings.get(k) is not None}
+    comp = Compressor(model, settings["budget"], steps_per_epoch=len(train), optimizer=optimizer,
+                      seed=settings["seed"], **solver_kwargs)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    out = Path(settings["output_dir"])
+    fit(net, train, epochs=epochs, optimizer=optimizer, scheduler=scheduler, criterion=_criterion(teacher, settings),
+        out_dir=out / "stage1", compressor=comp, eval_loader=test, resume=settings.get("resume", False),
+        checkpoint_every=settings.get("checkpoint_every", 100), stop_after=settings.get("stop_after"),
+        desc="stage 1", config=_jsonable(settings), progress=settings.get("progress", True))
+    if settings.get("stop_after") is not None and comp.step_count < epochs * len(train):
+        return {"stopped_at_step": comp.step_count}
+    model.eval()
+    slim = comp.export().to(device)
+    x, _ = next(test.batches(0))
+    with torch.no_grad():
+        masked, exported = model(x.to(device)), slim(x.to(device))
+    plan = comp.solver.plan()
+    summary = {
+        "stage": 1, "budget": settings["budget"],
+        "masked_acc": evaluate(model, test, device), "exported_acc": evaluate(slim, test, device),
+        "max_abs_logit_diff": (masked - exported).abs().max().item(),
+        "macs": cost.count(spec, plan).macs, "dense_macs": cost.count(spec).macs,
+        "fvcore_macs": cost.count(spec, plan, "fvcore").macs,
+    }
+    summary["ratio"] = summary["macs"] / summary["dense_macs"]
+    if is_main_process():
+        plan.save(out / "plan.json")
+        save_slim(slim, out / "stage1_model", meta=meta)
+        (out / "summary_stage1.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def finetune(**settings) -> dict:
+    """Stage 2: fine-tune the exported model in ``model`` (a folder) with distillation from
+    the dense ``teacher``. Writes ``stage2/`` and the final ``model/`` to ``output_dir``."""
+    device, rank, world = setup_distributed(settings.get("device"))
+    torch.manual_seed(settings["seed"])
+    model, meta = load_model(settings["model"])
+    if not isinstance(model, SlimViT):
+        raise ValueError(f"--model {settings['model']!r}: uvc finetune takes a folder written by uvc compress")
+    teacher = None
+    if settings["distillation_type"] != "none":
+        teacher, _ = load_model(settings["teacher"], settings.get("teacher_checkpoint"),
+                                **settings.get("model_kwargs") or {})
+        teacher.to(device).eval()
+    model.to(device)
+    spec = model.spec
+    train, test = _loaders(spec, settings, rank, world)
+    epochs = settings["epochs"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"],
+                                  weight_decay=settings.get("weight_decay", 0.05))
+    scheduler = _schedule(optimizer, epochs * len(train), len(train) // 4)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    out = Path(settings["output_dir"])
+    records = fit(net, train, epochs=epochs, optimizer=optimizer, scheduler=scheduler,
+                  criterion=_criterion(teacher, settings), out_dir=out / "stage2", eval_loader=test,
+                  resume=settings.get("resume", False), checkpoint_every=settings.get("checkpoint_every", 100),
+                  stop_after=settings.get("stop_after"), desc="stage 2", config=_jsonable(settings),
+                  progress=settings.get("progress", True))
+    summary = {"stage": 2, "acc": evaluate(model, test, device), "epochs": epochs, "records": records}
+    if is_main_process():
+        save_slim(unwrap(model).eval(), out / "model", meta=meta)
+        (out / "summary_stage2.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def describe(model: torch.nn.Module) -> dict:
+    """MACs (uvc and fvcore conventions), parameters and the plan of a timm or slim model."""
+    from ..plan import ArchPlan
+    if isinstance(model, SlimViT):
+        spec, plan = model.spec, model.plan
+    else:
+        spec = spec_from_model(model)
+        plan = ArchPlan.dense(spec)
+    return {"macs": cost.count(spec, plan).macs, "fvcore_macs": cost.count(spec, plan, "fvcore").macs,
+            "params": sum(p.numel() for p in model.parameters()), "plan": plan}
+
+
+def _jsonable(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
