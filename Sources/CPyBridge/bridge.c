@@ -196,7 +196,7 @@ static PyObject *solver_step(PyObject *self, PyObject *const *args, Py_ssize_t n
         SOLVER_SETUP_SPECS, {"state", 'd', 1}, {"words", 'q', 1},
         {"head_scores", 'd', 0}, {"dim_scores", 'd', 0}, {"neuron_scores", 'd', 0}, {"gate_grad", 'd', 0},
         {"head_factor", 'd', 1}, {"dim_factor", 'd', 1}, {"neuron_factor", 'd', 1},
-        {"last_head", 'd', 1}, {"last_dim", 'd', 1}, {"last_neuron", 'd', 1}};
+        {"last_head", 'd', 1}, {"last_dim", 'd', 1}, {"last_neuron", 'd', 1}, {"token_scores", 'd', 0}};
     static const char *const scalar_names[] = {"lr", "epoch"};
     enum { N = sizeof specs / sizeof specs[0] };
     Py_buffer v[N];
@@ -207,7 +207,7 @@ static PyObject *solver_step(PyObject *self, PyObject *const *args, Py_ssize_t n
     Py_BEGIN_ALLOW_THREADS
     status = uvc_solver_step(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), ARG(v[5]), ARG(v[6]), ARG(v[7]),
                              ARG(v[8]), ARG(v[9]), ARG(v[10]), ARG(v[11]), ARG(v[12]), ARG(v[13]), ARG(v[14]),
-                             ARG(v[15]), scalars[0], scalars[1], message, ERROR_CAPACITY);
+                             ARG(v[15]), ARG(v[16]), scalars[0], scalars[1], message, ERROR_CAPACITY);
     Py_END_ALLOW_THREADS
     release_all(v, N);
     if (raise_status("solver_step", status, message) != 0) return NULL;
@@ -271,6 +271,94 @@ static PyObject *solver_summary(PyObject *self, PyObject *const *args, Py_ssize_
     Py_RETURN_NONE;
 }
 
+/* ---- USDC: group partitions, group gates, resource loss ---- */
+
+static PyObject *usdc_seed(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    static const ArgSpec specs[] = {{"seed", 'q', 0}, {"words_out", 'q', 1}};
+    enum { N = sizeof specs / sizeof specs[0] };
+    Py_buffer v[N];
+    if (acquire_all("usdc_seed", args, nargs, specs, N, v) != 0) return NULL;
+    char message[ERROR_CAPACITY];
+    int status = uvc_usdc_seed(ARG(v[0]), ARG(v[1]), message, ERROR_CAPACITY);
+    release_all(v, N);
+    if (raise_status("usdc_seed", status, message) != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *usdc_partition(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    static const ArgSpec specs[] = {{"words", 'q', 1}, {"groups_out", 'q', 1}, {"sizes_out", 'q', 1},
+                                    {"noise_out", 'd', 1}};
+    static const char *const scalar_names[] = {"grouping"};
+    enum { N = sizeof specs / sizeof specs[0] };
+    Py_buffer v[N];
+    double scalars[1];
+    if (acquire_with_scalars("usdc_partition", args, nargs, specs, N, v, scalar_names, scalars, 1) != 0) return NULL;
+    char message[ERROR_CAPACITY];
+    int status = uvc_usdc_partition(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), scalars[0], message,
+                                    ERROR_CAPACITY);
+    release_all(v, N);
+    if (raise_status("usdc_partition", status, message) != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *usdc_group_gates(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    static const ArgSpec specs[] = {{"logits", 'd', 0}, {"groups", 'q', 0}, {"noise", 'd', 0},
+                                    {"gates_out", 'd', 1}, {"probs_out", 'd', 1}};
+    static const char *const scalar_names[] = {"tau", "straight_through"};
+    enum { N = sizeof specs / sizeof specs[0] };
+    Py_buffer v[N];
+    double scalars[2];
+    if (acquire_with_scalars("usdc_group_gates", args, nargs, specs, N, v, scalar_names, scalars, 2) != 0)
+        return NULL;
+    char message[ERROR_CAPACITY];
+    int status = uvc_usdc_group_gates(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), scalars[0],
+                                      scalars[1], message, ERROR_CAPACITY);
+    release_all(v, N);
+    if (raise_status("usdc_group_gates", status, message) != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *usdc_group_gates_backward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    static const ArgSpec specs[] = {{"logits", 'd', 0}, {"groups", 'q', 0}, {"noise", 'd', 0},
+                                    {"gate_grad", 'd', 0}, {"prob_grad", 'd', 0}, {"grad_out", 'd', 1}};
+    static const char *const scalar_names[] = {"tau"};
+    enum { N = sizeof specs / sizeof specs[0] };
+    Py_buffer v[N];
+    double scalars[1];
+    if (acquire_with_scalars("usdc_group_gates_backward", args, nargs, specs, N, v, scalar_names, scalars, 1) != 0)
+        return NULL;
+    char message[ERROR_CAPACITY];
+    int status = uvc_usdc_group_gates_backward(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), ARG(v[5]),
+                                               scalars[0], message, ERROR_CAPACITY);
+    release_all(v, N);
+    if (raise_status("usdc_group_gates_backward", status, message) != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *usdc_resource_loss(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    static const ArgSpec specs[] = {
+        {"spec", 'q', 0}, {"convention", 'd', 0}, {"head_probs", 'd', 0}, {"neuron_probs", 'd', 0},
+        {"part_probs", 'd', 0}, {"rates", 'd', 0}, {"gate_macs", 'd', 0}, {"gate_probs", 'd', 0},
+        {"values_out", 'd', 1}, {"head_grad", 'd', 1}, {"neuron_grad", 'd', 1}, {"part_grad", 'd', 1},
+        {"rate_grad", 'd', 1}, {"gate_macs_grad", 'd', 1}, {"gate_probs_grad", 'd', 1}};
+    static const char *const scalar_names[] = {"target", "gamma", "dual"};
+    enum { N = sizeof specs / sizeof specs[0] };
+    Py_buffer v[N];
+    double scalars[3];
+    if (acquire_with_scalars("usdc_resource_loss", args, nargs, specs, N, v, scalar_names, scalars, 3) != 0)
+        return NULL;
+    char message[ERROR_CAPACITY];
+    int status = uvc_usdc_resource_loss(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), ARG(v[5]), ARG(v[6]),
+                                        ARG(v[7]), ARG(v[8]), ARG(v[9]), ARG(v[10]), ARG(v[11]), ARG(v[12]),
+                                        ARG(v[13]), ARG(v[14]), scalars[0], scalars[1], scalars[2], message,
+                                        ERROR_CAPACITY);
+    release_all(v, N);
+    if (raise_status("usdc_resource_loss", status, message) != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* ---- end USDC ---- */
+
 static PyMethodDef methods[] = {
     {"cost_exact", (PyCFunction)(void (*)(void))cost_exact, METH_FASTCALL,
      "cost_exact(spec, convention, plan, layers_out, globals_out) -> total MACs"},
@@ -284,7 +372,7 @@ static PyMethodDef methods[] = {
      "solver_sample_gates(spec, convention, config, zlr_schedule, state, words, gates_out, epoch)"},
     {"solver_step", (PyCFunction)(void (*)(void))solver_step, METH_FASTCALL,
      "solver_step(spec, convention, config, zlr_schedule, state, words, head_scores, dim_scores, neuron_scores, "
-     "gate_grad, head_factor, dim_factor, neuron_factor, last_head, last_dim, last_neuron, lr, epoch)"},
+     "gate_grad, head_factor, dim_factor, neuron_factor, last_head, last_dim, last_neuron, token_scores, lr, epoch)"},
     {"solver_masks", (PyCFunction)(void (*)(void))solver_masks, METH_FASTCALL,
      "solver_masks(spec, convention, config, zlr_schedule, state, words, head_scores, dim_scores, neuron_scores, "
      "head_mask, dim_mask, neuron_mask)"},
@@ -294,6 +382,17 @@ static PyMethodDef methods[] = {
     {"solver_summary", (PyCFunction)(void (*)(void))solver_summary, METH_FASTCALL,
      "solver_summary(spec, convention, config, zlr_schedule, state, words, probs_out, decisions_out, kept_out, "
      "values_out)"},
+    /* USDC */
+    {"usdc_seed", (PyCFunction)(void (*)(void))usdc_seed, METH_FASTCALL, "usdc_seed(seed, words_out)"},
+    {"usdc_partition", (PyCFunction)(void (*)(void))usdc_partition, METH_FASTCALL,
+     "usdc_partition(words, groups_out, sizes_out, noise_out, grouping): one step's sub-groups and gate noise"},
+    {"usdc_group_gates", (PyCFunction)(void (*)(void))usdc_group_gates, METH_FASTCALL,
+     "usdc_group_gates(logits, groups, noise, gates_out, probs_out, tau, straight_through)"},
+    {"usdc_group_gates_backward", (PyCFunction)(void (*)(void))usdc_group_gates_backward, METH_FASTCALL,
+     "usdc_group_gates_backward(logits, groups, noise, gate_grad, prob_grad, grad_out, tau)"},
+    {"usdc_resource_loss", (PyCFunction)(void (*)(void))usdc_resource_loss, METH_FASTCALL,
+     "usdc_resource_loss(spec, convention, head_probs, neuron_probs, part_probs, rates, gate_macs, gate_probs, "
+     "values_out, head_grad, neuron_grad, part_grad, rate_grad, gate_macs_grad, gate_probs_grad, target, gamma, dual)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {

@@ -141,7 +141,8 @@ public func uvcSolverSampleGates(
 }
 
 /// One solver step. Scores in, proximal factors out; the scores are also copied to the
-/// `last_*` arrays (what masks and plan read later). `gate_grad` is (depth, 2) or (0,) for none.
+/// `last_*` arrays (what masks and plan read later). `gate_grad` is (depth, 2) or (0,) for none;
+/// `token_scores` (depth, num_tokens) or (0,) for none (see `Solver.step`).
 @c(uvc_solver_step)
 public func uvcSolverStep(
     _ specData: UnsafePointer<Int64>, _ specShape: UnsafePointer<Int>, _ specDims: Int,
@@ -160,6 +161,7 @@ public func uvcSolverStep(
     _ lastHead: UnsafeMutablePointer<Double>, _ lastHeadShape: UnsafePointer<Int>, _ lastHeadDims: Int,
     _ lastDim: UnsafeMutablePointer<Double>, _ lastDimShape: UnsafePointer<Int>, _ lastDimDims: Int,
     _ lastNeuron: UnsafeMutablePointer<Double>, _ lastNeuronShape: UnsafePointer<Int>, _ lastNeuronDims: Int,
+    _ tokenData: UnsafePointer<Double>, _ tokenShape: UnsafePointer<Int>, _ tokenDims: Int,
     _ learningRate: Double, _ epoch: Double,
     _ message: UnsafeMutablePointer<CChar>, _ capacity: Int
 ) -> Int32 {
@@ -183,7 +185,10 @@ public func uvcSolverStep(
         let last = try setup.outputs(OutArg("last_head", lastHead, lastHeadShape, lastHeadDims),
                                      OutArg("last_dim", lastDim, lastDimShape, lastDimDims),
                                      OutArg("last_neuron", lastNeuron, lastNeuronShape, lastNeuronDims))
+        let tokens = ArrayArg("token_scores", tokenData, tokenShape, tokenDims)
+        if tokens.shape != [0] { try tokens.expect([setup.spec.depth, setup.spec.numTokens]) }
         try solver.step(scores: scores, gateGradient: grad.shape == [0] ? nil : grad.buffer,
+                        tokenScores: tokens.shape == [0] ? nil : tokens.buffer,
                         learningRate: learningRate, epoch: epoch, factors: factors)
         _ = last.heads.update(fromContentsOf: scores.heads)
         _ = last.dims.update(fromContentsOf: scores.dims)
@@ -272,9 +277,9 @@ public func uvcSolverPlan(
     }
 }
 
-/// For logging: gate probabilities and decisions (depth, 2), committed kept counts (3, depth)
-/// (heads, value dims per head, neurons), and `values` (4,): expected MACs, plan MACs, dense
-/// MACs, budget MACs.
+/// For logging: gate probabilities and decisions (depth, 2), committed kept counts (4, depth)
+/// (heads, value dims per head, neurons, tokens entering the block), and `values` (4,):
+/// expected MACs, plan MACs, dense MACs, budget MACs.
 @c(uvc_solver_summary)
 public func uvcSolverSummary(
     _ specData: UnsafePointer<Int64>, _ specShape: UnsafePointer<Int>, _ specDims: Int,
@@ -302,7 +307,7 @@ public func uvcSolverSummary(
         let decisions = OutArg("decisions_out", decisionsData, decisionsShape, decisionsDims)
         try decisions.expect([l, 2])
         let kept = OutArg("kept_out", keptData, keptShape, keptDims)
-        try kept.expect([3, l])
+        try kept.expect([4, l])
         let values = OutArg("values_out", valuesData, valuesShape, valuesDims)
         try values.expect([4])
         _ = probs.buffer.update(fromContentsOf: solver.gateProbabilities())
@@ -313,6 +318,7 @@ public func uvcSolverSummary(
                 kept.buffer[i] = solver.groups(kind) - solver.state.committed[i]
             }
         }
+        for (layer, tokens) in solver.committedTokens.enumerated() { kept.buffer[3 * l + layer] = Double(tokens) }
         values.buffer[0] = solver.expectedMACs()
         values.buffer[1] = solver.planMACs()
         values.buffer[2] = solver.denseMACs

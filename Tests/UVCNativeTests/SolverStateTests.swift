@@ -36,6 +36,9 @@ final class SolverStateTests: XCTestCase {
             case .tauMin: config.tauMin
             case .eps: config.eps
             case .epsDecay: config.epsDecay
+            case .pruneTokens: config.pruneTokens ? 1 : 0
+            case .lrTokens: config.tokenLR
+            case .tokenDamping: config.tokenDamping
             }
         }
         return e
@@ -61,7 +64,8 @@ final class SolverStateTests: XCTestCase {
             (.hysteresis, -0.1), (.gateLR, -1), (.gatingWeight, -1), (.gatingInterval, 0), (.gatingInterval, 2.5),
             (.gateMomentum, 1), (.gateInit, .nan), (.zLR, -0.1), (.zLRGamma, 0), (.zGradClip, 0), (.zInit, -1),
             (.dualLR, -1), (.dualInit, .infinity), (.tau, 0), (.tauDecay, 1.5), (.tauMin, 0), (.tauMin, 0.6),
-            (.eps, 0), (.epsDecay, 0),
+            (.eps, 0), (.epsDecay, 0), (.pruneTokens, 0.5), (.lrTokens, -0.1), (.lrTokens, 1.5),
+            (.tokenDamping, -1), (.tokenDamping, .nan),
         ]
         for (field, value) in bad {
             var e = base

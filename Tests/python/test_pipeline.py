@@ -65,19 +65,34 @@ def test_stage1_export_reload_stage2(tmp_path, tiny_checkpoint):
     np.testing.assert_allclose(got, final(x).detach().numpy(), atol=1e-4)
 
 
-def test_resume_equals_uninterrupted(tmp_path, tiny_checkpoint):
+@pytest.mark.parametrize("tokens", [False, True])
+def test_resume_equals_uninterrupted(tmp_path, tiny_checkpoint, tokens):
     full = tmp_path / "full"
     part = tmp_path / "part"
-    compress(**settings(full, tiny_checkpoint, num_epochs=2))
-    stopped = compress(**settings(part, tiny_checkpoint, num_epochs=2, stop_after=7))
+    compress(**settings(full, tiny_checkpoint, num_epochs=2, prune_tokens=tokens))
+    stopped = compress(**settings(part, tiny_checkpoint, num_epochs=2, stop_after=7, prune_tokens=tokens))
     assert stopped == {"stopped_at_step": 7}
-    compress(**settings(part, tiny_checkpoint, num_epochs=2, resume=True))
+    compress(**settings(part, tiny_checkpoint, num_epochs=2, resume=True, prune_tokens=tokens))
     a = torch.load(full / "stage1" / "checkpoint.pt", weights_only=False)
     b = torch.load(part / "stage1" / "checkpoint.pt", weights_only=False)
     assert a["compressor"] == b["compressor"]
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert (full / "plan.json").read_text() == (part / "plan.json").read_text()
+    tokens_kept = [layer["tokens"] for layer in json.loads((full / "plan.json").read_text())["layers"]]
+    assert (tokens_kept[-1] < tokens_kept[0]) == tokens, "the run with tokens on drops some, the other none"
+
+
+def test_cli_enable_patch_gating_turns_tokens_on(tmp_path):
+    from uvc.cli import build_parser, main
+    out = tmp_path / "run"
+    assert main(["compress", "--model", "demo", "--enable_patch_gating", "1", "--subset", "256", "--num_epochs", "1",
+                 "--batch-size", "64", "--eval-subset", "100", "--warmup_epochs", "0", "--output_dir", str(out),
+                 "--device", "cpu", "--no-progress"]) == 0
+    hyper = torch.load(out / "stage1" / "checkpoint.pt", weights_only=False)["compressor"]["solver"]["hyper"]
+    assert hyper["prune_tokens"] is True
+    assert build_parser().parse_args(["compress"]).enable_patch_gating is False
+    assert build_parser().parse_args(["demo", "--tokens"]).tokens is True
 
 
 def test_compressor_rejects_non_vit():

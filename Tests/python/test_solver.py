@@ -11,11 +11,25 @@ import uvc
 TINY, SMALL = "deit_tiny_patch16_224", "deit_small_patch16_224"
 
 
-def synthetic_run(name, budget, steps=1500, steps_per_epoch=100, seed=0, **hyper):
+def class_attention(spec, keep, concentration):
+    """Token scores as `Compressor` passes them: row l the class attention over the keep[l] tokens
+    entering block l, 0.1 on the prefix, the rest sorted high to low ∝ rank^-concentration[l]."""
+    out = np.zeros((spec.depth, spec.num_tokens))
+    p = spec.prefix_tokens
+    for l, n in enumerate(keep):
+        profile = np.arange(1.0, n - p + 1) ** -concentration[l]
+        out[l, :p] = 0.1 / p
+        out[l, p:n] = 0.9 * profile / profile.sum()
+    return out
+
+
+def synthetic_run(name, budget, steps=1500, steps_per_epoch=100, seed=0, concentration=None, **hyper):
     """The solver on fixed random group scores (no network): each column's norm is pulled back
     to its trained value by a quadratic task loss and shrunk by the solver's factors; the gate
-    loss ½·a·(g − 2)² wants every part on, more so in later layers. Returns the solver, the
-    (expected ratio, plan ratio, z) of the last fifth of the run and the trained norms."""
+    loss ½·a·(g − 2)² wants every part on, more so in later layers. With ``concentration``
+    (per layer) the solver also gets `class_attention` token scores of its own schedule.
+    Returns the solver, the (expected ratio, plan ratio, z) of the last fifth of the run and
+    the trained norms."""
     spec = uvc.ViTSpec.from_name(name)
     L, H, dv, M = spec.depth, spec.num_heads, spec.v_head_dim, spec.mlp_hidden
     rng = np.random.default_rng(seed)
@@ -32,7 +46,8 @@ def synthetic_run(name, budget, steps=1500, steps_per_epoch=100, seed=0, **hyper
         wd += 0.02 * (w0d - wd)
         wn += 0.02 * (w0n - wn)
         sd, sn = wd ** 2, wn ** 2
-        res = solver.step(sd.sum(-1), sd, sn, a * (g - 2.0), lr=1e-2, epoch=epoch)
+        tokens = None if concentration is None else class_attention(spec, solver.token_keep(), concentration)
+        res = solver.step(sd.sum(-1), sd, sn, a * (g - 2.0), lr=1e-2, epoch=epoch, token_scores=tokens)
         wd *= res.head_factor[:, :, None] * res.dim_factor
         wn *= res.neuron_factor
         if t >= steps - steps // 5 and t % 10 == 0:
@@ -373,4 +388,182 @@ def test_bad_arrays_name_the_argument():
         solver.plan(round_to=0)
     with pytest.raises(TypeError, match="round_to"):
         solver.plan(round_to=8.0)
+    assert solver.stats()["search_steps"] == 0, "refused steps change nothing"
+
+
+# Token pruning: a budgeted dimension of its own, traded against the groups.
+
+def valid_schedule(spec, plan):
+    """Checks the token schedule of ``plan`` against the rules the adapter relies on."""
+    tokens = [l.tokens for l in plan.layers]
+    assert tokens[0] == spec.num_tokens
+    for l in range(spec.depth - 1):
+        assert tokens[l + 1] <= tokens[l]
+        if tokens[l + 1] < tokens[l]:
+            assert plan.layers[l].attn and tokens[l + 1] >= spec.prefix_tokens + 2
+    return tokens
+
+
+def token_free(plan):
+    """``plan`` with every block taking all tokens."""
+    import dataclasses
+    return uvc.ArchPlan(plan.spec, tuple(dataclasses.replace(l, tokens=plan.spec.num_tokens) for l in plan.layers))
+
+
+def test_tokens_and_groups_share_one_budget():
+    spec = uvc.ViTSpec.from_name(TINY)
+    solver, tail, _ = synthetic_run(TINY, 0.5, concentration=np.linspace(0.3, 0.8, spec.depth), prune_tokens=True)
+    plan = solver.plan()
+    macs = uvc.count(spec, plan).macs
+    assert macs == pytest.approx(solver.stats()["plan_macs"], rel=1e-12)
+    assert macs == pytest.approx(solver.budget_macs, rel=0.01)
+    assert np.abs(tail[:, 1] / 0.5 - 1).max() < 0.02
+    tokens = valid_schedule(spec, plan)
+    assert tokens == solver.token_keep().tolist() == solver.stats()["tokens"]
+    # The mix: dropped tokens save most, removed groups (heads, dims, neurons) a part.
+    dense = solver.dense_macs
+    by_groups = dense - uvc.count(spec, token_free(plan)).macs
+    assert 0.03 * dense < by_groups < 0.2 * dense
+    assert dense - macs - by_groups > 0.2 * dense
+    # Blocks with more concentrated class attention keep fewer of their tokens.
+    drops = -np.diff(tokens)
+    assert drops[-1] > 0 and tokens[-1] < tokens[1] / 2
+
+
+def test_tokens_alone_reach_the_budget_where_attention_is_concentrated():
+    spec = uvc.ViTSpec.from_name(TINY)
+    concentration = np.linspace(0.2, 2.0, spec.depth)
+    solver, tail, _ = synthetic_run(TINY, 0.5, concentration=concentration, prune_tokens=True, prune_heads=False,
+                                    prune_dims=False, prune_neurons=False, skip_blocks=False)
+    plan = solver.plan()
+    assert uvc.count(spec, plan).macs == pytest.approx(solver.budget_macs, rel=0.01)
+    assert np.abs(tail[:, 1] / 0.5 - 1).max() < 0.01
+    assert token_free(plan) == uvc.ArchPlan.dense(spec)
+    tokens = valid_schedule(spec, plan)
+    # Flat attention early (each token as useful as the next) is kept; the later, peaked blocks drop.
+    assert tokens[:3] == [spec.num_tokens] * 3 and tokens[-1] < 0.2 * spec.num_tokens
+
+
+def test_one_token_step_against_a_plain_python_reference():
+    spec = uvc.ViTSpec.from_name(TINY)
+    L, N, P, p = spec.depth, spec.num_tokens, spec.num_patches, spec.prefix_tokens
+    hyper = dict(warmup_epochs=0.0, prune_tokens=True, skip_blocks=False, lr_tokens=0.05, token_damping=3.0)
+    solver = uvc.Solver(spec, 0.5, **hyper)
+    scores = _scores(spec)
+    concentration = np.linspace(0.5, 1.5, L)
+    for t in range(30):
+        solver.step(*scores, None, lr=1e-3, epoch=1.0, token_scores=class_attention(spec, solver.token_keep(),
+                                                                                      concentration))
+    state = solver.state_dict()["state"]
+    r, y, z = np.array(state["token_removal"]), np.array(state["token_duals"]), state["z"][0]
+    assert r.sum() > 10 and z > 0, "the cost gradient moved the token counts"
+    keep = solver.token_keep()
+    ts = class_attention(spec, keep, concentration)
+    removal = np.array(state["removal"]).reshape(3, L)
+    # LeastSum slopes over the tokens entering each block, in units of the mean entry, once per later block.
+    rows = [ts[b, p:keep[b]] for b in range(L - 1)]
+    unit = np.concatenate(rows).mean()
+    slopes = np.array([(L - 1 - b) * np.sort(row)[int(min(r[b], len(row) - 1))] / unit
+                       for b, row in enumerate(rows)])
+    tokens = N - np.concatenate([[0.0], np.cumsum(r)])
+    macs, grad = uvc.relaxed_cost(spec, heads=spec.num_heads - removal[0], v_dim=spec.v_head_dim - removal[1],
+                                  neurons=spec.mlp_hidden - removal[2], tokens=tokens)
+    saved = np.cumsum(grad["tokens"][::-1])[::-1][1:]  # Σ_{m > b} ∂MACs/∂tokens[m]
+    assert (saved > 0).all()
+    price = max(0.0, z + 3.0 * (macs / solver.dense_macs - 0.5))
+    g = y * slopes - price * P * saved / solver.dense_macs
+    expected = np.maximum(r - 0.05 * P / max(1.0, np.abs(g).max()) * g, 0)
+    assert expected.sum() <= P - 2
+    solver.step(*scores, None, lr=1e-3, epoch=1.0, token_scores=ts)
+    np.testing.assert_allclose(solver.state_dict()["state"]["token_removal"], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_token_removals_never_exceed_their_cap():
+    spec = uvc.ViTSpec(depth=4, embed_dim=16, num_heads=2, mlp_hidden=32, patch_size=4, image_size=16)
+    # Tokens alone, a budget just above what they can reach (block 0 keeping the prefix, one patch and
+    # the fused token: 32.8 % here) and large steps, so the removals run into their cap.
+    solver = uvc.Solver(spec, 0.33, warmup_epochs=0.0, prune_tokens=True, prune_heads=False, prune_dims=False,
+                        prune_neurons=False, skip_blocks=False, lr_tokens=0.5)
+    totals = []
+    for t in range(200):
+        solver.step(*_scores(spec), None, lr=1e-3, epoch=1.0)  # no token scores: every token alike
+        r = np.array(solver.state_dict()["state"]["token_removal"])
+        assert (r >= 0).all()
+        totals.append(r.sum())
+        valid_schedule(spec, solver.plan())
+    assert max(totals) == pytest.approx(spec.num_patches - 2, abs=1e-9)
+    assert max(totals) <= spec.num_patches - 2 + 1e-9
+    assert min(solver.token_keep()) < spec.prefix_tokens + 5
+
+
+def test_no_block_drops_tokens_with_its_attention_off():
+    spec = uvc.ViTSpec.from_name(TINY)
+    solver = uvc.Solver(spec, 0.5, warmup_epochs=0.0, prune_tokens=True, gate_granularity="part")
+    d = solver.state_dict()
+    d["state"]["token_removal"] = [0.0, 20.0, 30.0] + [0.0] * (spec.depth - 4)
+    d["state"]["token_committed"] = [0.0, 20.0, 30.0] + [0.0] * (spec.depth - 4)
+    solver.load_state_dict(d)
+    assert solver.token_keep().tolist() == [197, 197, 177] + [147] * (spec.depth - 3)
+    logits = np.array(d["state"]["logits"]).reshape(spec.depth, 2)
+    logits[1, 0] = -5.0  # block 1's MHSA is skipped: its 20 tokens stay
+    d["state"]["logits"] = logits.reshape(-1).tolist()
+    solver.load_state_dict(d)
+    assert solver.token_keep().tolist() == [197, 197, 197] + [167] * (spec.depth - 3)
+    plan = solver.plan()
+    assert not plan.layers[1].attn and plan.layers[1].mlp
+    assert valid_schedule(spec, plan) == solver.token_keep().tolist()
+    assert uvc.count(spec, plan).macs == pytest.approx(solver.stats()["plan_macs"], rel=1e-12)
+
+
+def test_tokens_are_off_by_default_and_resume_bit_identically():
+    spec = uvc.ViTSpec.from_name(TINY)
+    default = uvc.Solver(spec, 0.5)
+    assert default.state_dict()["state"]["token_removal"] == [] and default.hyper["prune_tokens"] is False
+    hyper = dict(HYPER, prune_tokens=True)
+    concentration = np.linspace(0.5, 1.5, spec.depth)
+
+    def drive(solver, steps, start=0):
+        for t in range(start, start + steps):
+            epoch = t / 10
+            g = solver.sample_gates(epoch)
+            solver.step(*_scores(spec), 0.5 - g, lr=1e-2, epoch=epoch,
+                        token_scores=class_attention(spec, solver.token_keep(), concentration))
+
+    whole = uvc.Solver(spec, 0.4, seed=3, **hyper)
+    drive(whole, 60)
+    first = uvc.Solver(spec, 0.4, seed=3, **hyper)
+    drive(first, 25)
+    resumed = uvc.Solver.from_state_dict(json.loads(json.dumps(first.state_dict(), allow_nan=False)))
+    drive(resumed, 35, start=25)
+    assert resumed.state_dict() == whole.state_dict()
+    assert whole.token_keep()[-1] < spec.num_tokens
+
+
+@pytest.mark.parametrize("kwargs, error, name", [
+    (dict(prune_tokens=1), TypeError, "prune_tokens"),
+    (dict(prune_tokens=True, lr_tokens=1.5), ValueError, "lr_tokens"),
+    (dict(prune_tokens=True, token_damping=-1.0), ValueError, "token_damping"),
+])
+def test_bad_token_options_name_the_argument(kwargs, error, name):
+    with pytest.raises(error, match=name):
+        uvc.Solver(uvc.ViTSpec.from_name(TINY), 0.5, **kwargs)
+
+
+def test_token_pruning_needs_a_class_token_and_bad_token_scores_are_refused():
+    no_class = uvc.ViTSpec(depth=3, embed_dim=16, num_heads=2, mlp_hidden=32, patch_size=4, image_size=16,
+                           prefix_tokens=0, classifier_heads=1)
+    with pytest.raises(ValueError, match="prune_tokens"):
+        uvc.Solver(no_class, 0.5, prune_tokens=True)
+    spec = uvc.ViTSpec.from_name(TINY)
+    solver = uvc.Solver(spec, 0.5, warmup_epochs=0.0, prune_tokens=True)
+    scores = _scores(spec)
+    good = class_attention(spec, solver.token_keep(), np.ones(spec.depth))
+    with pytest.raises(ValueError, match="token_scores"):
+        solver.step(*scores, None, lr=1e-4, epoch=1.0, token_scores=good[:, :-1].copy())
+    bad = good.copy()
+    bad[2, 5] = -0.1
+    with pytest.raises(ValueError, match="token_scores"):
+        solver.step(*scores, None, lr=1e-4, epoch=1.0, token_scores=bad)
+    with pytest.raises(TypeError, match="token_scores"):
+        solver.step(*scores, None, lr=1e-4, epoch=1.0, token_scores=good.astype(np.float32))
     assert solver.stats()["search_steps"] == 0, "refused steps change nothing"

@@ -1,7 +1,9 @@
 """Token slimming that counts: a block drops tokens after its MHSA (top-k by class attention, the
 rest fused into one token). The cost model equals fvcore and `count_macs` on slim models with token
 schedules; the slim model equals an independent per-image reference; prefix tokens survive; save,
-load and ONNX keep the schedule; bad schedules are refused naming the plan and the layer."""
+load and ONNX keep the schedule; bad schedules are refused naming the plan and the layer. Learned
+schedules: the `Compressor` drops tokens in training as the export does, its masked model's logits
+equal the exported model's, gradients reach the dropped tokens through the fused one."""
 import dataclasses
 import json
 
@@ -12,6 +14,8 @@ import torch
 
 import uvc
 from uvc.torch import SlimViT, count_macs, export_onnx, fvcore_macs, load, save, spec_from_model
+from uvc.torch.compress import Compressor
+from uvc.torch.data import make_loader
 from uvc.torch.slim import SlimBlock, reduce_tokens
 from test_torch_counts import masked_dense, small_timm
 
@@ -210,3 +214,77 @@ def test_reduce_tokens_argument_errors():
         reduce_tokens(x[0], scores, 1, 4)
     with pytest.raises(ValueError, match="SlimBlock: tokens_out needs the MHSA part"):
         SlimBlock(4, num_heads=0, qk_dim=2, v_dim=2, mlp_hidden=8, tokens_out=3)
+
+
+# Learned token schedules: the Compressor with prune_tokens on a tiny ViT and real Fashion-MNIST images.
+
+TINY4 = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=3, num_heads=4)
+
+
+@pytest.fixture(scope="module")
+def token_search():
+    """A tiny timm ViT (50 tokens) after 4 epochs of search with tokens, heads, dims, neurons and
+    block gates under one budget, and the output shapes of each block in its last training step."""
+    import timm
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY4)
+    loader = make_loader("fashion-mnist", "train", 64, subset=640, seed=0, image_size=(28, 28), in_chans=1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    comp = Compressor(model, 0.5, steps_per_epoch=len(loader), optimizer=opt, seed=0, prune_tokens=True,
+                      warmup_epochs=0.2)
+    shapes = {}
+    for l, blk in enumerate(model.blocks):
+        blk.register_forward_hook(lambda m, a, out, l=l: shapes.update({l: (m.training, out.shape[1])}))
+    for epoch in range(4):
+        for x, y in loader.batches(epoch):
+            keep = comp.solver.token_keep().tolist()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            comp.step()
+    return model, comp, keep, shapes
+
+
+def test_compressor_drops_tokens_in_training_and_the_export_matches(token_search):
+    model, comp, keep, shapes = token_search
+    spec = comp.spec
+    # The last training forward ran the schedule the solver held then: block l output keep[l + 1] tokens.
+    assert all(shapes[l] == (True, n) for l, n in enumerate(keep[1:] + keep[-1:]))
+    plan = comp.solver.plan()
+    tokens = [l.tokens for l in plan.layers]
+    assert tokens == comp.solver.token_keep().tolist() and tokens[0] == spec.num_tokens
+    assert tokens[-1] < spec.num_tokens, "the search dropped tokens"
+    model.eval()
+    slim = comp.export()
+    dropping = [l for l in range(spec.depth - 1) if tokens[l + 1] < tokens[l]]
+    assert [i for i, b in zip(slim.block_index, slim.blocks) if b.tokens_out is not None] == dropping
+    x, _ = next(make_loader("fashion-mnist", "test", 200, subset=200, image_size=(28, 28), in_chans=1).batches(0))
+    with torch.no_grad():
+        masked, exported = model(x), slim(x)
+    torch.testing.assert_close(exported, masked, atol=1e-4, rtol=0)
+    assert all(shapes[l] == (False, n) for l, n in enumerate(tokens[1:] + tokens[-1:]))
+    # The counted MACs of the exported model are the cost model's, whose plan cost the solver reports.
+    assert count_macs(slim, x[:1])["macs"] == uvc.count(spec, plan, convention="fvcore").macs
+    assert uvc.count(spec, plan).macs == round(comp.solver.stats()["plan_macs"])
+
+
+def test_gradients_reach_the_dropped_tokens_through_the_fused_one(token_search):
+    model, comp, _, _ = token_search
+    model.train()
+    keep = comp.solver.token_keep().tolist()
+    l = next(l for l in range(len(keep) - 1) if keep[l + 1] < keep[l])
+    seen = {}
+
+    def grab(module, args):
+        args[0].retain_grad()
+        seen["x"] = args[0]
+    handle = model.blocks[l].register_forward_pre_hook(grab)
+    x, y = next(make_loader("fashion-mnist", "train", 16, subset=16, image_size=(28, 28), in_chans=1).batches(0))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    handle.remove()
+    model.zero_grad(set_to_none=True)
+    grad = seen["x"].grad
+    assert grad.shape[1] == keep[l] > keep[l + 1]
+    # Every token entering the dropping block, kept or fused, receives a gradient.
+    assert (grad.abs().sum(-1) > 0).all()

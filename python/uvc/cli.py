@@ -110,6 +110,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if not settings.pop("enable_pruning"):
         settings.update(prune_heads=False, prune_dims=False, prune_neurons=False)
     settings["skip_blocks"] = settings.pop("enable_block_gating")
+    settings["prune_tokens"] = settings.pop("enable_patch_gating")
     summary = compress(**settings)
     print(json.dumps(summary, indent=1))
     return 0
@@ -130,9 +131,81 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    # Flags left out keep each method's own defaults.
+    settings = {k: v for k, v in _settings(args, args.parser).items() if v is not None}
+    if settings.pop("method") == "usdc":
+        from .torch.usdc.demo import run_usdc_demo
+        if "budget" in settings:
+            settings["target"] = settings.pop("budget")
+        run_usdc_demo(**settings)
+        return 0
     from .torch.demo import run_demo
-    run_demo(**_settings(args, args.parser))
+    run_demo(**settings)
     return 0
+
+
+def cmd_usdc_search(args: argparse.Namespace) -> int:
+    from .torch.usdc.pipeline import search
+    settings = _settings(args, args.parser)
+    settings["static"], settings["dynamic"] = settings.pop("static_search"), settings.pop("dynamic_search")
+    print(json.dumps(search(**settings), indent=1))
+    return 0
+
+
+def cmd_usdc_finetune(args: argparse.Namespace) -> int:
+    from .torch.usdc.pipeline import finetune
+    summary = finetune(**_settings(args, args.parser))
+    print(json.dumps({k: v for k, v in summary.items() if k != "records"}, indent=1))
+    return 0
+
+
+def _usdc_budget_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", type=float, default=0.6,
+                   help="wanted average MACs over the dense MACs, gate networks included")
+    p.add_argument("--gamma", type=float, default=100.0, help="weight of the resource loss gamma*(F - target)^2")
+    p.add_argument("--budget-mode", dest="budget_mode", choices=("penalty", "dual"), default="penalty",
+                   help="penalty: the paper's gamma*(F - target)^2; dual: UVC-style z*(F - target), z by dual ascent")
+    p.add_argument("--dual-lr", dest="dual_lr", type=float, default=1.0, help="step of z per optimizer step (dual mode)")
+    p.add_argument("--gate-lr", dest="gate_lr", type=float, default=0.03, help="learning rate of the gate networks")
+    p.add_argument("--convention", choices=sorted(cost_mod.CONVENTIONS), default="uvc", help="what the MACs count")
+
+
+def _add_usdc_commands(sub) -> None:
+    """`uvc usdc-search` and `uvc usdc-finetune`: the two USDC stages (seed 002)."""
+    p = sub.add_parser("usdc-search", help="USDC stage 1: search static keep probabilities and dynamic group "
+                                           "gates under the budget, prune the static part, keep the best gates")
+    p.add_argument("--model", default="demo", help="'demo' (the shipped Fashion-MNIST ViT) or a timm model name")
+    p.add_argument("--checkpoint", help="weights for --model (safetensors or torch)")
+    p.add_argument("--num_epochs", "--epochs", dest="num_epochs", type=int, default=2)
+    p.add_argument("--static", dest="static_search", type=_flag01, default=True,
+                   help="1: search static keep probabilities of heads, neuron groups and block parts")
+    p.add_argument("--dynamic", dest="dynamic_search", type=_flag01, default=True, help="1: search dynamic gates")
+    p.add_argument("--grouping", choices=("halving", "sample", "batch"), default="halving",
+                   help="how training batches are cut for the gates: USDC's halving groups, per sample, per batch")
+    p.add_argument("--static-mode", dest="static_mode", choices=("sample", "softmax"), default="sample",
+                   help="the forward pass multiplies by a straight-through keep sample, or by a0 as in the paper")
+    p.add_argument("--arch-lr", dest="arch_lr", type=float, default=0.1, help="learning rate of the architecture logits")
+    p.add_argument("--gate-kinds", dest="gate_kinds", type=lambda t: tuple(t.split(",")),
+                   default=("linear", "mlp_ln", "conv1d", "mlp_bn"), help="comma-separated gate network menu")
+    p.add_argument("--gate-hidden", dest="gate_hidden", type=int, default=16)
+    p.add_argument("--gate-init", dest="gate_init", type=float, default=2.0, help="initial log-odds of running")
+    p.add_argument("--keep-init", dest="keep_init", type=float, default=0.95, help="initial static keep probability")
+    p.add_argument("--neuron-group-size", dest="neuron_group_size", type=int, default=8)
+    p.add_argument("--tau", type=float, default=1.0, help="temperature of the gate and static samples")
+    p.add_argument("--static-target", dest="static_target", type=float,
+                   help="also pull the static part alone to this ratio of the dense MACs (fixes the split)")
+    _usdc_budget_flags(p)
+    _train_flags(p, 1)
+    p.set_defaults(func=cmd_usdc_search, parser=p, output_dir="runs/usdc")
+
+    p = sub.add_parser("usdc-finetune", help="USDC stage 2: fine-tune the pruned model with its dynamic gates")
+    p.add_argument("--model", required=True, help="folder written by uvc usdc-search (its stage1_model/)")
+    p.add_argument("--teacher", default="demo", help="the dense teacher: 'demo' or a timm model name")
+    p.add_argument("--teacher-checkpoint", dest="teacher_checkpoint", help="weights of --teacher")
+    p.add_argument("--epochs", type=int, default=2)
+    _usdc_budget_flags(p)
+    _train_flags(p, 2)
+    p.set_defaults(func=cmd_usdc_finetune, parser=p, output_dir="runs/usdc")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -168,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convention", choices=sorted(cost_mod.CONVENTIONS), default="uvc", help="what the budget counts")
     p.add_argument("--enable_pruning", type=_flag01, default=True, help="1: prune heads, value dims and neurons")
     p.add_argument("--enable_block_gating", type=_flag01, default=True, help="1: learn to skip block parts")
+    p.add_argument("--enable_patch_gating", type=_flag01, default=False,
+                   help="1: learn how many tokens each block keeps (the rest fused into one token by class attention)")
     p.add_argument("--gate_granularity", choices=("block", "part"), default="block",
                    help="one skip gate per block (as UVC) or one per MHSA / MLP part")
     p.add_argument("--gating_weight", type=float, default=5e-4)
@@ -197,16 +272,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the results here")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="compress the shipped Fashion-MNIST ViT to 50%% of its MACs, end to end")
-    p.add_argument("--budget", type=float, default=0.5)
-    p.add_argument("--search-epochs", dest="search_epochs", type=int, default=4)
-    p.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, default=4)
-    p.add_argument("--subset", type=int, default=20000, help="training images per epoch (60000 = all)")
-    p.add_argument("--output_dir", "--output-dir", dest="output_dir", default="runs/demo")
+    p = sub.add_parser("demo", help="compress the shipped Fashion-MNIST ViT end to end (UVC to 50%% of its "
+                                    "MACs, or USDC's comparison with --method usdc)")
+    p.add_argument("--method", choices=("uvc", "usdc"), default="uvc",
+                   help="uvc: UVC to the budget; usdc: static, dynamic and static + dynamic at the same average MACs")
+    p.add_argument("--budget", type=float, help="fraction of the dense MACs to keep (default 0.5 uvc, 0.6 usdc)")
+    p.add_argument("--search-epochs", dest="search_epochs", type=int, help="default 4 (uvc), 2 (usdc)")
+    p.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, help="default 4 (uvc), 2 (usdc)")
+    p.add_argument("--subset", type=int, help="training images per epoch (default 20000 uvc, 10000 usdc; 60000 = all)")
+    p.add_argument("--output_dir", "--output-dir", dest="output_dir", help="default runs/demo (uvc), runs/usdc_demo (usdc)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
+    p.add_argument("--tokens", action="store_true", help="also learn how many tokens each block keeps")
     p.add_argument("--config", help="JSON file of settings")
+    p.add_argument("--usdc-methods", dest="methods", type=lambda t: tuple(t.split(",")),
+                   help="usdc: comma-separated rows to run, of uvc,dynamic,usdc,usdc_sample (default all)")
+    p.add_argument("--batch-sizes", dest="batch_sizes", type=int, nargs="+", help="usdc: inference batch sizes (1 8 256)")
+    p.add_argument("--eval-subset", dest="eval_subset", type=int, help="usdc: test images to evaluate (default all)")
+    p.add_argument("--gamma", type=float, help="usdc: weight of the resource loss (100)")
+    p.add_argument("--budget-mode", dest="budget_mode", choices=("penalty", "dual"), help="usdc: budget term (penalty)")
+    p.add_argument("--static-target", dest="static_target", type=float,
+                   help="usdc: the static part's ratio of the dense MACs in static + dynamic runs (0.75)")
     p.set_defaults(func=cmd_demo, parser=p)
+
+    _add_usdc_commands(sub)
 
     p = sub.add_parser("report", help="per-layer table and plots of a finished run")
     p.add_argument("run", help="the --output_dir of uvc compress")

@@ -33,6 +33,17 @@ What differs from the original code, and why (REFERENCE.md §6):
 * Value dims are pruned per LAYER (one kept width shared by the layer's kept heads): per-head
   widths would need a matmul per head (or padding that saves no MACs) after export; one width
   keeps every exported layer a single rectangular SDPA call.
+* Tokens (``prune_tokens=True``; the original's patch gating, parsed and ignored there) are a
+  budgeted dimension like the others: block l < depth − 1 removes a continuous number r_l of
+  tokens after its MHSA (tokens[l+1] = tokens[l] − r_l, tokens[0] all of them, so the schedule
+  never increases), with Σ r ≤ num_patches − 2 so a drop keeps the prefix, one patch and the fused
+  token. Its task term is LeastSum over the block's class attention (the mass of the r_l least
+  attended tokens, slope: the next one's attention) counted once per later block, its budget
+  term the MACs one more dropped token saves in every later block: both scale with the blocks
+  after l, so a token of average attention is priced like a group of average score. Same
+  primal-dual step and same z as the counts, so the solver chooses the mix; the token removals
+  also see an augmented-Lagrangian term (``token_damping``) so they settle. A block whose MHSA
+  does not run removes nothing.
 """
 from __future__ import annotations
 
@@ -56,18 +67,20 @@ _CONFIG_FIELDS = ("budget", "prune_heads", "prune_dims", "prune_neurons", "skip_
                   "gate_sampler", "straight_through", "warmup_epochs", "lr_heads", "lr_dims", "lr_neurons",
                   "hysteresis", "gate_lr", "gating_weight", "gating_interval", "gate_momentum", "gate_init", "z_lr",
                   "zlr_gamma", "z_grad_clip", "z_init", "dual_lr", "dual_init", "tau", "tau_decay", "tau_min",
-                  "eps", "eps_decay")
+                  "eps", "eps_decay", "prune_tokens", "lr_tokens", "token_damping")
 # Order of SolverState.Field in the core.
 _STATE_FIELDS = ("removal", "committed", "duals", "z", "logits", "velocity", "gradient_sum", "accumulated_steps",
-                 "sample_slope", "sample_fresh", "hints", "search_steps", "epoch")
+                 "sample_slope", "sample_fresh", "hints", "search_steps", "epoch", "token_removal", "token_committed",
+                 "token_duals")
 _GRANULARITIES = ("block", "part")
 _SAMPLERS = ("gumbel", "sigmoid", "softl0")
-_FLAGS = ("prune_heads", "prune_dims", "prune_neurons", "skip_blocks", "straight_through")
+_FLAGS = ("prune_heads", "prune_dims", "prune_neurons", "prune_tokens", "skip_blocks", "straight_through")
 
 # The published DeiT-Tiny run where it defines a value (REFERENCE.md §4); see the module docstring.
 DEFAULTS: dict[str, Any] = dict(
-    prune_heads=True, prune_dims=True, prune_neurons=True, skip_blocks=True, gate_granularity="block",
-    gate_sampler="gumbel", straight_through=True, warmup_epochs=5.0, lr_counts=0.02, hysteresis=0.3,
+    prune_heads=True, prune_dims=True, prune_neurons=True, prune_tokens=False, skip_blocks=True,
+    gate_granularity="block", gate_sampler="gumbel", straight_through=True, warmup_epochs=5.0, lr_counts=0.02,
+    lr_tokens=0.02, token_damping=10.0, hysteresis=0.3,
     gate_lr=0.1, gating_weight=5e-4, gating_interval=50, gate_momentum=0.9, gate_init=2.0, z_lr=1.0,
     zlr_schedule=(1, 5, 9, 13, 17), zlr_gamma=1.5, z_grad_clip=0.5, z_init=0.0, dual_lr=1e-4, dual_init=1.0,
     tau=0.5, tau_decay=1.0, tau_min=0.05, eps=0.1, eps_decay=0.92)
@@ -177,17 +190,18 @@ class _Arrays:
 
 
 def _summary(spec: ViTSpec, arrays: _Arrays) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Gate probabilities and decisions (depth, 2), kept counts (3, depth), and the expected,
-    plan, dense and budget MACs."""
+    """Gate probabilities and decisions (depth, 2), kept counts (4, depth: heads, value dims,
+    neurons, tokens entering the block), and the expected, plan, dense and budget MACs."""
     d = spec.depth
-    probs, decisions, kept, values = np.empty((d, 2)), np.empty((d, 2)), np.empty((3, d)), np.empty(4)
+    probs, decisions, kept, values = np.empty((d, 2)), np.empty((d, 2)), np.empty((4, d)), np.empty(4)
     _native.solver_summary(*arrays.fixed, arrays.state, arrays.words, probs, decisions, kept, values)
     return probs, decisions, kept, values
 
 
 class Solver:
-    """UVC's solver for one `ViTSpec`: which heads, value dims, MLP neurons and block parts to
-    keep so that the model costs ``budget`` × its dense MACs.
+    """UVC's solver for one `ViTSpec`: which heads, value dims, MLP neurons and block parts (and
+    optionally how many tokens per block) to keep so that the model costs ``budget`` × its
+    dense MACs.
 
     ``budget``: fraction of the dense MACs to keep, in (0, 1]; or ``budget_macs``: absolute
     MACs (takes precedence). ``convention``: what the MACs count (`uvc.CONVENTIONS` name or a
@@ -196,6 +210,11 @@ class Solver:
     Hyper-parameters (epochs are fractional training epochs, warm-up included):
 
     * ``prune_heads`` / ``prune_dims`` / ``prune_neurons`` / ``skip_blocks``: what may go.
+      ``prune_tokens`` (off by default): learn how many tokens each block takes (see the module
+      doc and `token_keep`); ``lr_tokens``: largest step of a block's token removal per
+      optimizer step, as a fraction of the patches; ``token_damping``: ρ of the augmented-
+      Lagrangian term (ρ/2)·(R − B)² the token removals also see (R, B: MACs ratios), which
+      lets them settle on the budget even where class attention is flat.
     * ``gate_granularity``: ``"block"`` (one gate per block, as UVC) or ``"part"`` (MHSA and
       MLP gated separately). ``gate_sampler``: ``"gumbel"`` (two-class Gumbel-softmax, UVC's
       default), ``"sigmoid"`` (same distribution, one draw) or ``"softl0"`` (deterministic
@@ -266,7 +285,8 @@ class Solver:
         return gates
 
     def step(self, head_scores: np.ndarray, dim_scores: np.ndarray, neuron_scores: np.ndarray,
-             gate_grad: np.ndarray | None = None, *, lr: float, epoch: float) -> StepResult:
+             gate_grad: np.ndarray | None = None, *, lr: float, epoch: float,
+             token_scores: np.ndarray | None = None) -> StepResult:
         """One solver step after one optimizer step.
 
         ``head_scores`` (depth, heads), ``dim_scores`` (depth, heads, v_head_dim),
@@ -275,11 +295,20 @@ class Solver:
         ``gate_grad``: float64 (depth, 2), d(task loss)/d(the `sample_gates` output this
         step's forward used), or None. ``lr``: the model optimizer's learning rate η_W (for the
         proximal shrink). ``epoch``: fractional epoch.
+
+        ``token_scores`` (read with ``prune_tokens``): float64 (depth, num_tokens), row l the
+        class token's attention probabilities in block l (averaged over its kept heads and the
+        batch) over the tokens that entered it in this step's forward, prefix tokens first. Only
+        entries ``prefix_tokens ≤ j < token_keep()[l]`` are read, and their order does not matter
+        (LeastSum selects by value): per image sorted descending then averaged (what
+        `uvc.torch.Compressor` passes: the attention of the j-th most attended token) or raw
+        positions both work. None counts every token alike.
         """
         r = self._result
         _native.solver_step(*self._fixed, self._state, self._words, head_scores, dim_scores, neuron_scores,
                             self._no_grad if gate_grad is None else gate_grad, r.head_factor, r.dim_factor,
-                            r.neuron_factor, *self._last, lr, epoch)
+                            r.neuron_factor, *self._last, self._no_grad if token_scores is None else token_scores,
+                            lr, epoch)
         return r
 
     def masks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -302,10 +331,18 @@ class Solver:
         """Expected MACs under the current state: continuous counts and gate probabilities."""
         return float(self._summary()[3][0])
 
+    def token_keep(self) -> np.ndarray:
+        """Tokens entering each block, int64 (depth,), prefix tokens included: what the masked
+        model runs and `plan` exports. ``token_keep()[0]`` is ``spec.num_tokens``; block l drops
+        tokens after its MHSA when ``token_keep()[l + 1] < token_keep()[l]`` (never after a block
+        whose MHSA is off by `gate_decisions`, never below prefix + 2). All tokens without
+        ``prune_tokens`` or before the search moves."""
+        return self._summary()[2][3].astype(np.int64)
+
     def plan(self, round_to: int = 1) -> ArchPlan:
         """The architecture to export: block parts by `gate_decisions`, the kept heads, value
         dims (the same number in every kept head of a layer, the highest-scoring ones per head)
-        and neurons by the integer counts and the last scores, dense tokens.
+        and neurons by the integer counts and the last scores, tokens by `token_keep`.
 
         ``round_to`` > 1 rounds every layer's value-dim and MLP width to a multiple of it, then
         trims widths greedily (most MACs saved per unit of score lost) until the plan meets
@@ -327,7 +364,8 @@ class Solver:
 
     def stats(self) -> dict:
         """Plain floats and lists for logging: z, expected and plan MACs and their ratios to the
-        dense model, the kept heads / value dims / neurons per layer, gate probabilities."""
+        dense model, the kept heads / value dims / neurons and the tokens entering each layer,
+        gate probabilities."""
         probs, decisions, kept, values = self._summary()
         state = self._fields()
         return {
@@ -336,7 +374,7 @@ class Solver:
             "plan_macs": float(values[1]), "plan_ratio": float(values[1] / values[2]),
             "budget_macs": float(values[3]), "budget_ratio": float(values[3] / values[2]),
             "kept_heads": kept[0].astype(int).tolist(), "kept_v_dims": kept[1].astype(int).tolist(),
-            "kept_neurons": kept[2].astype(int).tolist(),
+            "kept_neurons": kept[2].astype(int).tolist(), "tokens": kept[3].astype(int).tolist(),
             "gate_probs": probs.tolist(), "gates_on": decisions.astype(bool).tolist(),
             "search_steps": int(state["search_steps"][0]),
         }

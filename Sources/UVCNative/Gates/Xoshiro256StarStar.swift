@@ -53,6 +53,18 @@ public struct Xoshiro256StarStar: Hashable, Sendable {
     public mutating func nextOpenUnit() -> Double {
         (Double(next() >> 11) + 0.5) * 0x1p-53
     }
+
+    /// A uniform integer in 0..<n, n ≥ 1, without modulo bias (Lemire 2019: multiply, and
+    /// redraw only in the rare case the low word falls in the biased sliver).
+    public mutating func nextBelow(_ n: UInt64) -> UInt64 {
+        precondition(n > 0)
+        var m = next().multipliedFullWidth(by: n)
+        if m.low < n {
+            let threshold = (0 &- n) % n
+            while m.low < threshold { m = next().multipliedFullWidth(by: n) }
+        }
+        return m.high
+    }
 }
 
 @inline(__always)

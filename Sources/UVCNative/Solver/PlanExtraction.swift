@@ -47,8 +47,9 @@ extension Solver {
     }
 
     /// The plan to export: parts run by the gate decisions, kept heads / value dims / neurons
-    /// by the committed counts (the highest-scoring ones), dense tokens. Its keep masks are
-    /// written to `out`; the result is the plan and its exact MACs.
+    /// by the committed counts (the highest-scoring ones), tokens by `committedTokens` (all of
+    /// them without token pruning). Its keep masks are written to `out`; the result is the plan
+    /// and its exact MACs.
     ///
     /// With `roundTo` > 1 every layer's value-dim width and MLP width is rounded to the nearest
     /// multiple of `roundTo` (widths below `roundTo` in the dense model are left alone), then,
@@ -78,10 +79,11 @@ extension Solver {
             case .neurons: spec.mlpHidden - neurons[layer]
             }
         }, attention: attention, mlp: mlp, into: out)
+        let tokens = committedTokens
         let layers = (0..<l).map { layer in
             LayerPlan(heads: attention(layer) ? spec.numHeads - Int(state.committed[layer]) : 0,
                       vDim: attention(layer) ? vDim[layer] : 0, neurons: mlp(layer) ? neurons[layer] : 0,
-                      attention: attention(layer), mlp: mlp(layer), tokens: spec.numTokens)
+                      attention: attention(layer), mlp: mlp(layer), tokens: tokens[layer])
         }
         let plan = ArchPlan(layers: layers)
         return (plan, cost.exactTotal(plan))
@@ -119,7 +121,7 @@ extension Solver {
                 removal[l + layer] = Double(dv - vDim[layer])
                 removal[2 * l + layer] = Double(m - neurons[layer])
             }
-            return evaluate(relaxedInputs(removal: removal, gates: decisions)).macs
+            return evaluate(relaxedInputs(removal: removal, tokenRemoval: state.tokenCommitted, gates: decisions)).macs
         }
         var current = macs()
         while current > budgetMACs {

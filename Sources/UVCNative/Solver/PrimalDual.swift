@@ -5,14 +5,22 @@ extension Solver {
     ///
     /// `scores`: this step's group scores (after the optimizer step). `gateGradient`: ∂(task
     /// loss)/∂(the `sampleGates` output of this step's forward), `depth × 2`, or nil.
+    /// `tokenScores`: `depth × numTokens`, row l the class attention (probabilities, averaged over
+    /// the block's kept heads and the batch) of the tokens entering block l in this step's forward;
+    /// the order within a row's non-prefix entries does not matter (LeastSum selects by value), the
+    /// prefix entries and those past the committed schedule's tokens[l] are not read. Nil counts
+    /// every token alike. Read only with `config.pruneTokens`.
     /// `learningRate`: the model optimizer's current η_W. `epoch`: fractional epoch.
     ///
     /// Order, as in UVC: (1) proximal shrink of the groups LeastSum covers, with the counts of
-    /// the previous step; (2) primal step of the removal counts; (3) gate-logit step; (4) dual
-    /// ascent of the group duals and of z. During warm-up only the factors (all 1) are written.
+    /// the previous step; (2) primal step of the removal counts (group and token); (3) gate-logit
+    /// step; (4) dual ascent of the group and token duals and of z. During warm-up only the
+    /// factors (all 1) are written.
     public mutating func step(scores: GroupScores, gateGradient: UnsafeBufferPointer<Double>?,
+                              tokenScores: UnsafeBufferPointer<Double>? = nil,
                               learningRate eta: Double, epoch: Double, factors: GroupOutputs) throws(UVCError) {
         try scores.validate(for: spec)
+        if let t = tokenScores { try validateTokenScores(t) }
         try factors.validate(for: spec, names: ("head_factor", "dim_factor", "neuron_factor"))
         try require(eta.isFinite && eta >= 0, "lr", "must be finite and >= 0, got \(eta)")
         try require(epoch.isFinite && epoch >= 0, "epoch", "must be finite and >= 0, got \(epoch)")
@@ -28,14 +36,20 @@ extension Solver {
         }
         let l = spec.depth
         let (leastSums, slopes) = shrink(scores: scores, eta: eta, factors: factors)
+        let tokens = config.pruneTokens ? tokenLeastSums(tokenScores) : (leastSums: [], slopes: [])
 
         // Expected MACs (continuous counts, gate probabilities) and its gradient.
-        let expected = evaluate(relaxedInputs(removal: state.removal, gates: gateProbabilities()))
+        let expected = evaluate(relaxedInputs(removal: state.removal, tokenRemoval: state.tokenRemoval,
+                                              gates: gateProbabilities()))
         primalStep(slopes: slopes, costGradient: expected.gradient)
+        if config.pruneTokens { tokenStep(slopes: tokens.slopes, costGradient: expected.gradient) }
         updateGates(costGradient: expected.gradient, gateGradient: gateGradient, epoch: epoch)
 
         for i in 0..<(3 * l) where config.prune[i / l] {
             state.duals[i] = max(0, state.duals[i] + config.dualLR * leastSums[i])
+        }
+        for (b, leastSum) in tokens.leastSums.enumerated() {
+            state.tokenDuals[b] = max(0, state.tokenDuals[b] + config.dualLR * leastSum)
         }
         let violation = constraintMACs() / denseMACs - config.budget
         let clipped = min(max(violation, -config.zGradClip), config.zGradClip)
@@ -169,9 +183,11 @@ extension Solver {
     }
 
     /// The relaxed cost-model input: kept = groups − removal for each kind, the given gate
-    /// values per part (`depth × 2`), dense tokens.
-    func relaxedInputs(removal: [Double], gates: [Double]) -> [Double] {
+    /// values per part (`depth × 2`), the token schedule of the given per-block token removals
+    /// (`tokenSchedule`: by the gate decisions, whatever `gates` holds).
+    func relaxedInputs(removal: [Double], tokenRemoval: [Double], gates: [Double]) -> [Double] {
         let l = spec.depth
+        let tokens = tokenSchedule(tokenRemoval)
         var x = [Double](repeating: 0, count: RelaxedField.allCases.count * l)
         for layer in 0..<l {
             x[RelaxedField.heads.rawValue * l + layer] = groups(.heads) - removal[layer]
@@ -179,14 +195,15 @@ extension Solver {
             x[RelaxedField.neurons.rawValue * l + layer] = groups(.neurons) - removal[2 * l + layer]
             x[RelaxedField.attentionGate.rawValue * l + layer] = gates[2 * layer]
             x[RelaxedField.mlpGate.rawValue * l + layer] = gates[2 * layer + 1]
-            x[RelaxedField.tokens.rawValue * l + layer] = Double(spec.numTokens)
+            x[RelaxedField.tokens.rawValue * l + layer] = tokens[layer]
         }
         return x
     }
 
-    /// Expected MACs under the current state: continuous counts, gate probabilities.
+    /// Expected MACs under the current state: continuous counts, gate probabilities (the token
+    /// schedule by the gate decisions).
     public func expectedMACs() -> Double {
-        evaluate(relaxedInputs(removal: state.removal, gates: gateProbabilities())).macs
+        evaluate(relaxedInputs(removal: state.removal, tokenRemoval: state.tokenRemoval, gates: gateProbabilities())).macs
     }
 
     /// The MACs z holds to the budget: those of the architecture the state heads for, with the
@@ -194,12 +211,12 @@ extension Solver {
     /// counts continuous (integer counts would make z chase a staircase and cycle around one
     /// step of it). The plan differs from it only by rounding the counts.
     public func constraintMACs() -> Double {
-        evaluate(relaxedInputs(removal: state.removal, gates: gateDecisions())).macs
+        evaluate(relaxedInputs(removal: state.removal, tokenRemoval: state.tokenRemoval, gates: gateDecisions())).macs
     }
 
-    /// Exact MACs of the architecture the state implies (committed counts, gate decisions,
-    /// dense tokens): the cost of `plan(roundTo: 1)`.
+    /// Exact MACs of the architecture the state implies (committed counts and token removals,
+    /// gate decisions): the cost of `plan(roundTo: 1)`.
     public func planMACs() -> Double {
-        evaluate(relaxedInputs(removal: state.committed, gates: gateDecisions())).macs
+        evaluate(relaxedInputs(removal: state.committed, tokenRemoval: state.tokenCommitted, gates: gateDecisions())).macs
     }
 }

@@ -59,8 +59,9 @@ extension GroupArrays where Buffer == UnsafeMutableBufferPointer<Double> {
 /// changes, and restoring it continues the run exactly.
 ///
 /// One `step` per optimizer step: proximal shrink of the groups selected for removal, a
-/// primal step on the removal counts and the gate logits, dual ascent on the group duals and
-/// on z. Costs are MACs under `convention`; the budget is `config.budget × denseMACs`.
+/// primal step on the removal counts (and, with `config.pruneTokens`, on each block's token
+/// removal) and the gate logits, dual ascent on the group (and token) duals and on z. Costs are
+/// MACs under `convention`; the budget is `config.budget × denseMACs`.
 public struct Solver: Sendable {
     public let spec: ViTSpec
     public let config: SolverConfig
@@ -77,6 +78,12 @@ public struct Solver: Sendable {
 
     /// A solver resumed from a saved `state` (checked against spec and config).
     public init(spec: ViTSpec, convention: CostConvention, config: SolverConfig, state: SolverState) throws(UVCError) {
+        if config.pruneTokens {
+            try require(spec.depth >= 2 && spec.prefixTokens >= 1 && spec.numPatches >= 3, "prune_tokens",
+                        "needs depth >= 2, a class token and at least 3 patches (a block drops tokens by its class "
+                        + "attention, down to one kept patch and the fused token); got depth \(spec.depth), "
+                        + "\(spec.prefixTokens) prefix tokens, \(spec.numPatches) patches")
+        }
         self.spec = spec
         self.config = config
         self.cost = CostModel(spec: spec, convention: convention)
@@ -92,7 +99,8 @@ public struct Solver: Sendable {
     public var budgetMACs: Double { config.budget * denseMACs }
 
     /// MACs of the cheapest architecture the options allow: one head, one value dim and one
-    /// neuron per layer for the kinds being pruned, every part skipped if gates are on.
+    /// neuron per layer for the kinds being pruned, every part skipped if gates are on, else,
+    /// with token pruning, block 0 dropping all but the prefix, one patch and the fused token.
     public var smallestReachableMACs: Double {
         let l = spec.depth
         var x = [Double](repeating: 0, count: RelaxedField.allCases.count * l)
@@ -103,7 +111,8 @@ public struct Solver: Sendable {
             x[RelaxedField.neurons.rawValue * l + i] = config.prune[2] ? 1 : Double(spec.mlpHidden)
             x[RelaxedField.attentionGate.rawValue * l + i] = gate
             x[RelaxedField.mlpGate.rawValue * l + i] = gate
-            x[RelaxedField.tokens.rawValue * l + i] = Double(spec.numTokens)
+            let fewest = config.pruneTokens && !config.skipBlocks && i > 0
+            x[RelaxedField.tokens.rawValue * l + i] = Double(fewest ? spec.prefixTokens + 2 : spec.numTokens)
         }
         return evaluate(x).macs
     }

@@ -40,6 +40,10 @@ public struct SolverConfig: Hashable, Sendable {
     public var budget: Double
     /// Which group kinds may be removed (indexed by `GroupKind`).
     public var prune: [Bool]
+    /// Whether the tokens each block takes are learned: block l < depth − 1 may drop tokens after
+    /// its MHSA (the prefix and the most class-attended tokens stay, the rest fuse into one; see
+    /// `ArchPlan.validate`), under the same budget as the groups and gates.
+    public var pruneTokens: Bool
     /// Whether blocks (or block parts) may be skipped.
     public var skipBlocks: Bool
     public var gateGranularity: GateGranularity
@@ -51,6 +55,11 @@ public struct SolverConfig: Hashable, Sendable {
     /// Largest step of the removal counts per optimizer step, as a fraction of the layer's
     /// groups of that kind (indexed by `GroupKind`); reached when ‖g‖∞ ≥ 1.
     public var countLR: [Double]
+    /// Largest step of a block's token removal per optimizer step, as a fraction of the patches;
+    /// reached when ‖g‖∞ ≥ 1.
+    public var tokenLR: Double
+    /// ρ of the augmented-Lagrangian term the token removals see (see `Solver.tokenStep`).
+    public var tokenDamping: Double
     /// A committed integer count changes only once the continuous count is more than
     /// 1/2 + hysteresis away from it, so a marginal group does not flip at every step.
     public var hysteresis: Double
@@ -81,9 +90,10 @@ public struct SolverConfig: Hashable, Sendable {
     public var eps: Double
     public var epsDecay: Double
 
-    public init(budget: Double = 0.5, prune: [Bool] = [true, true, true], skipBlocks: Bool = true,
-                gateGranularity: GateGranularity = .block, gateSampler: GateSampler = .gumbel,
+    public init(budget: Double = 0.5, prune: [Bool] = [true, true, true], pruneTokens: Bool = false,
+                skipBlocks: Bool = true, gateGranularity: GateGranularity = .block, gateSampler: GateSampler = .gumbel,
                 straightThrough: Bool = true, warmupEpochs: Double = 5, countLR: [Double] = [0.02, 0.02, 0.02],
+                tokenLR: Double = 0.02, tokenDamping: Double = 10,
                 hysteresis: Double = 0.3, gateLR: Double = 0.1, gatingWeight: Double = 5e-4,
                 gatingInterval: Int = 50, gateMomentum: Double = 0.9, gateInit: Double = 2,
                 zLR: Double = 1, zLRSchedule: [Double] = [1, 5, 9, 13, 17], zLRGamma: Double = 1.5,
@@ -92,12 +102,15 @@ public struct SolverConfig: Hashable, Sendable {
                 eps: Double = 0.1, epsDecay: Double = 0.92) throws(UVCError) {
         self.budget = budget
         self.prune = prune
+        self.pruneTokens = pruneTokens
         self.skipBlocks = skipBlocks
         self.gateGranularity = gateGranularity
         self.gateSampler = gateSampler
         self.straightThrough = straightThrough
         self.warmupEpochs = warmupEpochs
         self.countLR = countLR
+        self.tokenLR = tokenLR
+        self.tokenDamping = tokenDamping
         self.hysteresis = hysteresis
         self.gateLR = gateLR
         self.gatingWeight = gatingWeight
@@ -124,7 +137,7 @@ public struct SolverConfig: Hashable, Sendable {
         case budget, pruneHeads, pruneDims, pruneNeurons, skipBlocks, gateGranularity, gateSampler,
              straightThrough, warmupEpochs, lrHeads, lrDims, lrNeurons, hysteresis, gateLR, gatingWeight,
              gatingInterval, gateMomentum, gateInit, zLR, zLRGamma, zGradClip, zInit, dualLR, dualInit,
-             tau, tauDecay, tauMin, eps, epsDecay
+             tau, tauDecay, tauMin, eps, epsDecay, pruneTokens, lrTokens, tokenDamping
 
         public var name: String {
             switch self {
@@ -155,6 +168,9 @@ public struct SolverConfig: Hashable, Sendable {
             case .tauMin: "tau_min"
             case .eps: "eps"
             case .epsDecay: "eps_decay"
+            case .pruneTokens: "prune_tokens"
+            case .lrTokens: "lr_tokens"
+            case .tokenDamping: "token_damping"
             }
         }
     }
@@ -179,12 +195,14 @@ public struct SolverConfig: Hashable, Sendable {
         try self.init(
             budget: e[Field.budget.rawValue],
             prune: [try flag(.pruneHeads), try flag(.pruneDims), try flag(.pruneNeurons)],
+            pruneTokens: try flag(.pruneTokens),
             skipBlocks: try flag(.skipBlocks),
             gateGranularity: try choice(.gateGranularity, GateGranularity.self),
             gateSampler: try choice(.gateSampler, GateSampler.self),
             straightThrough: try flag(.straightThrough),
             warmupEpochs: e[Field.warmupEpochs.rawValue],
             countLR: [e[Field.lrHeads.rawValue], e[Field.lrDims.rawValue], e[Field.lrNeurons.rawValue]],
+            tokenLR: e[Field.lrTokens.rawValue], tokenDamping: e[Field.tokenDamping.rawValue],
             hysteresis: e[Field.hysteresis.rawValue], gateLR: e[Field.gateLR.rawValue],
             gatingWeight: e[Field.gatingWeight.rawValue], gatingInterval: Int(interval),
             gateMomentum: e[Field.gateMomentum.rawValue], gateInit: e[Field.gateInit.rawValue],
@@ -204,6 +222,8 @@ public struct SolverConfig: Hashable, Sendable {
             try require(v.isFinite && v >= 0 && v <= 1, "lr_counts",
                         "must lie in [0, 1] (a fraction of the groups per step), got \(v)")
         }
+        try require(tokenLR.isFinite && tokenLR >= 0 && tokenLR <= 1, "lr_tokens",
+                    "must lie in [0, 1] (a fraction of the patches per step), got \(tokenLR)")
         try require(hysteresis.isFinite && hysteresis >= 0 && hysteresis < 0.5, "hysteresis",
                     "must lie in [0, 0.5), got \(hysteresis)")
         try require(gatingInterval >= 1, "gating_interval", "must be >= 1, got \(gatingInterval)")
@@ -217,7 +237,8 @@ public struct SolverConfig: Hashable, Sendable {
             try require(e.isFinite && e >= 0, "zlr_schedule", "epochs must be finite and >= 0, got \(e)")
         }
         for (name, v) in [("warmup_epochs", warmupEpochs), ("gate_lr", gateLR), ("gating_weight", gatingWeight),
-                          ("z_lr", zLR), ("z_init", zInit), ("dual_lr", dualLR), ("dual_init", dualInit)] {
+                          ("z_lr", zLR), ("z_init", zInit), ("dual_lr", dualLR), ("dual_init", dualInit),
+                          ("token_damping", tokenDamping)] {
             try require(v.isFinite && v >= 0, name, "must be finite and >= 0, got \(v)")
         }
         try require(tau.isFinite && tau > 0, "tau", "must be finite and > 0, got \(tau)")

@@ -31,6 +31,12 @@ public struct SolverState: Hashable, Sendable {
     /// for queries that take no epoch.
     public var epoch: Double
     public var rng: Xoshiro256StarStar
+    /// Token pruning (empty without it): per block l < depth − 1, the continuous number of tokens
+    /// it removes (≥ 0, summing to at most numPatches − 2), the integer removal the schedule uses
+    /// (rounded with hysteresis), and the dual of its LeastSum over class attention.
+    public var tokenRemoval: [Double]
+    public var tokenCommitted: [Double]
+    public var tokenDuals: [Double]
 
     /// The state before the first step.
     public init(spec: ViTSpec, config: SolverConfig, seed: UInt64) {
@@ -49,12 +55,16 @@ public struct SolverState: Hashable, Sendable {
         searchSteps = 0
         epoch = 0
         rng = Xoshiro256StarStar(seed: seed)
+        let blocks = Field.tokenRemoval.count(spec, config)
+        tokenRemoval = Array(repeating: 0, count: blocks)
+        tokenCommitted = tokenRemoval
+        tokenDuals = Array(repeating: config.dualInit, count: blocks)
     }
 
     /// Fields of the flat float64 encoding, in order.
     public enum Field: Int, CaseIterable, Sendable {
         case removal, committed, duals, z, logits, velocity, gradientSum, accumulatedSteps,
-             sampleSlope, sampleFresh, hints, searchSteps, epoch
+             sampleSlope, sampleFresh, hints, searchSteps, epoch, tokenRemoval, tokenCommitted, tokenDuals
 
         public func count(_ spec: ViTSpec, _ config: SolverConfig) -> Int {
             let l = spec.depth, g = l * config.gatesPerLayer
@@ -63,6 +73,8 @@ public struct SolverState: Hashable, Sendable {
             case .z, .accumulatedSteps, .sampleFresh, .searchSteps, .epoch: return 1
             case .logits, .velocity, .gradientSum, .sampleSlope: return g
             case .hints: return l * (spec.numHeads + 2)
+            // The last block never drops tokens.
+            case .tokenRemoval, .tokenCommitted, .tokenDuals: return config.pruneTokens ? l - 1 : 0
             }
         }
     }
@@ -82,6 +94,7 @@ public struct SolverState: Hashable, Sendable {
         }
         put(removal); put(committed); put(duals); put([z]); put(logits); put(velocity); put(gradientSum)
         put([accumulatedSteps]); put(sampleSlope); put([sampleFresh]); put(hints); put([searchSteps]); put([epoch])
+        put(tokenRemoval); put(tokenCommitted); put(tokenDuals)
         let w = rng.words
         (words[0], words[1], words[2], words[3]) =
             (Int64(bitPattern: w.0), Int64(bitPattern: w.1), Int64(bitPattern: w.2), Int64(bitPattern: w.3))
@@ -114,6 +127,9 @@ public struct SolverState: Hashable, Sendable {
         hints = take(.hints)
         searchSteps = take(.searchSteps)[0]
         epoch = take(.epoch)[0]
+        tokenRemoval = take(.tokenRemoval)
+        tokenCommitted = take(.tokenCommitted)
+        tokenDuals = take(.tokenDuals)
         rng = try Xoshiro256StarStar(words: (UInt64(bitPattern: words[0]), UInt64(bitPattern: words[1]),
                                             UInt64(bitPattern: words[2]), UInt64(bitPattern: words[3])))
         try validate(spec: spec, config: config)
@@ -123,7 +139,9 @@ public struct SolverState: Hashable, Sendable {
         let l = spec.depth
         for (field, count) in [(Field.removal, removal.count), (.committed, committed.count), (.duals, duals.count),
                                (.logits, logits.count), (.velocity, velocity.count), (.gradientSum, gradientSum.count),
-                               (.sampleSlope, sampleSlope.count), (.hints, hints.count)] {
+                               (.sampleSlope, sampleSlope.count), (.hints, hints.count),
+                               (.tokenRemoval, tokenRemoval.count), (.tokenCommitted, tokenCommitted.count),
+                               (.tokenDuals, tokenDuals.count)] {
             try require(count == field.count(spec, config), "state",
                         "field \(field) has \(count) values, this spec and config need \(field.count(spec, config))")
         }
@@ -137,6 +155,15 @@ public struct SolverState: Hashable, Sendable {
                 try require(duals[i].isFinite && duals[i] >= 0, "state.duals",
                             "entry \(i) = \(duals[i]), expected a finite value >= 0")
             }
+        }
+        let cap = Double(spec.numPatches - 2)
+        for i in tokenRemoval.indices {
+            try require(tokenRemoval[i].isFinite && tokenRemoval[i] >= 0 && tokenRemoval[i] <= cap, "state.token_removal",
+                        "entry \(i) = \(tokenRemoval[i]), expected a value in [0, \(cap)]")
+            try require(tokenCommitted[i] >= 0 && tokenCommitted[i] <= cap && tokenCommitted[i] == tokenCommitted[i].rounded(),
+                        "state.token_committed", "entry \(i) = \(tokenCommitted[i]), expected an integer in [0, \(cap)]")
+            try require(tokenDuals[i].isFinite && tokenDuals[i] >= 0, "state.token_duals",
+                        "entry \(i) = \(tokenDuals[i]), expected a finite value >= 0")
         }
         try require(z.isFinite && z >= 0, "state.z", "expected a finite value >= 0, got \(z)")
         for (name, values) in [("state.logits", logits), ("state.velocity", velocity),

@@ -1,5 +1,5 @@
-"""UVC stage 1 on a live timm ViT: masks and block gates in the forward pass, one solver
-step per optimizer step, export of the physically smaller model.
+"""UVC stage 1 on a live timm ViT: masks, block gates and token drops in the forward pass, one
+solver step per optimizer step, export of the physically smaller model.
 
     comp = Compressor(model, budget=0.5, steps_per_epoch=len(loader), optimizer=opt)
     for x, y in loader:
@@ -8,10 +8,14 @@ step per optimizer step, export of the physically smaller model.
         comp.step()
     slim = comp.export()
 
-The forward pass is changed by hooks only: the input of every ``attn.proj`` is multiplied by
-its head × value-dim keep mask, the input of every ``mlp.fc2`` by its neuron mask, and the
-outputs of ``ls1`` / ``ls2`` (the MHSA and MLP branches) by this step's block-part gates.
-Masks and gates live on the model's device; the host sees one small transfer per step.
+The forward pass is changed by hooks: the input of every ``attn.proj`` is multiplied by its
+head × value-dim keep mask, the input of every ``mlp.fc2`` by its neuron mask, and the outputs
+of ``ls1`` / ``ls2`` (the MHSA and MLP branches) by this step's block-part gates. With
+``prune_tokens=True`` a hook on every ``attn.qkv`` also computes the class token's attention
+(softmax(q_cls·Kᵀ/√d), averaged over the kept heads), and each block that drops tokens under
+the solver's schedule runs a forward of our own: timm's, with `uvc.torch.slim.reduce_tokens`
+between the MHSA and the MLP residuals, exactly what the exported `SlimBlock` does. Masks, gates
+and token scores live on the model's device; the host sees one small transfer per step.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from torch import nn
 
 from ..solver import Solver
 from .introspect import check_supported, spec_from_model
-from .slim import SlimViT
+from .slim import SlimViT, reduce_tokens
 
 __all__ = ["Compressor"]
 
@@ -37,6 +41,12 @@ class Compressor:
     steps per epoch, to turn steps into the fractional epochs the solver's schedules use.
     ``optimizer``: where the current learning rate η_W (proximal shrink) is read; or pass
     ``lr=`` to `step`. Other keywords go to `uvc.Solver`.
+
+    With ``prune_tokens=True`` the number of tokens each block takes is learned too: blocks
+    that drop tokens under `uvc.Solver.token_keep` do so in training and eval alike (the hard
+    forward the export runs; gradients reach the kept and the fused tokens, and the attention
+    that ranks and weights them), and every training forward records each block's class
+    attention, sorted per image and averaged over the batch, as the solver's token scores.
     """
 
     def __init__(self, model: nn.Module, budget: float = 0.5, *, steps_per_epoch: int,
@@ -64,6 +74,18 @@ class Compressor:
                 block.ls1.register_forward_hook(self._gater(block, l, 0)),
                 block.ls2.register_forward_hook(self._gater(block, l, 1)),
             ]
+        self.prune_tokens = self.solver.hyper["prune_tokens"]
+        if self.prune_tokens:
+            self._head_mask = torch.ones(s.depth, s.num_heads, device=device)
+            # Row l: block l's class attention of the last training forward (see `uvc.Solver.step`).
+            self._token_scores = torch.zeros(s.depth, s.num_tokens, device=device)
+            # Per block: tokens it keeps when it drops some (else None), and the class attention
+            # its forward hands from the qkv hook to the drop.
+            self._tokens_out: list[int | None] = [None] * s.depth
+            self._class_attention: list[torch.Tensor | None] = [None] * s.depth
+            self._handles += [block.attn.qkv.register_forward_hook(self._class_attention_hook(block, l))
+                              for l, block in enumerate(model.blocks)]
+            self._sync_tokens()
 
     @property
     def epoch(self) -> float:
@@ -81,6 +103,56 @@ class Compressor:
             gates = self._gates if block.training else self._eval_gates
             return output * gates[l, part].to(output.dtype)
         return hook
+
+    def _class_attention_hook(self, block: nn.Module, l: int):
+        """Computes block ``l``'s class attention from its qkv output: (B, N) probabilities, the
+        mean over kept heads of softmax(q_cls·Kᵀ·scale), as `SlimAttention` computes it."""
+        attn = block.attn
+        h, hd, width, prefix = attn.num_heads, attn.head_dim, attn.attn_dim, self.spec.prefix_tokens
+
+        def hook(module, args, qkv):
+            drops = self._tokens_out[l] is not None
+            if not (drops or block.training):
+                return
+            b, n, _ = qkv.shape
+            # Only a drop backpropagates through the ranking weights; scores alone need no graph.
+            with torch.set_grad_enabled(drops and torch.is_grad_enabled()):
+                q = qkv[:, :1, :width].reshape(b, 1, h, hd).transpose(1, 2)
+                k = qkv[:, :, width:2 * width].reshape(b, n, h, hd).transpose(1, 2)
+                rows = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1).squeeze(2)
+                keep = self._head_mask[l].to(rows.dtype)
+                cls = (rows * keep[:, None]).sum(dim=1) / keep.sum()
+            if drops:
+                self._class_attention[l] = cls
+            if block.training:
+                with torch.no_grad():
+                    row = self._token_scores[l]
+                    row[:prefix] = cls[:, :prefix].mean(dim=0)
+                    # Per image highest first, then the batch mean: rank j's attention.
+                    row[prefix:n] = cls[:, prefix:].sort(dim=1, descending=True).values.mean(dim=0)
+                    row[n:] = 0
+        return hook
+
+    def _dropping_forward(self, block: nn.Module, l: int, tokens_out: int):
+        """timm's Block.forward with the token drop of `SlimBlock` after the MHSA residual."""
+        prefix = self.spec.prefix_tokens
+
+        def forward(x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+            x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
+            cls, self._class_attention[l] = self._class_attention[l], None
+            x = reduce_tokens(x, cls, prefix, tokens_out)
+            return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+        return forward
+
+    def _sync_tokens(self) -> None:
+        """Installs our forward on the blocks that drop tokens under the solver's schedule and
+        gives the others back timm's."""
+        keep = self.solver.token_keep().tolist()
+        for l, block in enumerate(self.model.blocks):
+            block.__dict__.pop("forward", None)
+            self._tokens_out[l] = keep[l + 1] if l + 1 < len(keep) and keep[l + 1] < keep[l] else None
+            if self._tokens_out[l] is not None:
+                block.forward = self._dropping_forward(block, l, self._tokens_out[l])
 
     def _new_gates(self, values: np.ndarray) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.float32, device=self._attn_mask.device, requires_grad=True)
@@ -103,18 +175,21 @@ class Compressor:
         s = self.spec
         grad = self._gates.grad if self._gates.grad is not None else torch.zeros_like(self._gates)
         proj, fc2 = self.scores()
-        packed = torch.cat([grad.reshape(-1).float(), proj.reshape(-1), fc2.reshape(-1)])
+        per_batch = [grad.reshape(-1).float()] + ([self._token_scores.reshape(-1).float()] if self.prune_tokens else [])
+        packed = torch.cat(per_batch + [proj.reshape(-1), fc2.reshape(-1)])
+        n_b = sum(t.numel() for t in per_batch)
         if dist.is_available() and dist.is_initialized():
-            # Weights are already equal on every rank; the gate gradients are averaged.
-            n = grad.numel()
-            dist.all_reduce(packed[:n])
-            packed[:n] /= dist.get_world_size()
+            # Weights are already equal on every rank; gate gradients and token scores are averaged.
+            dist.all_reduce(packed[:n_b])
+            packed[:n_b] /= dist.get_world_size()
         host = packed.double().cpu().numpy()
         n_g, n_p = grad.numel(), proj.numel()
         gate_grad = host[:n_g].reshape(s.depth, 2)
-        dims = host[n_g:n_g + n_p].reshape(s.depth, s.num_heads, s.v_head_dim)
-        neurons = host[n_g + n_p:].reshape(s.depth, s.mlp_hidden)
-        res = self.solver.step(dims.sum(-1), dims, neurons, gate_grad, lr=lr, epoch=self.epoch)
+        token_scores = host[n_g:n_b].reshape(s.depth, s.num_tokens) if self.prune_tokens else None
+        dims = host[n_b:n_b + n_p].reshape(s.depth, s.num_heads, s.v_head_dim)
+        neurons = host[n_b + n_p:].reshape(s.depth, s.mlp_hidden)
+        res = self.solver.step(dims.sum(-1), dims, neurons, gate_grad, lr=lr, epoch=self.epoch,
+                               token_scores=token_scores)
         self.step_count += 1
         self._apply(res.head_factor[:, :, None] * res.dim_factor, res.neuron_factor)
         self._sync_masks()
@@ -139,6 +214,9 @@ class Compressor:
         self._attn_mask.copy_(torch.from_numpy((head[:, :, None] * dim).reshape(self.spec.depth, -1)))
         self._mlp_mask.copy_(torch.from_numpy(neuron))
         self._eval_gates.copy_(torch.from_numpy(self.solver.gate_decisions().astype(np.float32)))
+        if self.prune_tokens:
+            self._head_mask.copy_(torch.from_numpy(head))
+            self._sync_tokens()
 
     def export(self, round_to: int = 1) -> SlimViT:
         """The physically smaller model for the current plan, in eval mode. Before any
@@ -147,10 +225,13 @@ class Compressor:
         return SlimViT.from_timm(self.model, plan).eval()
 
     def remove(self) -> None:
-        """Removes the hooks; the model runs dense again (with its shrunk weights)."""
+        """Removes the hooks and our block forwards; the model runs dense again (with its
+        shrunk weights)."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for block in self.model.blocks:
+            block.__dict__.pop("forward", None)
 
     def state_dict(self) -> dict:
         """Solver state, step count and the gate sample of the next step (for exact resume)."""

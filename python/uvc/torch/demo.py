@@ -55,20 +55,23 @@ def evaluate_models(sources: list[str], *, data: str = "fashion-mnist", data_dir
 
 
 def run_demo(*, budget: float = 0.5, search_epochs: int = 4, finetune_epochs: int = 4, subset: int = 20000,
-             output_dir: str = "runs/demo", seed: int = 0, device: str | None = None, **_) -> dict:
+             output_dir: str = "runs/demo", seed: int = 0, device: str | None = None, tokens: bool = False,
+             **_) -> dict:
     """Compresses the shipped ViT to ``budget`` of its MACs: search (stage 1) on ``subset``
     training images per epoch, export, fine-tune (stage 2), then evaluate against the dense
-    model on the full test set. Writes everything under ``output_dir``."""
+    model on the full test set. ``tokens``: also learn the tokens each block keeps. Writes
+    everything under ``output_dir``."""
     from ..plots import plot_architecture
     start = time.time()
     out = Path(output_dir)
     common = dict(data="fashion-mnist", subset=subset, seed=seed, device=device or "cpu", train_batch_size=128,
                   distillation_type="soft", distillation_alpha=0.5, distillation_tau=1.0, checkpoint_every=200,
                   output_dir=str(out))
-    print(f"[uvc demo] stage 1: searching heads, value dims, neurons and block skips at {budget:.0%} of the MACs")
+    what = "heads, value dims, neurons, block skips and tokens" if tokens else "heads, value dims, neurons and block skips"
+    print(f"[uvc demo] stage 1: searching {what} at {budget:.0%} of the MACs")
     s1 = compress(model="demo", budget=budget, num_epochs=search_epochs, learning_rate=5e-4,
                   warmup_epochs=0.25, zlr_schedule=tuple(float(e) for e in range(1, search_epochs)),
-                  **common)
+                  prune_tokens=tokens, **common)
     print(f"[uvc demo] exported: {s1['ratio']:.1%} of the dense MACs; exported logits match the masked "
           f"model to {s1['max_abs_logit_diff']:.2e}")
     print("[uvc demo] stage 2: fine-tuning the exported model with distillation from the dense one")

@@ -1,9 +1,10 @@
 """The two UVC stages and evaluation as functions of plain keyword settings; the CLI and
 the demo call these.
 
-Stage 1 (`compress`): joint search of heads, value dims, neurons and block parts under the
-budget, with distillation from the dense teacher, then export of the physically smaller
-model. Stage 2 (`finetune`): train that fixed architecture, again with distillation.
+Stage 1 (`compress`): joint search of heads, value dims, neurons and block parts (and, with
+``prune_tokens``, the tokens each block keeps) under the budget, with distillation from the
+dense teacher, then export of the physically smaller model. Stage 2 (`finetune`): train that
+fixed architecture, again with distillation.
 """
 from __future__ import annotations
 
@@ -109,9 +110,9 @@ def _criterion(teacher, settings):
                             settings["distillation_tau"])
 
 
-SOLVER_KEYS = ("convention", "prune_heads", "prune_dims", "prune_neurons", "skip_blocks", "gate_granularity",
-               "warmup_epochs", "gate_lr", "gating_weight", "zlr_schedule", "z_grad_clip", "eps", "eps_decay",
-               "lr_counts", "budget_macs")
+SOLVER_KEYS = ("convention", "prune_heads", "prune_dims", "prune_neurons", "prune_tokens", "skip_blocks",
+               "gate_granularity", "warmup_epochs", "gate_lr", "gating_weight", "zlr_schedule", "z_grad_clip", "eps",
+               "eps_decay", "lr_counts", "budget_macs")
 
 
 def compress(**settings) -> dict:

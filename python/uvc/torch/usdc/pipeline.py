@@ -1,0 +1,207 @@
+"""The two USDC stages and their evaluation as functions of plain keyword settings (the
+demo and the CLI call these), sharing the UVC pipeline's loaders, schedule, distillation and
+training loop (checkpoints, exact resume, logs).
+
+Stage 1 (`search`): static keep probabilities and dynamic group gates searched jointly under
+the budget, with distillation from the dense teacher; the static part is pruned physically
+and the best gate network of each layer kept (`DynamicViT`). Stage 2 (`finetune`): train that
+model with its dynamic gates under the budget F(g).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ... import cost
+from ..data import make_loader
+from ..introspect import spec_from_model
+from ..pipeline import _criterion, _jsonable, _loaders, _schedule, load_model, setup_distributed
+from ..slim import SlimViT
+from ..train import evaluate, fit
+from .dynamic import DynamicViT, USDCFinetune
+from .export import load as load_dynamic, save as save_dynamic
+
+__all__ = ["search", "finetune", "evaluate_batch_sizes", "latency_on_data", "SEARCH_KEYS"]
+
+# Settings passed through to `USDCSearch`.
+SEARCH_KEYS = ("static", "dynamic", "neuron_group_size", "gate_kinds", "gate_hidden", "gate_kernel", "gate_init",
+               "keep_init", "tau", "grouping", "static_mode", "gamma", "budget_mode", "dual_lr", "static_target",
+               "static_tau", "convention")
+
+
+def _optimizer(weights, arch, gates, settings) -> torch.optim.Optimizer:
+    """AdamW on the weights; Adam without decay on the architecture logits (DARTS's betas)
+    and on the gate networks."""
+    groups = [{"params": weights, "lr": settings["learning_rate"], "weight_decay": settings.get("weight_decay", 0.0)}]
+    if arch:
+        groups.append({"params": arch, "lr": settings.get("arch_lr", 0.1), "weight_decay": 0.0, "betas": (0.5, 0.999)})
+    if gates:
+        groups.append({"params": gates, "lr": settings.get("gate_lr", 0.03), "weight_decay": 0.0})
+    return torch.optim.AdamW(groups)
+
+
+def _single_process(settings: dict) -> torch.device:
+    device, _, world = setup_distributed(settings.get("device"))
+    if world > 1:
+        raise ValueError("the USDC stages run in one process; launch them without torchrun")
+    return device
+
+
+def search(**settings) -> dict:
+    """Stage 1. Writes to ``output_dir``: ``stage1/`` (checkpoint, log.jsonl), ``plan.json``,
+    ``stage1_model/`` (the `DynamicViT`, or a `SlimViT` without gates) and
+    ``summary_stage1.json``. ``target``: wanted F (expected MACs over the dense MACs, gate
+    networks included)."""
+    from .search import USDCSearch
+    device = _single_process(settings)
+    torch.manual_seed(settings["seed"])
+    model, meta = load_model(settings["model"], settings.get("checkpoint"), **settings.get("model_kwargs") or {})
+    model.to(device)
+    teacher = copy.deepcopy(model).eval()
+    spec = spec_from_model(model)
+    train, test = _loaders(spec, settings, 0, 1)
+    kwargs = {k: settings[k] for k in SEARCH_KEYS if settings.get(k) is not None}
+    epochs = settings["num_epochs"]
+    usdc = USDCSearch(model, settings["target"], anneal_steps=epochs * len(train), seed=settings["seed"], **kwargs)
+    arch = [p for p in (usdc.arch.head_logits, usdc.arch.neuron_logits, usdc.arch.part_logits) if p is not None]
+    gates = []
+    if usdc.dynamic:
+        arch += [g.alpha for g in usdc.arch.gates]
+        gates = [p for g in usdc.arch.gates for p in g.options.parameters()]
+    weights = [p for n, p in model.named_parameters() if not n.startswith("usdc.")]
+    optimizer = _optimizer(weights, arch, gates, settings)
+    scheduler = _schedule(optimizer, epochs * len(train), 0)
+    base = _criterion(teacher, settings)
+    out = Path(settings["output_dir"])
+    fit(model, train, epochs=epochs, optimizer=optimizer, scheduler=scheduler,
+        criterion=lambda x, outputs, y: base(x, outputs, y) + usdc.resource_loss(), out_dir=out / "stage1",
+        compressor=usdc, eval_loader=test, resume=settings.get("resume", False),
+        checkpoint_every=settings.get("checkpoint_every", 100), stop_after=settings.get("stop_after"),
+        desc="usdc stage 1", config=_jsonable(settings), progress=settings.get("progress", True))
+    if settings.get("stop_after") is not None and usdc.step_count < epochs * len(train):
+        return {"stopped_at_step": usdc.step_count}
+    model.eval()
+    exported = usdc.export().to(device).eval()
+    x, _ = next(test.batches(0))
+    with torch.no_grad():
+        diff = (model(x.to(device)) - exported(x.to(device))).abs().max().item()
+    plan = usdc.plan()
+    dense = cost.count(spec).macs
+    summary = {"stage": 1, "target": settings["target"], "searched_acc": evaluate(model, test, device),
+               "exported_acc": evaluate(exported, test, device), "max_abs_logit_diff": diff,
+               "static_macs": cost.count(spec, plan).macs, "dense_macs": dense, **usdc.stats()}
+    summary["static_ratio"] = summary["static_macs"] / dense
+    plan.save(out / "plan.json")
+    if isinstance(exported, DynamicViT):
+        save_dynamic(exported, out / "stage1_model", meta=meta)
+    else:
+        from ..export import save as save_slim
+        save_slim(exported, out / "stage1_model", meta=meta)
+    (out / "summary_stage1.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def finetune(**settings) -> dict:
+    """Stage 2: fine-tune the `DynamicViT` in ``model`` (a folder written by `search`) with its
+    group gates under the budget ``target`` and distillation from the dense ``teacher``.
+    Writes ``stage2/`` and the final ``model/`` to ``output_dir``."""
+    device = _single_process(settings)
+    torch.manual_seed(settings["seed"])
+    model = load_dynamic(settings["model"], device)
+    meta = dict(model.slim.meta)
+    teacher = None
+    if settings["distillation_type"] != "none":
+        teacher, _ = load_model(settings["teacher"], settings.get("teacher_checkpoint"),
+                                **settings.get("model_kwargs") or {})
+        teacher.to(device).eval()
+    train, test = _loaders(model.spec, settings, 0, 1)
+    keys = ("gamma", "budget_mode", "dual_lr", "convention")
+    ft = USDCFinetune(model, settings["target"], **{k: settings[k] for k in keys if settings.get(k) is not None})
+    gate_params = list(model.gates.parameters())
+    optimizer = _optimizer(list(model.slim.parameters()), [], gate_params, settings)
+    epochs = settings["epochs"]
+    scheduler = _schedule(optimizer, epochs * len(train), len(train) // 4)
+    base = _criterion(teacher, settings)
+    out = Path(settings["output_dir"])
+    records = fit(model, train, epochs=epochs, optimizer=optimizer, scheduler=scheduler,
+                  criterion=lambda x, outputs, y: base(x, outputs, y) + ft.resource_loss(), out_dir=out / "stage2",
+                  compressor=ft, eval_loader=test, resume=settings.get("resume", False),
+                  checkpoint_every=settings.get("checkpoint_every", 100), stop_after=settings.get("stop_after"),
+                  desc="usdc stage 2", config=_jsonable(settings), progress=settings.get("progress", True))
+    model.eval()
+    model.reset_stats()
+    summary = {"stage": 2, "acc": evaluate(model, test, device), "epochs": epochs, "records": records,
+               **model.average_macs(settings.get("convention") or "uvc")}
+    save_dynamic(model.eval(), out / "model", meta=meta)
+    (out / "summary_stage2.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _spec(model):
+    return model.spec if isinstance(model, (DynamicViT, SlimViT)) else spec_from_model(model)
+
+
+@torch.inference_mode()
+def evaluate_batch_sizes(model: torch.nn.Module, batch_sizes=(1, 8, 256), *, data: str = "fashion-mnist",
+                         data_dir=None, eval_subset: int | None = None, seed: int = 0,
+                         convention: str = "uvc") -> dict:
+    """Accuracy and average executed MACs of ``model`` (a `DynamicViT`, a `SlimViT` or a timm
+    ViT) on the test split (``eval_subset`` images of a ``seed``-shuffle, all when None) at
+    each inference batch size.
+
+    Returns ``{batch: {"acc": %, "macs": MACs per image (gate networks included), "ratio": to
+    the dense model, "rates": per-layer execution rates (DynamicViT, else None)}}``. The same
+    images in the same order at every batch size; a `DynamicViT` decides once per batch."""
+    model = model.eval()
+    dynamic = isinstance(model, DynamicViT)
+    spec = _spec(model)
+    dense = cost.count(spec, None, convention).macs
+    static = None if dynamic else cost.count(spec, model.plan if isinstance(model, SlimViT) else None, convention).macs
+    out = {}
+    for b in batch_sizes:
+        loader = make_loader(data, "test", b, seed=seed, subset=eval_subset, image_size=spec.image_size,
+                             in_chans=spec.in_channels, data_dir=data_dir)
+        if dynamic:
+            model.reset_stats()
+        correct = total = 0
+        for x, y in loader.batches(0):
+            correct += (model(x).argmax(1) == y).sum().item()
+            total += len(y)
+        macs = model.average_macs(convention)["macs"] if dynamic else static
+        out[b] = {"acc": 100.0 * correct / max(total, 1), "macs": macs, "ratio": macs / dense,
+                  "rates": model.execution_rates().tolist() if dynamic else None}
+    return out
+
+
+@torch.inference_mode()
+def latency_on_data(models: dict, batch_sizes=(1, 8, 256), *, images: int = 256, repeats: int = 3,
+                    data: str = "fashion-mnist", data_dir=None) -> dict:
+    """Median wall time (ms) of one forward pass per model and batch size, on real test batches
+    (a dynamic model's work depends on its input) of about ``images`` images per batch size,
+    each timed ``repeats`` times. Models take turns batch by batch, so load changes on a shared
+    machine hit all of them alike. Returns ``{name: {batch: ms}}``."""
+    spec = _spec(next(iter(models.values())))
+    out = {name: {} for name in models}
+    for m in models.values():
+        m.eval()
+    for b in batch_sizes:
+        loader = make_loader(data, "test", b, image_size=spec.image_size, in_chans=spec.in_channels,
+                             data_dir=data_dir)
+        xs = [x for _, (x, _) in zip(range(max(1, images // b)), loader.batches(0))]
+        times = {name: [] for name in models}
+        for m in models.values():
+            m(xs[0])
+        for _ in range(repeats):
+            for x in xs:
+                for name, m in models.items():
+                    t0 = time.perf_counter()
+                    m(x)
+                    times[name].append(time.perf_counter() - t0)
+        for name in models:
+            out[name][b] = 1e3 * float(np.median(times[name]))
+    return out

@@ -1,0 +1,230 @@
+"""USDC (seed 002): group partitions, group-level gates and the resource loss, on numpy arrays.
+
+The mathematics runs in the Swift core (`uvc._native`); this module shapes the arrays. The
+torch adapter (`uvc.torch.usdc`) computes the same group gates on the model's device and is
+tested against `group_gates` here.
+
+* `GroupSampler`: the seeded source of each training step's partition of the batch into
+  sub-groups of halving sizes (B = 8: 4, 2, 1, 1; see `group_sizes`), shuffled, and of the
+  logistic noise of each group's gate decisions. Its state (four int64 words) is serialisable.
+* `group_gates` / `group_gates_backward`: every sub-group pools its members' gate log-odds
+  (mean) and takes one straight-through Gumbel-sigmoid decision, broadcast back to its members;
+  the backward pass hands each member its share of the group's gradient.
+* `resource_loss`: γ·(F − target)² (+ a dual's z·(F − target)) with F the expected MACs of the statically (keep
+  probabilities a₀) and dynamically (execution rates g) compressed model, gate networks
+  included, over the dense MACs; with its exact gradient w.r.t. every input array.
+
+Units: MACs (multiply-accumulates; FLOPs = 2 × MACs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import Any
+
+import numpy as np
+
+from . import _native
+from .cost import Convention, as_convention
+from .spec import ViTSpec
+
+__all__ = ["GroupSampler", "Partition", "group_sizes", "group_gates", "group_gates_backward", "whole_batch",
+           "resource_loss", "ResourceLossResult", "SAMPLER_FORMAT", "GROUPINGS"]
+
+SAMPLER_FORMAT = "uvc.usdc_sampler/1"
+# In the core's order.
+GROUPINGS = ("halving", "sample", "batch")
+
+
+def _native_call(fn, *args):
+    """Calls the core, dropping the C function name from its error messages (the argument
+    names stay)."""
+    try:
+        return fn(*args)
+    except (ValueError, TypeError) as e:
+        raise type(e)(str(e).split("(): ", 1)[-1]) from None
+
+
+def _int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _real(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _array(name: str, value: Any, dtype) -> np.ndarray:
+    """A C-contiguous array of ``dtype`` from an array or nested sequence of numbers."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf" or (dtype == np.int64 and arr.dtype.kind == "f"):
+        raise TypeError(f"{name} must be an array of {'integers' if dtype == np.int64 else 'numbers'}, "
+                        f"got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def group_sizes(batch: int) -> np.ndarray:
+    """Sizes (int64) of the sub-groups of a batch of ``batch`` samples: each group takes half of
+    the samples not yet grouped, rounded up, until one is left, which is the last group.
+    B = 8: [4, 2, 1, 1]; B = 7: [4, 2, 1]; B = 6: [3, 2, 1]. They sum to B; there are
+    ``batch.bit_length()`` of them."""
+    batch = _int("batch", batch, 1)
+    # The sizes do not depend on the generator: any valid state will do.
+    return GroupSampler(0).sample(batch, 0).sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+    """One step's sub-groups. ``groups``: (B,) int64 group id of each sample; ``sizes``: (G,)
+    int64 samples per group; ``noise``: (G, C) float64 standard logistic noise, one value per
+    group and gate column."""
+
+    groups: np.ndarray
+    sizes: np.ndarray
+    noise: np.ndarray
+
+    @property
+    def group_count(self) -> int:
+        return len(self.sizes)
+
+
+class GroupSampler:
+    """Seeded partitions and gate noise for group-level gate augmentation.
+
+    ``seed``: an int in [0, 2**64). Each `sample` advances the generator; `state_dict` /
+    `load_state_dict` save and restore it bit for bit.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        seed = _int("seed", seed, 0)
+        if seed >= 2**64:
+            raise ValueError(f"seed must lie in [0, 2**64), got {seed}")
+        self.words = np.zeros(4, dtype=np.int64)
+        _native.usdc_seed(np.array([seed], dtype=np.uint64).view(np.int64), self.words)
+
+    def sample(self, batch: int, columns: int, grouping: str = "halving") -> Partition:
+        """The partition of a batch of ``batch`` samples and the noise of ``columns`` gate
+        columns per group (e.g. 2 × depth: the MHSA and MLP gate of every layer).
+
+        ``grouping``: ``"halving"`` (USDC's shuffled halving groups), or the baselines
+        ``"sample"`` (every sample its own group) and ``"batch"`` (one group)."""
+        batch, columns = _int("batch", batch, 1), _int("columns", columns, 0)
+        if grouping not in GROUPINGS:
+            raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
+        count = {"halving": batch.bit_length(), "sample": batch, "batch": 1}[grouping]
+        groups, sizes = np.empty(batch, dtype=np.int64), np.empty(count, dtype=np.int64)
+        noise = np.empty((count, columns), dtype=np.float64)
+        _native_call(_native.usdc_partition, self.words, groups, sizes, noise, float(GROUPINGS.index(grouping)))
+        return Partition(groups, sizes, noise)
+
+    def noise(self, count: int) -> np.ndarray:
+        """``count`` standard logistic noise values (float64), e.g. for straight-through samples
+        of static keep decisions; from the same stream as the partitions."""
+        return self.sample(1, count, "batch").noise[0]
+
+    def state_dict(self) -> dict:
+        """The generator's state, JSON-serialisable."""
+        return {"format": SAMPLER_FORMAT, "words": self.words.tolist()}
+
+    def load_state_dict(self, d: dict) -> None:
+        if not isinstance(d, dict) or d.get("format") != SAMPLER_FORMAT:
+            raise ValueError(f"GroupSampler.load_state_dict: expected a dict with format {SAMPLER_FORMAT!r}")
+        words = _array("words", d["words"], np.int64).reshape(-1)
+        if words.shape != (4,) or not words.any():
+            raise ValueError("GroupSampler.load_state_dict: words must be 4 int64 values, not all zero")
+        self.words[:] = words
+
+
+def whole_batch(batch: int, columns: int) -> Partition:
+    """The inference partition: the whole batch is one group, no noise, so `group_gates` with
+    ``straight_through=True`` runs a part iff the batch's mean log-odds are positive."""
+    batch, columns = _int("batch", batch, 1), _int("columns", columns, 0)
+    return Partition(np.zeros(batch, dtype=np.int64), np.array([batch], dtype=np.int64),
+                     np.zeros((1, columns), dtype=np.float64))
+
+
+def group_gates(logits, groups, noise, *, tau: float = 1.0,
+                straight_through: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Group-level gates. ``logits``: (B, C) log-odds of running each gated part (a run/skip
+    logit pair reduces to its difference); ``groups``: (B,) group ids in 0..G−1; ``noise``:
+    (G, C). Each group k pools D[k] = mean of its members' logits and decides
+    soft = σ((D + noise)/τ); the gate is [soft > ½] with ``straight_through``, else soft.
+
+    Returns (gates, probs), both (B, C) float64: each member's gate value and its group's run
+    probability σ(D) (what the resource loss counts)."""
+    if not isinstance(straight_through, (bool, np.bool_)):
+        raise TypeError(f"straight_through must be a bool, got {type(straight_through).__name__}")
+    x = _array("logits", logits, np.float64)
+    gates, probs = np.empty_like(x), np.empty_like(x)
+    _native_call(_native.usdc_group_gates, x, _array("groups", groups, np.int64), _array("noise", noise, np.float64),
+                 gates, probs, _real("tau", tau), float(straight_through))
+    return gates, probs
+
+
+def group_gates_backward(logits, groups, noise, gate_grad, prob_grad=None, *, tau: float = 1.0) -> np.ndarray:
+    """∂L/∂logits (B, C) given ∂L/∂gates and ∂L/∂probs (each (B, C); ``prob_grad`` None = 0)
+    of `group_gates` on the same inputs. The gate's gradient is that of its soft value
+    (straight-through); each member of a group gets 1/|group| of the group's gradient."""
+    x = _array("logits", logits, np.float64)
+    up = _array("gate_grad", gate_grad, np.float64)
+    pg = np.zeros_like(x) if prob_grad is None else _array("prob_grad", prob_grad, np.float64)
+    grad = np.empty_like(x)
+    _native_call(_native.usdc_group_gates_backward, x, _array("groups", groups, np.int64),
+                 _array("noise", noise, np.float64), up, pg, grad, _real("tau", tau))
+    return grad
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceLossResult:
+    """``loss`` = γ·(F − target)² + dual·(F − target); ``ratio`` = F; ``macs``: expected MACs, gate networks
+    included; ``grad``: ∂loss/∂(each input array) by input name."""
+
+    loss: float
+    ratio: float
+    macs: float
+    grad: dict[str, np.ndarray]
+
+
+_LOSS_INPUTS = ("head_probs", "neuron_probs", "part_probs", "rates", "gate_macs", "gate_probs")
+
+
+def resource_loss(spec: ViTSpec, *, head_probs, neuron_probs, part_probs, rates, gate_macs=None, gate_probs=None,
+                  target: float, gamma: float = 100.0, dual: float = 0.0,
+                  convention: "str | Convention" = "uvc") -> ResourceLossResult:
+    """USDC's resource loss γ·(F − target)² + dual·(F − target) (seed 002, Eq. 9–11) and its
+    exact gradient. ``dual`` = 0 is the paper's penalty; ``gamma`` = 0 with a dual z ≥ 0 that
+    the caller raises while F > target is a UVC-style primal-dual budget term.
+
+    Per layer l (arrays of ``spec.depth`` rows; probabilities in [0, 1]):
+    ``head_probs`` (depth, heads) static keep probability a₀ of each head; ``neuron_probs``
+    (depth, K) that of each of K equal MLP neuron groups (K divides ``spec.mlp_hidden``);
+    ``part_probs`` (depth, 2) that of the MHSA and MLP part; ``rates`` (depth, 2) dynamic
+    execution rate g of each part (mean gate over the batch); ``gate_macs`` (depth, O) MACs
+    per sample of each gate-network option and ``gate_probs`` (depth, O) its architecture
+    weight (None: no gate networks).
+
+    F = [C(heads Σa_h, neurons (M/K)·Σa_n, gates a_attn·g_attn and a_mlp·g_mlp)
+         + Σ_l alive_l·Σ_o p_{l,o}·G_{l,o}] / dense MACs, with C the cost model's expected MACs
+    under ``convention`` (dense value dims and tokens) and alive_l = 1 − (1 − a_attn)(1 − a_mlp)
+    (a layer's gate network goes only with the whole layer). ``target``: the wanted F.
+    """
+    if not isinstance(spec, ViTSpec):
+        raise TypeError(f"spec must be a ViTSpec, got {type(spec).__name__}")
+    conv = as_convention(convention)
+    if (gate_macs is None) != (gate_probs is None):
+        raise ValueError("gate_macs and gate_probs go together: give both or neither")
+    if gate_macs is None:
+        gate_macs = gate_probs = np.zeros((spec.depth, 0))
+    given = dict(head_probs=head_probs, neuron_probs=neuron_probs, part_probs=part_probs, rates=rates,
+                 gate_macs=gate_macs, gate_probs=gate_probs)
+    inputs = [_array(name, given[name], np.float64) for name in _LOSS_INPUTS]
+    grads = [np.empty_like(a) for a in inputs]
+    values = np.empty(3)
+    _native_call(_native.usdc_resource_loss, spec.encoded, conv.encoded, *inputs, values, *grads,
+                 _real("target", target), _real("gamma", gamma), _real("dual", dual))
+    return ResourceLossResult(float(values[0]), float(values[1]), float(values[2]), dict(zip(_LOSS_INPUTS, grads)))
