@@ -12,3 +12,20 @@ if os.environ.get("UVC_REQUIRE_TORCH") == "1":
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+# The tiny timm ViT the end-to-end tests train on real Fashion-MNIST images.
+TINY = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=3, num_heads=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """Seeded random weights of the `TINY` ViT, saved as safetensors; returns the path."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
+    save_file(model.state_dict(), str(path))
+    return str(path)

@@ -6,23 +6,12 @@ import numpy as np
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
 
 import uvc
+from conftest import TINY
 from uvc.torch import export_onnx, load
 from uvc.torch.compress import Compressor
 from uvc.torch.pipeline import compress, finetune
-
-TINY = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=3, num_heads=4)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY)
-    path = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
-    save_file(model.state_dict(), str(path))
-    return str(path)
 
 
 def settings(tmp, ckpt, **over):

@@ -38,64 +38,86 @@ def save(model: SlimViT, path: str | os.PathLike, *, meta: dict | None = None) -
     ``meta``: JSON-serialisable metadata (e.g. input mean/std, class names); defaults to
     ``model.meta``. Each file is written atomically.
     """
-    from safetensors.torch import save_file
     _check_model(model, "save")
-    meta = dict(model.meta) if meta is None else meta
+    arch = {"spec": model.spec.to_dict(), "plan": model.plan.to_dict(), "config": model.config}
+    return write_folder(path, FORMAT, arch, model.state_dict(), model.meta if meta is None else meta)
+
+
+def write_folder(path: str | os.PathLike, fmt: str, arch: dict, state: dict, meta: Any) -> Path:
+    """Writes ``arch`` (plus the format tag ``fmt`` and ``meta``) as ``arch.json`` and ``state``
+    as ``model.safetensors`` into the folder ``path``, each atomically; returns the folder.
+    Raises TypeError when ``meta`` is not a JSON-serialisable dict."""
+    from safetensors.torch import save_file
     if not isinstance(meta, dict):
         raise TypeError(f"save: meta must be a dict, got {type(meta).__name__}")
-    arch = {"format": FORMAT, "spec": model.spec.to_dict(), "plan": model.plan.to_dict(),
-            "config": model.config, "meta": meta}
     try:
-        text = json.dumps(arch, indent=1)
+        text = json.dumps({"format": fmt, **arch, "meta": dict(meta)}, indent=1)
     except TypeError as e:
         raise TypeError(f"save: meta is not JSON-serialisable ({e})") from None
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, folder / (WEIGHTS_FILE + ".tmp"), metadata={"format": FORMAT})
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    save_file(tensors, folder / (WEIGHTS_FILE + ".tmp"), metadata={"format": fmt})
     os.replace(folder / (WEIGHTS_FILE + ".tmp"), folder / WEIGHTS_FILE)
     (folder / (ARCH_FILE + ".tmp")).write_text(text)
     os.replace(folder / (ARCH_FILE + ".tmp"), folder / ARCH_FILE)
     return folder
 
 
-def load(path: str | os.PathLike, device: str | torch.device | None = None) -> SlimViT:
-    """Rebuilds a model written by `save`, in eval mode, on ``device`` (CPU when None), in the
-    dtype it was saved in. Raises FileNotFoundError / ValueError naming the bad file."""
+def read_folder(path: str | os.PathLike, fmt: str, writer: str) -> tuple[dict, ViTSpec, ArchPlan, dict, Path, Path]:
+    """Reads a folder written by `write_folder` with format tag ``fmt`` (``writer``: the save
+    function named in errors): the arch dict, its spec and plan, the CPU state dict, and the
+    two file paths. Raises FileNotFoundError / ValueError naming the bad file."""
     from safetensors import safe_open
     folder = Path(path)
     arch_path, weights_path = folder / ARCH_FILE, folder / WEIGHTS_FILE
     for p in (arch_path, weights_path):
         if not p.is_file():
-            raise FileNotFoundError(f"load: {p} not found (expected a folder written by uvc.torch.save)")
+            raise FileNotFoundError(f"load: {p} not found (expected a folder written by {writer})")
     try:
         arch = json.loads(arch_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"load: {arch_path} is not valid JSON ({e})") from None
-    if not isinstance(arch, dict) or arch.get("format") != FORMAT:
-        raise ValueError(f"load: {arch_path} is not a {FORMAT!r} architecture file")
+    if not isinstance(arch, dict) or arch.get("format") != fmt:
+        raise ValueError(f"load: {arch_path} is not a {fmt!r} architecture file")
     try:
         spec = ViTSpec.from_dict(arch["spec"])
         plan = ArchPlan.from_dict(arch["plan"], spec=spec)
-        config, meta = dict(arch["config"]), arch.get("meta", {})
+        arch["config"], arch["meta"] = dict(arch["config"]), arch.get("meta", {})
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"load: {arch_path} is malformed: {e}") from None
-    device = torch.device("cpu" if device is None else device)
     try:
         with safe_open(weights_path, framework="pt", device="cpu") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for truncated or foreign files
         raise ValueError(f"load: {weights_path} is not a readable safetensors file ({e})") from None
-    dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
-    try:
-        model = SlimViT(spec, plan, **config, device=device, dtype=dtype)
-    except TypeError as e:
-        raise ValueError(f"load: {arch_path} has an unknown config: {e}") from None
+    return arch, spec, plan, state, arch_path, weights_path
+
+
+def load_state(model: torch.nn.Module, state: dict, arch_path: Path, weights_path: Path) -> None:
+    """Loads ``state`` strictly into ``model``; a mismatch is a ValueError naming both files."""
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ValueError(f"load: {weights_path} does not match {arch_path}: {e}") from None
-    model.meta = meta
+
+
+def saved_dtype(state: dict) -> torch.dtype | None:
+    """The dtype of the first floating-point tensor of ``state`` (the model's dtype)."""
+    return next((t.dtype for t in state.values() if t.is_floating_point()), None)
+
+
+def load(path: str | os.PathLike, device: str | torch.device | None = None) -> SlimViT:
+    """Rebuilds a model written by `save`, in eval mode, on ``device`` (CPU when None), in the
+    dtype it was saved in. Raises FileNotFoundError / ValueError naming the bad file."""
+    arch, spec, plan, state, arch_path, weights_path = read_folder(path, FORMAT, "uvc.torch.save")
+    device = torch.device("cpu" if device is None else device)
+    try:
+        model = SlimViT(spec, plan, **arch["config"], device=device, dtype=saved_dtype(state))
+    except TypeError as e:
+        raise ValueError(f"load: {arch_path} has an unknown config: {e}") from None
+    load_state(model, state, arch_path, weights_path)
+    model.meta = arch["meta"]
     return model.eval()
 
 
