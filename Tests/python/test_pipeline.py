@@ -72,15 +72,19 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_checkpoint, tokens):
     assert (tokens_kept[-1] < tokens_kept[0]) == tokens, "the run with tokens on drops some, the other none"
 
 
-def test_cli_enable_patch_gating_turns_tokens_on(tmp_path):
+def test_cli_axis_flags_reach_the_solver(tmp_path):
     from uvc.cli import build_parser, main
     out = tmp_path / "run"
-    assert main(["compress", "--model", "demo", "--enable_patch_gating", "1", "--subset", "256", "--num_epochs", "1",
-                 "--batch-size", "64", "--eval-subset", "100", "--warmup_epochs", "0", "--output_dir", str(out),
-                 "--device", "cpu", "--no-progress"]) == 0
+    assert main(["compress", "--model", "demo", "--enable_patch_gating", "1", "--prune_heads", "0", "--subset", "256",
+                 "--num_epochs", "1", "--batch-size", "64", "--eval-subset", "100", "--warmup_epochs", "0",
+                 "--output_dir", str(out), "--device", "cpu", "--no-progress"]) == 0
     hyper = torch.load(out / "stage1" / "checkpoint.pt", weights_only=False)["compressor"]["solver"]["hyper"]
     assert hyper["prune_tokens"] is True
-    assert build_parser().parse_args(["compress"]).enable_patch_gating is False
+    assert (hyper["prune_heads"], hyper["prune_dims"], hyper["prune_neurons"]) == (False, True, True)
+    plan = uvc.ArchPlan.load(out / "plan.json")
+    assert all(len(layer.heads) == plan.spec.num_heads for layer in plan.layers if layer.attn)
+    args = build_parser().parse_args(["compress"])
+    assert args.enable_patch_gating is False and args.prune_heads and args.prune_dims and args.prune_neurons
     assert build_parser().parse_args(["demo", "--tokens"]).tokens is True
 
 

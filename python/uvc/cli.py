@@ -239,7 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=0.5, help="fraction of the dense MACs to keep, in (0, 1]")
     p.add_argument("--num_epochs", "--epochs", dest="num_epochs", type=int, default=30)
     p.add_argument("--convention", choices=sorted(cost_mod.CONVENTIONS), default="uvc", help="what the budget counts")
-    p.add_argument("--enable_pruning", type=_flag01, default=True, help="1: prune heads, value dims and neurons")
+    p.add_argument("--enable_pruning", type=_flag01, default=True,
+                   help="1: prune heads, value dims and neurons (each as its own flag allows); 0: none of them")
+    for axis, what in (("heads", "attention heads"), ("dims", "value/proj dims"), ("neurons", "MLP neurons")):
+        p.add_argument(f"--prune_{axis}", type=_flag01, default=True, help=f"1: {what} may be removed")
     p.add_argument("--enable_block_gating", type=_flag01, default=True, help="1: learn to skip block parts")
     p.add_argument("--enable_patch_gating", type=_flag01, default=False,
                    help="1: learn how many tokens each block keeps (the rest fused into one token by class attention)")
