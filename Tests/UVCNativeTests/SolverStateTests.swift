@@ -38,7 +38,7 @@ final class SolverStateTests: XCTestCase {
             case .epsDecay: config.epsDecay
             case .pruneTokens: config.pruneTokens ? 1 : 0
             case .lrTokens: config.tokenLR
-            case .tokenDamping: config.tokenDamping
+            case .budgetDamping: config.budgetDamping
             }
         }
         return e
@@ -65,7 +65,7 @@ final class SolverStateTests: XCTestCase {
             (.gateMomentum, 1), (.gateInit, .nan), (.zLR, -0.1), (.zLRGamma, 0), (.zGradClip, 0), (.zInit, -1),
             (.dualLR, -1), (.dualInit, .infinity), (.tau, 0), (.tauDecay, 1.5), (.tauMin, 0), (.tauMin, 0.6),
             (.eps, 0), (.epsDecay, 0), (.pruneTokens, 0.5), (.lrTokens, -0.1), (.lrTokens, 1.5),
-            (.tokenDamping, -1), (.tokenDamping, .nan),
+            (.budgetDamping, -1), (.budgetDamping, .nan),
         ]
         for (field, value) in bad {
             var e = base

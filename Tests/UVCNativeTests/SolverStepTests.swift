@@ -47,11 +47,14 @@ final class SolverStepTests: XCTestCase {
         }
         var grad = x
         x.withUnsafeBufferPointer { xb in grad.withUnsafeMutableBufferPointer { _ = s.cost.expected(xb, gradient: $0) } }
+        // The augmented Lagrangian's price: z plus ρ times the violation of the pre-step state.
+        let price = max(0, 7 + config.budgetDamping * (s.constraintMACs() / s.denseMACs - 0.85))
+        XCTAssertNotEqual(price, 7, "the damping term is part of the price")
         var g = [Double](repeating: 0, count: l)
         for layer in 0..<l {
             let row = Array(scores.neurons[(layer * 32)..<((layer + 1) * 32)])
             let slope = reference(row, count: before.removal[6 + layer], unit: mean(scores.neurons)).slope
-            g[layer] = before.duals[6 + layer] * slope - 7 * m * grad[2 * l + layer] / s.denseMACs
+            g[layer] = before.duals[6 + layer] * slope - price * m * grad[2 * l + layer] / s.denseMACs
         }
         let scale = 0.05 * m / max(1, g.map(abs).max()!)
         _ = try s.step(scores, epoch: 0.5)
@@ -164,11 +167,12 @@ final class SolverStepTests: XCTestCase {
             }
             var grad = x
             x.withUnsafeBufferPointer { xb in grad.withUnsafeMutableBufferPointer { _ = s.cost.expected(xb, gradient: $0) } }
+            let price = max(0, s.state.z + config.budgetDamping * (s.constraintMACs() / s.denseMACs - 0.7))
             for layer in 0..<3 {
                 for part in 0..<2 {
                     let i = 2 * layer + part, p = probs[i]
                     let dMACs = grad[(part == 0 ? 9 : 12) + layer]
-                    sum[i] += s.state.z * 0.5 * dMACs / s.denseMACs * p * (1 - p) + task[i] * s.state.sampleSlope[i]
+                    sum[i] += price * 0.5 * dMACs / s.denseMACs * p * (1 - p) + task[i] * s.state.sampleSlope[i]
                 }
             }
             let logits = s.state.logits

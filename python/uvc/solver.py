@@ -41,9 +41,13 @@ What differs from the original code, and why (REFERENCE.md §6):
   attended tokens, slope: the next one's attention) counted once per later block, its budget
   term the MACs one more dropped token saves in every later block: both scale with the blocks
   after l, so a token of average attention is priced like a group of average score. Same
-  primal-dual step and same z as the counts, so the solver chooses the mix; the token removals
-  also see an augmented-Lagrangian term (``token_damping``) so they settle. A block whose MHSA
-  does not run removes nothing.
+  primal-dual step and same budget price as the counts, so the solver chooses the mix. A block
+  whose MHSA does not run removes nothing.
+* The budget is an augmented Lagrangian, z·(R − B) + (ρ/2)·(R − B)² (``budget_damping`` = ρ):
+  counts, token removals and gate logits all see the one price max(0, z + ρ·(R − B)). The ρ
+  term prices a violation from the first step (z alone needs many steps to grow, then
+  overshoots) and makes the primal–dual pair settle, where attention is flat too; giving it to
+  one axis only would hand that axis the whole budget before z moves the others.
 """
 from __future__ import annotations
 
@@ -67,7 +71,7 @@ _CONFIG_FIELDS = ("budget", "prune_heads", "prune_dims", "prune_neurons", "skip_
                   "gate_sampler", "straight_through", "warmup_epochs", "lr_heads", "lr_dims", "lr_neurons",
                   "hysteresis", "gate_lr", "gating_weight", "gating_interval", "gate_momentum", "gate_init", "z_lr",
                   "zlr_gamma", "z_grad_clip", "z_init", "dual_lr", "dual_init", "tau", "tau_decay", "tau_min",
-                  "eps", "eps_decay", "prune_tokens", "lr_tokens", "token_damping")
+                  "eps", "eps_decay", "prune_tokens", "lr_tokens", "budget_damping")
 # Order of SolverState.Field in the core.
 _STATE_FIELDS = ("removal", "committed", "duals", "z", "logits", "velocity", "gradient_sum", "accumulated_steps",
                  "sample_slope", "sample_fresh", "hints", "search_steps", "epoch", "token_removal", "token_committed",
@@ -80,7 +84,7 @@ _FLAGS = ("prune_heads", "prune_dims", "prune_neurons", "prune_tokens", "skip_bl
 DEFAULTS: dict[str, Any] = dict(
     prune_heads=True, prune_dims=True, prune_neurons=True, prune_tokens=False, skip_blocks=True,
     gate_granularity="block", gate_sampler="gumbel", straight_through=True, warmup_epochs=5.0, lr_counts=0.02,
-    lr_tokens=0.02, token_damping=10.0, hysteresis=0.3,
+    lr_tokens=0.02, budget_damping=10.0, hysteresis=0.3,
     gate_lr=0.1, gating_weight=5e-4, gating_interval=50, gate_momentum=0.9, gate_init=2.0, z_lr=1.0,
     zlr_schedule=(1, 5, 9, 13, 17), zlr_gamma=1.5, z_grad_clip=0.5, z_init=0.0, dual_lr=1e-4, dual_init=1.0,
     tau=0.5, tau_decay=1.0, tau_min=0.05, eps=0.1, eps_decay=0.92)
@@ -212,9 +216,9 @@ class Solver:
     * ``prune_heads`` / ``prune_dims`` / ``prune_neurons`` / ``skip_blocks``: what may go.
       ``prune_tokens`` (off by default): learn how many tokens each block takes (see the module
       doc and `token_keep`); ``lr_tokens``: largest step of a block's token removal per
-      optimizer step, as a fraction of the patches; ``token_damping``: ρ of the augmented-
-      Lagrangian term (ρ/2)·(R − B)² the token removals also see (R, B: MACs ratios), which
-      lets them settle on the budget even where class attention is flat.
+      optimizer step, as a fraction of the patches.
+    * ``budget_damping``: ρ of the augmented-Lagrangian term (ρ/2)·(R − B)² of the budget (R, B:
+      MACs ratios; see the module doc).
     * ``gate_granularity``: ``"block"`` (one gate per block, as UVC) or ``"part"`` (MHSA and
       MLP gated separately). ``gate_sampler``: ``"gumbel"`` (two-class Gumbel-softmax, UVC's
       default), ``"sigmoid"`` (same distribution, one draw) or ``"softl0"`` (deterministic

@@ -41,9 +41,10 @@ extension Solver {
         // Expected MACs (continuous counts, gate probabilities) and its gradient.
         let expected = evaluate(relaxedInputs(removal: state.removal, tokenRemoval: state.tokenRemoval,
                                               gates: gateProbabilities()))
-        primalStep(slopes: slopes, costGradient: expected.gradient)
-        if config.pruneTokens { tokenStep(slopes: tokens.slopes, costGradient: expected.gradient) }
-        updateGates(costGradient: expected.gradient, gateGradient: gateGradient, epoch: epoch)
+        let price = budgetPrice()
+        primalStep(slopes: slopes, costGradient: expected.gradient, price: price)
+        if config.pruneTokens { tokenStep(slopes: tokens.slopes, costGradient: expected.gradient, price: price) }
+        updateGates(costGradient: expected.gradient, gateGradient: gateGradient, price: price, epoch: epoch)
 
         for i in 0..<(3 * l) where config.prune[i / l] {
             state.duals[i] = max(0, state.duals[i] + config.dualLR * leastSums[i])
@@ -156,10 +157,10 @@ extension Solver {
     }
 
     /// Projected, clipped gradient step on the removal counts, in units of the fraction of a
-    /// layer's groups: g = dual · (normalised next-group score) − z · groups · ∂R/∂kept, each
+    /// layer's groups: g = dual · (normalised next-group score) − price · groups · ∂R/∂kept, each
     /// kind's vector scaled to ‖g‖∞ ≤ 1, then s ← clamp(s − lr · groups · g, 0, groups − 1).
     /// The committed integer counts then follow with hysteresis.
-    private mutating func primalStep(slopes: [Double], costGradient: [Double]) {
+    private mutating func primalStep(slopes: [Double], costGradient: [Double], price: Double) {
         let l = spec.depth
         for kind in GroupKind.allCases where config.prune[kind.rawValue] {
             let n = groups(kind)
@@ -168,7 +169,7 @@ extension Solver {
             var largest = 0.0
             for layer in 0..<l {
                 let i = kind.rawValue * l + layer
-                g[layer] = state.duals[i] * slopes[i] - state.z * n * costGradient[field.rawValue * l + layer] / denseMACs
+                g[layer] = state.duals[i] * slopes[i] - price * n * costGradient[field.rawValue * l + layer] / denseMACs
                 largest = max(largest, abs(g[layer]))
             }
             let scale = config.countLR[kind.rawValue] * n / max(1, largest)
@@ -204,6 +205,14 @@ extension Solver {
     /// schedule by the gate decisions).
     public func expectedMACs() -> Double {
         evaluate(relaxedInputs(removal: state.removal, tokenRemoval: state.tokenRemoval, gates: gateProbabilities())).macs
+    }
+
+    /// What one unit of the MACs ratio costs every primal variable this step: the derivative
+    /// of the augmented Lagrangian z·(R − B) + (ρ/2)·(R − B)², floored at 0, with R the ratio of
+    /// `constraintMACs`. The ρ term prices a violation at once (z alone needs many steps to
+    /// grow, then overshoots) and damps the (primal, z) pair so that it settles on the budget.
+    func budgetPrice() -> Double {
+        max(0, state.z + config.budgetDamping * (constraintMACs() / denseMACs - config.budget))
     }
 
     /// The MACs z holds to the budget: those of the architecture the state heads for, with the

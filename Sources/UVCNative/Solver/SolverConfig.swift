@@ -34,7 +34,7 @@ public enum GateGranularity: Int, CaseIterable, Sendable {
 /// that kind over all layers), so the group duals and z are unitless and one set of defaults
 /// fits any model scale, while a layer of weaker groups stays cheaper to prune: `LeastSum` is
 /// the removed score mass over that of a layer's worth of average groups, the budget term is
-/// z · (R − B) with R the MACs ratio to the dense model.
+/// z · (R − B) + (ρ/2) · (R − B)² with R the MACs ratio to the dense model (ρ = `budgetDamping`).
 public struct SolverConfig: Hashable, Sendable {
     /// Fraction of the dense MACs to keep, in (0, 1].
     public var budget: Double
@@ -58,8 +58,10 @@ public struct SolverConfig: Hashable, Sendable {
     /// Largest step of a block's token removal per optimizer step, as a fraction of the patches;
     /// reached when ‖g‖∞ ≥ 1.
     public var tokenLR: Double
-    /// ρ of the augmented-Lagrangian term the token removals see (see `Solver.tokenStep`).
-    public var tokenDamping: Double
+    /// ρ of the augmented-Lagrangian term (ρ/2)·(R − B)² of the budget (R, B: MACs ratios):
+    /// every primal variable (counts, token removals, gate logits) sees the one price
+    /// max(0, z + ρ·(R − B)) (see `Solver.budgetPrice`).
+    public var budgetDamping: Double
     /// A committed integer count changes only once the continuous count is more than
     /// 1/2 + hysteresis away from it, so a marginal group does not flip at every step.
     public var hysteresis: Double
@@ -93,7 +95,7 @@ public struct SolverConfig: Hashable, Sendable {
     public init(budget: Double = 0.5, prune: [Bool] = [true, true, true], pruneTokens: Bool = false,
                 skipBlocks: Bool = true, gateGranularity: GateGranularity = .block, gateSampler: GateSampler = .gumbel,
                 straightThrough: Bool = true, warmupEpochs: Double = 5, countLR: [Double] = [0.02, 0.02, 0.02],
-                tokenLR: Double = 0.02, tokenDamping: Double = 10,
+                tokenLR: Double = 0.02, budgetDamping: Double = 10,
                 hysteresis: Double = 0.3, gateLR: Double = 0.1, gatingWeight: Double = 5e-4,
                 gatingInterval: Int = 50, gateMomentum: Double = 0.9, gateInit: Double = 2,
                 zLR: Double = 1, zLRSchedule: [Double] = [1, 5, 9, 13, 17], zLRGamma: Double = 1.5,
@@ -110,7 +112,7 @@ public struct SolverConfig: Hashable, Sendable {
         self.warmupEpochs = warmupEpochs
         self.countLR = countLR
         self.tokenLR = tokenLR
-        self.tokenDamping = tokenDamping
+        self.budgetDamping = budgetDamping
         self.hysteresis = hysteresis
         self.gateLR = gateLR
         self.gatingWeight = gatingWeight
@@ -137,7 +139,7 @@ public struct SolverConfig: Hashable, Sendable {
         case budget, pruneHeads, pruneDims, pruneNeurons, skipBlocks, gateGranularity, gateSampler,
              straightThrough, warmupEpochs, lrHeads, lrDims, lrNeurons, hysteresis, gateLR, gatingWeight,
              gatingInterval, gateMomentum, gateInit, zLR, zLRGamma, zGradClip, zInit, dualLR, dualInit,
-             tau, tauDecay, tauMin, eps, epsDecay, pruneTokens, lrTokens, tokenDamping
+             tau, tauDecay, tauMin, eps, epsDecay, pruneTokens, lrTokens, budgetDamping
 
         public var name: String {
             switch self {
@@ -170,7 +172,7 @@ public struct SolverConfig: Hashable, Sendable {
             case .epsDecay: "eps_decay"
             case .pruneTokens: "prune_tokens"
             case .lrTokens: "lr_tokens"
-            case .tokenDamping: "token_damping"
+            case .budgetDamping: "budget_damping"
             }
         }
     }
@@ -202,7 +204,7 @@ public struct SolverConfig: Hashable, Sendable {
             straightThrough: try flag(.straightThrough),
             warmupEpochs: e[Field.warmupEpochs.rawValue],
             countLR: [e[Field.lrHeads.rawValue], e[Field.lrDims.rawValue], e[Field.lrNeurons.rawValue]],
-            tokenLR: e[Field.lrTokens.rawValue], tokenDamping: e[Field.tokenDamping.rawValue],
+            tokenLR: e[Field.lrTokens.rawValue], budgetDamping: e[Field.budgetDamping.rawValue],
             hysteresis: e[Field.hysteresis.rawValue], gateLR: e[Field.gateLR.rawValue],
             gatingWeight: e[Field.gatingWeight.rawValue], gatingInterval: Int(interval),
             gateMomentum: e[Field.gateMomentum.rawValue], gateInit: e[Field.gateInit.rawValue],
@@ -238,7 +240,7 @@ public struct SolverConfig: Hashable, Sendable {
         }
         for (name, v) in [("warmup_epochs", warmupEpochs), ("gate_lr", gateLR), ("gating_weight", gatingWeight),
                           ("z_lr", zLR), ("z_init", zInit), ("dual_lr", dualLR), ("dual_init", dualInit),
-                          ("token_damping", tokenDamping)] {
+                          ("budget_damping", budgetDamping)] {
             try require(v.isFinite && v >= 0, name, "must be finite and >= 0, got \(v)")
         }
         try require(tau.isFinite && tau > 0, "tau", "must be finite and > 0, got \(tau)")

@@ -58,9 +58,10 @@ extension Solver {
 
     /// Adds this step's gate-logit gradient to the running sum and, every `gatingInterval`
     /// steps, applies the mean with momentum SGD. The gradient is the task gradient through the
-    /// last draw (if that draw has not been used yet) plus z · gatingWeight · ∂R/∂logit, with R
-    /// the expected MACs ratio and `costGradient` = ∂MACs/∂(relaxed inputs).
-    mutating func updateGates(costGradient: [Double], gateGradient: UnsafeBufferPointer<Double>?, epoch: Double) {
+    /// last draw (if that draw has not been used yet) plus price · gatingWeight · ∂R/∂logit
+    /// (`budgetPrice`), with R the expected MACs ratio and `costGradient` = ∂MACs/∂(relaxed inputs).
+    mutating func updateGates(costGradient: [Double], gateGradient: UnsafeBufferPointer<Double>?, price: Double,
+                              epoch: Double) {
         guard config.skipBlocks else { return }
         let l = spec.depth, eps = config.softL0Eps(epoch)
         let taskApplies = state.sampleFresh == 1 && gateGradient != nil
@@ -76,7 +77,7 @@ extension Solver {
                     if taskApplies { dTask += gateGradient![2 * layer + q] }
                 }
                 let dProb = config.gateSampler.probabilitySlope(logit: state.logits[i], eps: eps)
-                state.gradientSum[i] += state.z * config.gatingWeight * dMACs / denseMACs * dProb
+                state.gradientSum[i] += price * config.gatingWeight * dMACs / denseMACs * dProb
                     + dTask * state.sampleSlope[i]
             }
         }

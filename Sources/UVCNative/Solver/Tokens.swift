@@ -16,10 +16,11 @@
 /// group of average score: the solver drops tokens where class attention is concentrated and
 /// trades them against heads, dims, neurons and blocks under the one budget.
 ///
-/// A token step moves the cost of every later block, so the token removals also see the
-/// augmented-Lagrangian term (ρ/2)·(R − B)² (ρ = `config.tokenDamping`): their budget price is
-/// max(0, z + ρ·(R − B)). With flat attention (no curvature in LeastSum) the (r, z) pair would
-/// otherwise circle the budget instead of settling. Tokens are not weights: no proximal shrink.
+/// A token step moves the cost of every later block; with flat attention (no curvature in
+/// LeastSum) the (r, z) pair would circle the budget instead of settling on z alone. The budget
+/// price is therefore the augmented Lagrangian's `budgetPrice`, the same one the counts and
+/// gates see, so no axis gets a head start on the others. Tokens are not weights: no proximal
+/// shrink.
 extension Solver {
     /// Tokens entering each block (`depth` values) when block l removes `removal[l]` of them:
     /// none where the MHSA does not run (gate decisions), never below prefix + 2 (integer
@@ -93,16 +94,15 @@ extension Solver {
     }
 
     /// Projected, clipped gradient step on the token removals, in units of the patches:
-    /// g_l = y_l · slope_l − z' · patches · (Σ_{m > l} ∂MACs/∂tokens[m]) / denseMACs with
-    /// z' = max(0, z + ρ · (R − B)) (0 budget term where block l's MHSA does not run), scaled to
+    /// g_l = y_l · slope_l − price · patches · (Σ_{m > l} ∂MACs/∂tokens[m]) / denseMACs
+    /// (`budgetPrice`; 0 budget term where block l's MHSA does not run), scaled to
     /// ‖g‖∞ ≤ 1, then r ← Π(r − tokenLR · patches · g),
     /// Π the Euclidean projection onto {r ≥ 0, Σ r ≤ patches − 2}. The committed integer removals
     /// then follow with hysteresis.
-    mutating func tokenStep(slopes: [Double], costGradient: [Double]) {
+    mutating func tokenStep(slopes: [Double], costGradient: [Double], price: Double) {
         let l = spec.depth, row = RelaxedField.tokens.rawValue * l
         let patches = Double(spec.numPatches)
         let decisions = gateDecisions()
-        let price = max(0, state.z + config.tokenDamping * (constraintMACs() / denseMACs - config.budget))
         var g = [Double](repeating: 0, count: l - 1)
         var saved = 0.0, largest = 0.0
         for b in stride(from: l - 2, through: 0, by: -1) {
