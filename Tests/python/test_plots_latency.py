@@ -66,13 +66,19 @@ def test_architecture_rejects_bad_input(spec, rng, tmp_path):
 
 def test_training_log_png(tmp_path):
     records = [{"epoch": e, "loss": 2.0 / (e + 1), "acc": 0.1 + 0.08 * e, "expected_ratio": 1 - 0.05 * e,
-                "exact_ratio": 1 - 0.06 * e, "z": 0.1 * e, "budget": 0.5} for e in range(10)]
-    del records[3]["exact_ratio"]  # a key missing from some records is skipped there
+                "plan_ratio": 1 - 0.06 * e, "z": 0.1 * e, "budget_ratio": 0.5} for e in range(10)]
+    del records[3]["plan_ratio"]  # a key missing from some records is skipped there
     path = plot_training_log(records, tmp_path / "log.png", title="run")
     assert png_size(path) == TRAINING_LOG_FIGURE_PX == (1000, 800)
     # Only z, no epochs: still a figure of the same size.
     path = plot_training_log([{"z": 0.0}, {"z": 0.3}], tmp_path / "z.png")
     assert png_size(path) == (1000, 800) and path.stat().st_size > 5_000
+
+
+def test_training_log_reads_the_keys_the_solver_logs():
+    from uvc.plots import _TRAINING_KEYS
+    stats = uvc.Solver(uvc.ViTSpec.from_name("deit_tiny_patch16_224"), 0.5).stats()
+    assert set(_TRAINING_KEYS) - {"epoch", "loss", "acc"} <= set(stats)
 
 
 def test_training_log_rejects_bad_input(tmp_path):

@@ -179,7 +179,8 @@ def plot_architecture(plan: ArchPlan, path: str | os.PathLike, *, title: str | N
     return path
 
 
-_TRAINING_KEYS = ("epoch", "loss", "acc", "expected_ratio", "exact_ratio", "z", "budget")
+# Keys of the logs `uvc.torch.train.fit` writes (`uvc.Solver.stats` for the cost and z).
+_TRAINING_KEYS = ("epoch", "loss", "acc", "expected_ratio", "plan_ratio", "z", "budget_ratio")
 
 
 def _series(records: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -202,8 +203,8 @@ def plot_training_log(records: Sequence[Mapping], path: str | os.PathLike, *,
 
     Keys read (each optional per record; a missing or None value is skipped): ``epoch``
     (x axis; the record index when absent), ``loss`` and ``acc`` (top panel, accuracy on
-    the right axis), ``expected_ratio`` / ``exact_ratio`` (MACs kept as a fraction of the
-    dense MACs; middle panel, with ``budget`` as a dashed line) and ``z`` (the budget's dual
+    the right axis), ``expected_ratio`` / ``plan_ratio`` (MACs kept as a fraction of the
+    dense MACs; middle panel, with ``budget_ratio`` as a dashed line) and ``z`` (the budget's dual
     variable; bottom panel). Panels without any data are left out. The PNG is
     `TRAINING_LOG_FIGURE_PX` pixels. Returns ``path``.
     """
@@ -223,7 +224,7 @@ def plot_training_log(records: Sequence[Mapping], path: str | os.PathLike, *,
         raise ValueError("plot_training_log: 'epoch' must be in every record or in none")
     xs = ep_vals if len(ep_idx) else np.arange(len(records), dtype=np.float64)
 
-    panels = [keys for keys in (("loss", "acc"), ("expected_ratio", "exact_ratio", "budget"), ("z",))
+    panels = [keys for keys in (("loss", "acc"), ("expected_ratio", "plan_ratio", "budget_ratio"), ("z",))
               if any(len(series[k][0]) for k in keys)]
     fig = _new_figure(*TRAINING_LOG_FIGURE_PX)
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
@@ -246,8 +247,8 @@ def plot_training_log(records: Sequence[Mapping], path: str | os.PathLike, *,
             ax.set_title("task loss and accuracy", fontsize=10)
         elif keys[0] == "expected_ratio":
             curve(ax, "expected_ratio", "expected (relaxed)", color="#4c72b0")
-            curve(ax, "exact_ratio", "exact (current plan)", color="#dd8452")
-            curve(ax, "budget", "budget", color="black", linestyle="--", marker=None)
+            curve(ax, "plan_ratio", "exact (current plan)", color="#dd8452")
+            curve(ax, "budget_ratio", "budget", color="black", linestyle="--", marker=None)
             ax.set_ylabel("MACs / dense MACs")
             ax.legend(fontsize=8)
             ax.set_title("cost ratio vs budget", fontsize=10)
