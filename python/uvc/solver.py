@@ -47,7 +47,7 @@ What differs from the original code, and why (REFERENCE.md §6):
   counts, token removals and gate logits all see the one price max(0, z + ρ·(R − B)). The ρ
   term prices a violation from the first step (z alone needs many steps to grow, then
   overshoots) and makes the primal–dual pair settle, where attention is flat too; giving it to
-  one axis only would hand that axis the whole budget before z moves the others.
+  one axis only would give that axis a head start over the others.
 """
 from __future__ import annotations
 
