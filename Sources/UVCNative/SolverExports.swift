@@ -141,7 +141,8 @@ public func uvcSolverSampleGates(
 }
 
 /// One solver step. Scores in, proximal factors out; the scores are also copied to the
-/// `last_*` arrays (what masks and plan read later). `gate_grad` is (depth, 2) or (0,) for none;
+/// `last_*` arrays while they are checked, so the caller passes spare arrays and makes them its
+/// last scores (what masks and plan read) only once the call succeeds. `gate_grad` is (depth, 2) or (0,) for none;
 /// `token_scores` (depth, num_tokens) or (0,) for none (see `Solver.step`).
 @c(uvc_solver_step)
 public func uvcSolverStep(
@@ -189,10 +190,7 @@ public func uvcSolverStep(
         if tokens.shape != [0] { try tokens.expect([setup.spec.depth, setup.spec.numTokens]) }
         try solver.step(scores: scores, gateGradient: grad.shape == [0] ? nil : grad.buffer,
                         tokenScores: tokens.shape == [0] ? nil : tokens.buffer,
-                        learningRate: learningRate, epoch: epoch, factors: factors)
-        _ = last.heads.update(fromContentsOf: scores.heads)
-        _ = last.dims.update(fromContentsOf: scores.dims)
-        _ = last.neurons.update(fromContentsOf: scores.neurons)
+                        learningRate: learningRate, epoch: epoch, factors: factors, scoresCopy: last)
         writeBack(solver, state, words)
     }
 }

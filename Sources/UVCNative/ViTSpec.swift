@@ -66,9 +66,11 @@ public struct ViTSpec: Hashable, Sendable {
                               ("mlp_hidden", mlpHidden), ("patch_size", patchSize),
                               ("image_height", imageHeight), ("image_width", imageWidth),
                               ("in_channels", inChannels), ("classifier_heads", classifierHeads)] {
-            try require(value >= 1, "spec.\(name)", "must be at least 1, got \(value)")
-            // Keeps every product of the cost model far inside Int64.
-            try require(value <= 1 << 20, "spec.\(name)", "must be at most \(1 << 20), got \(value)")
+            // The upper bound keeps every product of the cost model far inside Int64.
+            if value < 1 || value > 1 << 20 {
+                throw UVCError("spec.\(name)", value < 1 ? "must be at least 1, got \(value)"
+                                                      : "must be at most \(1 << 20), got \(value)")
+            }
         }
         try require(prefixTokens >= 0 && prefixTokens <= 64, "spec.prefix_tokens",
                     "must be in 0...64, got \(prefixTokens)")

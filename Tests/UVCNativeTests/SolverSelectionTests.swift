@@ -13,7 +13,7 @@ final class SolverSelectionTests: XCTestCase {
         Array(s.indices.sorted { (s[$0], $0) < (s[$1], $1) }.prefix(k))
     }
 
-    func testSelectReturnsTheRankKValueWithAndWithoutHints() {
+    func testSelectReturnsTheRankKValue() {
         var rng = Xoshiro256StarStar(seed: 21)
         for n in [1, 2, 7, 8, 9, 64, 200, 3072] {
             for ties in [false, true] {
@@ -21,15 +21,10 @@ final class SolverSelectionTests: XCTestCase {
                 let sorted = s.sorted()
                 var scratch = [Double](repeating: 0, count: n)
                 for k in Set([0, n / 3, n / 2, n - 1]) {
-                    // No hint, the exact answer, a nearby value on either side, and far ones.
-                    let hints = [-1, sorted[k], sorted[max(k - 3, 0)], sorted[min(k + 3, n - 1)],
-                                 sorted[0], sorted[n - 1], 10]
-                    for hint in hints {
-                        let got = s.withUnsafeBufferPointer { v in
-                            scratch.withUnsafeMutableBufferPointer { OrderStatistic.select(v, rank: k, hint: hint, scratch: $0) }
-                        }
-                        XCTAssertEqual(got, sorted[k], "n=\(n) k=\(k) ties=\(ties) hint=\(hint)")
+                    let got = s.withUnsafeBufferPointer { v in
+                        scratch.withUnsafeMutableBufferPointer { OrderStatistic.select(v, rank: k, scratch: $0) }
                     }
+                    XCTAssertEqual(got, sorted[k], "n=\(n) k=\(k) ties=\(ties)")
                 }
             }
         }
@@ -58,7 +53,7 @@ final class SolverSelectionTests: XCTestCase {
                 s.withUnsafeBufferPointer { v in
                     scratch.withUnsafeMutableBufferPointer { sc in
                         mask.withUnsafeMutableBufferPointer {
-                            LowestGroups(v, count: k, hint: -1, scratch: sc).writeKeepMask(v, into: $0)
+                            LowestGroups(v, count: k, scratch: sc).writeKeepMask(v, into: $0)
                         }
                     }
                 }
@@ -69,42 +64,94 @@ final class SolverSelectionTests: XCTestCase {
         }
     }
 
-    func testLeastSumValueSlopeAndProximalFactorsMatchTheReference() {
-        var rng = Xoshiro256StarStar(seed: 8)
-        let eta = 0.01, dual = 3.0
-        for n in [2, 9, 100] {
-            for ties in [false, true] {
-                let s = scores(n, ties: ties, &rng)
-                for count in [0.0, 0.4, 1.0, Double(n) / 2 + 0.25, Double(n - 1)] {
-                    var factors = [Double](repeating: -1, count: n)
-                    var scratch = [Double](repeating: 0, count: n)
-                    var hint = -1.0
-                    let sum = s.withUnsafeBufferPointer { v in
-                        scratch.withUnsafeMutableBufferPointer { sc in
-                            factors.withUnsafeMutableBufferPointer {
-                                LeastSum(v, count: count, dual: dual, eta: eta, hint: &hint, scratch: sc, factors: $0)
-                            }
-                        }
-                    }
-                    let whole = Int(count), frac = count - Double(whole)
-                    let order = lowest(s, n)
-                    let expectedValue = order.prefix(whole).map { s[$0] }.reduce(0, +) + frac * s[order[whole]]
-                    XCTAssertEqual(sum.value, expectedValue, accuracy: 1e-12)
-                    XCTAssertEqual(sum.slope, s[order[whole]])
-                    XCTAssertEqual(hint, s[order[whole]])
-                    var expected = [Double](repeating: 1, count: n)
-                    for i in order.prefix(whole) { expected[i] = 1 / (1 + 2 * eta * dual) }
-                    if frac > 0 { expected[order[whole]] = 1 / (1 + 2 * eta * dual * frac) }
-                    XCTAssertEqual(factors, expected, "n=\(n) count=\(count) ties=\(ties)")
+    /// LeastSum of one row with the given hint: value, slope, factors and the hint it leaves.
+    private func leastSum(_ s: [Double], count: Double, dual: Double, eta: Double,
+                          hint start: SelectionHint) -> (value: Double, slope: Double, factors: [Double], hint: SelectionHint) {
+        var factors = [Double](repeating: -1, count: s.count)
+        var scratch = [Double](repeating: .nan, count: LeastSum.scratchCount(s.count))
+        var hint = start
+        let sum = s.withUnsafeBufferPointer { v in
+            scratch.withUnsafeMutableBufferPointer { sc in
+                factors.withUnsafeMutableBufferPointer {
+                    LeastSum(v, count: count, dual: dual, eta: eta, hint: &hint, scratch: sc, factors: $0)
                 }
             }
+        }
+        return (sum.value, sum.slope, factors, hint)
+    }
+
+    /// Checks a LeastSum result against sorting; `label` names the case.
+    private func checkLeastSum(_ s: [Double], count: Double, dual: Double, eta: Double, hint: SelectionHint,
+                               _ label: String) -> SelectionHint {
+        let got = leastSum(s, count: count, dual: dual, eta: eta, hint: hint)
+        let whole = Int(count), frac = count - Double(whole)
+        let order = lowest(s, s.count)
+        let expectedValue = order.prefix(whole).map { s[$0] }.reduce(0, +) + frac * s[order[whole]]
+        XCTAssertEqual(got.value, expectedValue, accuracy: 1e-12 * max(1, expectedValue), label)
+        XCTAssertEqual(got.slope, s[order[whole]], label)
+        XCTAssertEqual(got.hint.value, s[order[whole]], label)
+        XCTAssertEqual(got.hint.rank, Double(whole), label)
+        var expected = [Double](repeating: 1, count: s.count)
+        for i in order.prefix(whole) { expected[i] = 1 / (1 + 2 * eta * dual) }
+        expected[order[whole]] = 1 / (1 + 2 * eta * dual * frac)
+        XCTAssertEqual(got.factors, expected, label)
+        return got.hint
+    }
+
+    func testLeastSumMatchesTheReferenceWhateverTheHint() {
+        var rng = Xoshiro256StarStar(seed: 8)
+        let eta = 0.01, dual = 3.0
+        for n in [2, 9, 64, 100, 3072] {
+            for ties in [false, true] {
+                let s = scores(n, ties: ties, &rng)
+                let sorted = s.sorted(), spacing = 3 / Double(n)
+                for count in [0.0, 0.4, 1.0, Double(n) / 2 + 0.25, Double(n - 1)] {
+                    let whole = Int(count)
+                    // None; right on; a rank that moved; a band far off; one holding everything;
+                    // one too narrow to hold anything but the exact value.
+                    let hints = [SelectionHint.none,
+                                 SelectionHint(value: sorted[whole], rank: Double(whole), spacing: spacing),
+                                 SelectionHint(value: sorted[whole], rank: Double(max(whole - 3, 0)), spacing: spacing),
+                                 SelectionHint(value: sorted[0], rank: Double(whole), spacing: spacing / 8),
+                                 SelectionHint(value: sorted[whole], rank: Double(whole), spacing: 1e6),
+                                 SelectionHint(value: sorted[whole], rank: Double(whole), spacing: 1e-300)]
+                    for hint in hints {
+                        _ = checkLeastSum(s, count: count, dual: dual, eta: eta, hint: hint,
+                                          "n=\(n) count=\(count) ties=\(ties) hint=\(hint)")
+                    }
+                }
+            }
+        }
+    }
+
+    func testDriftingRowsTakeTheBandAndStayExact() {
+        // The solver's case: a row whose scores drift a little and whose count moves, step after
+        // step. After the first selection every one should come from the band around the last.
+        var rng = Xoshiro256StarStar(seed: 13)
+        var s = scores(3072, ties: false, &rng)
+        var hint = SelectionHint.none
+        var count = 1500.3
+        for step in 0..<40 {
+            let before = hint
+            hint = checkLeastSum(s, count: count, dual: 2, eta: 0.05, hint: hint, "step \(step)")
+            if step > 0 {
+                // The band path sets the spacing from what the band held (2 · halfWidth / held);
+                // the fallback doubles or halves it.
+                let target = LeastSum.bandTarget(s.count)
+                let center = before.value + (Double(Int(count)) - before.rank) * before.spacing
+                let halfWidth = Double(target / 2) * before.spacing
+                let held = s.filter { $0 >= center - halfWidth && $0 < center + halfWidth }.count
+                XCTAssertEqual(hint.spacing, 2 * halfWidth / Double(held), "step \(step): the band was used")
+            }
+            for i in s.indices { s[i] *= 1 + 1e-3 * (rng.nextOpenUnit() - 0.5) }
+            count += 2.7
         }
     }
 
     func testLeastSumIsConvexPiecewiseLinearAndExactAtIntegers() {
         let s = [0.5, 0.1, 0.9, 0.3]
         func value(_ c: Double) -> Double {
-            var f = [Double](repeating: 0, count: 4), sc = f, hint = -1.0
+            var f = [Double](repeating: 0, count: 4), sc = f, hint = SelectionHint.none
             return s.withUnsafeBufferPointer { v in
                 sc.withUnsafeMutableBufferPointer { scr in
                     f.withUnsafeMutableBufferPointer { LeastSum(v, count: c, dual: 0, eta: 0, hint: &hint, scratch: scr, factors: $0).value }
@@ -140,5 +187,67 @@ final class SolverSelectionTests: XCTestCase {
             XCTAssertFalse(s.withUnsafeBufferPointer { Kernels.allFiniteNonNegative($0) }, "\(bad)")
         }
         XCTAssertTrue([-0.0, 0, 2].withUnsafeBufferPointer { Kernels.allFiniteNonNegative($0) })
+    }
+
+    private func checkedCopy(_ s: [Double]) -> (ok: Bool, sum: Double, copy: [Double]) {
+        var copy = [Double](repeating: -7, count: s.count)
+        let (ok, sum) = s.withUnsafeBufferPointer { v in copy.withUnsafeMutableBufferPointer { Kernels.checkedCopy(v, into: $0) } }
+        return (ok, sum, copy)
+    }
+
+    func testCheckedCopyCopiesSumsAndRejectsWhatAllFiniteNonNegativeRejects() {
+        var rng = Xoshiro256StarStar(seed: 9)
+        for n in [0, 3, 4, 8, 13, 100] {
+            let s = scores(n, ties: false, &rng)
+            let got = checkedCopy(s)
+            XCTAssertTrue(got.ok)
+            XCTAssertEqual(got.sum, s.reduce(0, +), accuracy: 1e-12)
+            XCTAssertEqual(got.copy, s)
+        }
+        for bad in [Double.nan, -1, -.leastNonzeroMagnitude, .infinity, -.infinity] {
+            for at in [2, 9] {
+                var s = [Double](repeating: 1, count: 11)
+                s[at] = bad
+                XCTAssertFalse(checkedCopy(s).ok, "\(bad) at \(at)")
+            }
+        }
+        XCTAssertTrue(checkedCopy([-0.0, 0, 2, 0, -0.0]).ok)
+        // Finite scores whose sum overflows are still accepted.
+        XCTAssertTrue(checkedCopy([Double](repeating: .greatestFiniteMagnitude, count: 6)).ok)
+    }
+
+    func testShrinkCollectingWritesFactorsBelowTheBandAndCollectsIt() {
+        var rng = Xoshiro256StarStar(seed: 10)
+        for n in [0, 5, 8, 16, 29, 300] {
+            for ties in [false, true] {
+                let s = scores(n, ties: ties, &rng)
+                let (lo, hi) = ties ? (2.0, 4.0) : (1.0, 1.4)
+                let inBand = s.indices.filter { s[$0] >= lo && s[$0] < hi }
+                for capacity in [inBand.count, max(inBand.count - 1, 0)] {
+                    var factors = [Double](repeating: -1, count: n)
+                    var band = [Double](repeating: .nan, count: 2 * capacity)
+                    var marks = [UInt64](repeating: 7, count: n / 8)
+                    let got = s.withUnsafeBufferPointer { v in
+                        factors.withUnsafeMutableBufferPointer { f in
+                            band.withUnsafeMutableBufferPointer { b in
+                                marks.withUnsafeMutableBufferPointer {
+                                    Kernels.shrinkCollecting(v, below: lo, band: hi, full: 0.25, into: f, band: b, marks: $0)
+                                }
+                            }
+                        }
+                    }
+                    guard capacity == inBand.count else {
+                        XCTAssertNil(got, "n=\(n): \(inBand.count) band values overflow \(capacity) pairs")
+                        continue
+                    }
+                    let r = try! XCTUnwrap(got)
+                    XCTAssertEqual(r.count, s.filter { $0 < lo }.count)
+                    XCTAssertEqual(r.sum, s.filter { $0 < lo }.reduce(0, +), accuracy: 1e-12)
+                    XCTAssertEqual(r.collected, inBand.count)
+                    XCTAssertEqual(band, inBand.flatMap { [s[$0], Double($0)] }, "pairs in index order")
+                    XCTAssertEqual(factors, s.map { $0 < lo ? 0.25 : 1 })
+                }
+            }
+        }
     }
 }

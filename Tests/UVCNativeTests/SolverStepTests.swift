@@ -21,8 +21,10 @@ final class SolverStepTests: XCTestCase {
         var s = try solver(SolverConfig(budget: 0.5, warmupEpochs: 2))
         let before = s.state
         var rng = Xoshiro256StarStar(seed: 2)
-        let factors = try s.step(GroupData(s.spec, &rng), gateGradient: [Double](repeating: 0.3, count: 6), epoch: 1.5)
+        let scores = GroupData(s.spec, &rng)
+        let (factors, copy) = try s.step(scores, gateGradient: [Double](repeating: 0.3, count: 6), epoch: 1.5)
         XCTAssertEqual(factors, GroupData(s.spec, fill: 1))
+        XCTAssertEqual(copy, scores, "the scores are copied during warm-up too")
         XCTAssertEqual(try s.sample(epoch: 1.9), [Double](repeating: 1, count: 6))
         var expected = before
         expected.epoch = 1.9
@@ -115,7 +117,7 @@ final class SolverStepTests: XCTestCase {
         var rng = Xoshiro256StarStar(seed: 6)
         let scores = GroupData(s.spec, &rng)
         let eta = 0.05
-        let factors = try s.step(scores, lr: eta, epoch: 1)
+        let factors = try s.step(scores, lr: eta, epoch: 1).factors
         // The raw-units dual: 2 over a layer's worth (32 groups) of the mean neuron score.
         let row = Array(scores.neurons[0..<32]), raw = 2 / (32 * mean(scores.neurons))
         let order = row.indices.sorted { row[$0] < row[$1] }

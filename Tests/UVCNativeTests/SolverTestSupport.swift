@@ -46,20 +46,25 @@ struct GroupData: Equatable {
 
 
 extension Solver {
-    /// One step on owned arrays; returns the proximal factors.
+    /// One step on owned arrays; returns the proximal factors and the copy of the scores.
+    @discardableResult
     mutating func step(_ scores: GroupData, gateGradient: [Double]? = nil, lr: Double = 1e-3,
-                       epoch: Double) throws -> GroupData {
-        var factors = GroupData(spec, fill: -1)
+                       epoch: Double) throws -> (factors: GroupData, copy: GroupData) {
+        var factors = GroupData(spec, fill: -1), copy = factors
         try scores.withScores { s in
             try factors.withOutputs { f in
-                if let g = gateGradient {
-                    try g.withUnsafeBufferPointer { try step(scores: s, gateGradient: $0, learningRate: lr, epoch: epoch, factors: f) }
-                } else {
-                    try step(scores: s, gateGradient: nil, learningRate: lr, epoch: epoch, factors: f)
+                try copy.withOutputs { c in
+                    if let g = gateGradient {
+                        try g.withUnsafeBufferPointer {
+                            try step(scores: s, gateGradient: $0, learningRate: lr, epoch: epoch, factors: f, scoresCopy: c)
+                        }
+                    } else {
+                        try step(scores: s, gateGradient: nil, learningRate: lr, epoch: epoch, factors: f, scoresCopy: c)
+                    }
                 }
             }
         }
-        return factors
+        return (factors, copy)
     }
 
     mutating func sample(epoch: Double) throws -> [Double] {

@@ -105,13 +105,15 @@ final class SolverTokenTests: XCTestCase {
             for t in steps {
                 let epoch = Double(t) / 20
                 let gates = try s.sample(epoch: epoch)
-                var factors = GroupData(s.spec, fill: -1)
+                var factors = GroupData(s.spec, fill: -1), copy = factors
                 try scores.withScores { sc in
                     try factors.withOutputs { f in
-                        try gates.map { 0.5 - $0 }.withUnsafeBufferPointer { g in
-                            try tokenScores.withUnsafeBufferPointer {
-                                try s.step(scores: sc, gateGradient: g, tokenScores: $0, learningRate: 0.01, epoch: epoch,
-                                           factors: f)
+                        try copy.withOutputs { c in
+                            try gates.map { 0.5 - $0 }.withUnsafeBufferPointer { g in
+                                try tokenScores.withUnsafeBufferPointer {
+                                    try s.step(scores: sc, gateGradient: g, tokenScores: $0, learningRate: 0.01,
+                                               epoch: epoch, factors: f, scoresCopy: c)
+                                }
                             }
                         }
                     }

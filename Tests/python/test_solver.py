@@ -393,6 +393,27 @@ def test_bad_arrays_name_the_argument():
     assert solver.stats()["search_steps"] == 0, "refused steps change nothing"
 
 
+def test_a_refused_step_keeps_the_last_scores():
+    """The scores are copied while they are checked: a step refused at its last neuron must
+    leave what masks, plan and state_dict read as it was."""
+    spec = uvc.ViTSpec.from_name(TINY)
+    solver = uvc.Solver(spec, 0.5, warmup_epochs=0.0)
+    h, d, n = _scores(spec)
+    for _ in range(30):
+        solver.sample_gates(1.0)
+        solver.step(h, d, n, None, lr=1e-4, epoch=1.0)
+    before = solver.state_dict()
+    masks = solver.masks()
+    bad = (2 * h, 2 * d, 2 * n)
+    bad[2][-1, -1] = np.nan
+    with pytest.raises(ValueError, match="neuron_scores"):
+        solver.step(*bad, None, lr=1e-4, epoch=1.0)
+    assert solver.state_dict() == before
+    for got, want in zip(solver.masks(), masks):
+        np.testing.assert_array_equal(got, want)
+    assert solver.state_dict()["last_scores"][1] == d.tolist(), "the dims were copied into a spare"
+
+
 # Token pruning: a budgeted dimension of its own, traded against the groups.
 
 def valid_schedule(spec, plan):

@@ -64,7 +64,7 @@ from .spec import ViTSpec
 
 __all__ = ["Solver", "StepResult", "SOLVER_FORMAT"]
 
-SOLVER_FORMAT = "uvc.solver/1"
+SOLVER_FORMAT = "uvc.solver/2"
 
 # Order of SolverConfig.Field in the core (lr_counts fills three slots).
 _CONFIG_FIELDS = ("budget", "prune_heads", "prune_dims", "prune_neurons", "skip_blocks", "gate_granularity",
@@ -180,7 +180,10 @@ class _Arrays:
         self.words = np.zeros(4, dtype=np.int64)
         shapes = ((spec.depth, spec.num_heads), (spec.depth, spec.num_heads, spec.v_head_dim),
                   (spec.depth, spec.mlp_hidden))
+        # The last step's scores, and spares the next step checks and copies its scores into
+        # (they become the last scores only if that step succeeds).
         self.last = tuple(np.zeros(shape) for shape in shapes)
+        self.spare = tuple(np.zeros(shape) for shape in shapes)
         self.result = StepResult(*(np.ones(shape) for shape in shapes))
         self.no_grad = np.empty(0, dtype=np.float64)
 
@@ -266,7 +269,7 @@ class Solver:
         self._arrays = arrays
         self._hyper, self.convention = arrays.hyper, arrays.convention
         self._fixed, self._state, self._words = arrays.fixed, arrays.state, arrays.words
-        self._last, self._result, self._no_grad = arrays.last, arrays.result, arrays.no_grad
+        self._last, self._spare, self._result, self._no_grad = arrays.last, arrays.spare, arrays.result, arrays.no_grad
         self.dense_macs = dense
 
     @property
@@ -308,11 +311,12 @@ class Solver:
         `uvc.torch.Compressor` passes: the attention of the j-th most attended token) or raw
         positions both work. None counts every token alike.
         """
-        r = self._result
+        r, spare = self._result, self._spare
         _native.solver_step(*self._fixed, self._state, self._words, head_scores, dim_scores, neuron_scores,
                             self._no_grad if gate_grad is None else gate_grad, r.head_factor, r.dim_factor,
-                            r.neuron_factor, *self._last, self._no_grad if token_scores is None else token_scores,
+                            r.neuron_factor, *spare, self._no_grad if token_scores is None else token_scores,
                             lr, epoch)
+        self._last, self._spare = spare, self._last
         return r
 
     def masks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

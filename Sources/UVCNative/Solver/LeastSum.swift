@@ -10,8 +10,8 @@ struct LowestGroups {
     let below: Int
 
     /// Selects the `count` lowest of `scores`, 0 ≤ count < scores.count (one group always stays).
-    init(_ scores: UnsafeBufferPointer<Double>, count: Int, hint: Double, scratch: UnsafeMutableBufferPointer<Double>) {
-        self.init(count: count, next: OrderStatistic.select(scores, rank: count, hint: hint, scratch: scratch),
+    init(_ scores: UnsafeBufferPointer<Double>, count: Int, scratch: UnsafeMutableBufferPointer<Double>) {
+        self.init(count: count, next: OrderStatistic.select(scores, rank: count, scratch: scratch),
                   scores: scores)
     }
 
@@ -50,6 +50,29 @@ struct LowestGroups {
     }
 }
 
+/// Where a row's last selection landed: the rank and score of its next group and the score
+/// gap per rank around it. The next selection collects the band of scores where it predicts
+/// the new rank's score to lie. Only speed depends on it: every selection is the same without
+/// it, and a LeastSum value the same up to the rounding of its sum.
+public struct SelectionHint: Hashable, Sendable {
+    /// The next group's score, or negative for none.
+    public var value: Double
+    /// Its rank.
+    public var rank: Double
+    /// Score per rank near it, ≥ 0; 0 for none.
+    public var spacing: Double
+
+    public init(value: Double, rank: Double, spacing: Double) {
+        self.value = value
+        self.rank = rank
+        self.spacing = spacing
+    }
+
+    public static let none = SelectionHint(value: -1, rank: 0, spacing: 0)
+    /// Doubles per hint in the solver state.
+    public static let encodedCount = 3
+}
+
 /// UVC's LeastSum_s(scores), the score mass of the s lowest groups, made piecewise linear in a
 /// continuous count s: Σ_{rank < ⌊s⌋} score + frac(s) · score(rank ⌊s⌋). It is exact at integer s
 /// and convex (its slope on (k, k+1) is the (k+1)-th smallest score, "the cost of the next
@@ -64,15 +87,40 @@ struct LeastSum {
     /// `1 / (1 + 2·η·dual·w)` where w is the group's weight in LeastSum (1 for rank < ⌊s⌋,
     /// frac(s) for the next group); 1 for every other group. This is the proximal operator of
     /// η · dual · LeastSum over ‖w‖² (each score is the squared norm of its columns).
-    /// `hint` is last step's `next` (−1 for none) and receives this step's.
-    init(_ scores: UnsafeBufferPointer<Double>, count s: Double, dual: Double, eta: Double, hint: inout Double,
-         scratch: UnsafeMutableBufferPointer<Double>, factors: UnsafeMutableBufferPointer<Double>) {
+    ///
+    /// `hint` is last step's (`.none` at first) and receives this step's. Scores move little
+    /// from one step to the next, so the next group's score usually lies in the band around
+    /// the hint: then one pass writes the factors below the band and collects the band, and
+    /// the few scores in it settle the rest. Otherwise a selection and a second pass do.
+    /// `scratch` must hold `scores.count` doubles, and `scratchCount` for the one-pass path.
+    init(_ scores: UnsafeBufferPointer<Double>, count s: Double, dual: Double, eta: Double,
+         hint: inout SelectionHint, scratch: UnsafeMutableBufferPointer<Double>,
+         factors: UnsafeMutableBufferPointer<Double>) {
         let whole = Int(s)
         let frac = s - Double(whole)
-        let next = OrderStatistic.select(scores, rank: whole, hint: hint, scratch: scratch)
-        hint = next
         let full = 1 / (1 + 2 * eta * dual)
         let partial = 1 / (1 + 2 * eta * dual * frac)
+        let target = LeastSum.bandTarget(scores.count)
+        if hint.value >= 0, hint.spacing > 0 {
+            // The band: `target` ranks around where the rank-`whole` score should be now.
+            let center = hint.value + (Double(whole) - hint.rank) * hint.spacing
+            let halfWidth = Double(target / 2) * hint.spacing
+            switch LeastSum.banded(scores, rank: whole, from: center - halfWidth, to: center + halfWidth, full: full,
+                                   partial: partial, scratch: scratch, factors: factors) {
+            case .found(let sum, let next, let collected):
+                value = sum + frac * next
+                slope = next
+                hint = SelectionHint(value: next, rank: Double(whole),
+                                     spacing: collected >= 2 ? 2 * halfWidth / Double(collected) : 2 * hint.spacing)
+                return
+            case .overflow: hint.spacing *= 0.5
+            case .outside: hint.spacing = min(2 * hint.spacing, .greatestFiniteMagnitude)
+            }
+        }
+        let next = OrderStatistic.select(scores, rank: whole, scratch: scratch)
+        if hint.spacing == 0 { hint.spacing = next * LeastSum.initialWidth / Double(target / 2) }
+        hint.value = next
+        hint.rank = Double(whole)
         let (sum, below) = Kernels.shrinkBelow(scores, next, full: full, into: factors)
         let lowest = LowestGroups(count: whole, next: next, below: below)
         lowest.forEachTie(scores) { i, ordinal in
@@ -80,5 +128,62 @@ struct LeastSum {
         }
         value = sum + Double(lowest.tiesSelected) * next + frac * next
         slope = next
+    }
+
+    /// Scores a band should hold in a row of n: enough that the next group's rank rarely
+    /// leaves it, few enough that collecting them stays cheap next to the pass.
+    static func bandTarget(_ n: Int) -> Int { min(max(n / 16, 4), 16) }
+
+    /// Scratch doubles a row of n needs for either path.
+    static func scratchCount(_ n: Int) -> Int { max(n, 6 * bandTarget(n) + n / 8) }
+
+    /// First band half-width, relative to the next group's score.
+    static let initialWidth = 0x1p-7
+
+    enum Banded {
+        /// `sum`: the scores of the groups of rank < `rank`; `next`: that of rank `rank`.
+        case found(sum: Double, next: Double, collected: Int)
+        /// The band held too many scores.
+        case overflow
+        /// The rank-`rank` score lies outside the band.
+        case outside
+    }
+
+    /// The one-pass selection: factors `full` below the band, then the band's scores, sorted
+    /// by (score, index), take `full`, `partial` (the next group) or 1 by their rank.
+    private static func banded(_ scores: UnsafeBufferPointer<Double>, rank: Int, from lo: Double, to hi: Double,
+                               full: Double, partial: Double, scratch: UnsafeMutableBufferPointer<Double>,
+                               factors: UnsafeMutableBufferPointer<Double>) -> Banded {
+        // Scratch: the (score, index) pairs, then one mark word per chunk of eight scores.
+        let pairCount = 6 * bandTarget(scores.count), chunks = scores.count / 8
+        guard scratch.count >= pairCount + chunks else { return .outside }
+        let pairs = UnsafeMutableBufferPointer(rebasing: scratch[0..<pairCount])
+        let pass = UnsafeMutableBufferPointer(rebasing: scratch[pairCount..<(pairCount + chunks)])
+            .withMemoryRebound(to: UInt64.self) { marks in
+                Kernels.shrinkCollecting(scores, below: lo, band: hi,
+                                         full: full, into: factors, band: pairs, marks: marks)
+            }
+        guard let pass else { return .overflow }
+        let r = rank - pass.count, m = pass.collected
+        guard r >= 0, r < m else { return .outside }
+        // Insertion sort by score; it is stable, and the pairs arrive in index order.
+        for j in 1..<max(m, 1) {
+            let v = pairs[2 * j], index = pairs[2 * j + 1]
+            var at = j
+            while at > 0, pairs[2 * (at - 1)] > v {
+                pairs[2 * at] = pairs[2 * (at - 1)]
+                pairs[2 * at + 1] = pairs[2 * (at - 1) + 1]
+                at -= 1
+            }
+            pairs[2 * at] = v
+            pairs[2 * at + 1] = index
+        }
+        var sum = pass.sum
+        for j in 0..<m {
+            let i = Int(pairs[2 * j + 1])
+            if j < r { sum += pairs[2 * j] }
+            factors[i] = j < r ? full : j == r ? partial : 1
+        }
+        return .found(sum: sum, next: pairs[2 * r], collected: m)
     }
 }

@@ -21,9 +21,8 @@ extension Solver {
             for layer in 0..<spec.depth {
                 let heads = layer * h..<(layer + 1) * h
                 let headMask = UnsafeMutableBufferPointer(rebasing: out.heads[heads])
-                LowestGroups(UnsafeBufferPointer(rebasing: scores.heads[heads]), count: removing(.heads, layer),
-                             hint: -1, scratch: scratch).writeKeepMask(UnsafeBufferPointer(rebasing: scores.heads[heads]),
-                                                                         into: headMask)
+                let headRow = UnsafeBufferPointer(rebasing: scores.heads[heads])
+                LowestGroups(headRow, count: removing(.heads, layer), scratch: scratch).writeKeepMask(headRow, into: headMask)
                 if !attention(layer) { headMask.update(repeating: 0) }
                 for head in 0..<h {
                     let dims = (layer * h + head) * dv..<(layer * h + head + 1) * dv
@@ -33,13 +32,13 @@ extension Solver {
                         continue
                     }
                     let row = UnsafeBufferPointer(rebasing: scores.dims[dims])
-                    LowestGroups(row, count: removing(.dims, layer), hint: -1, scratch: scratch)
+                    LowestGroups(row, count: removing(.dims, layer), scratch: scratch)
                         .writeKeepMask(row, into: dimMask)
                 }
                 let neurons = layer * m..<(layer + 1) * m
                 let neuronMask = UnsafeMutableBufferPointer(rebasing: out.neurons[neurons])
                 let row = UnsafeBufferPointer(rebasing: scores.neurons[neurons])
-                LowestGroups(row, count: removing(.neurons, layer), hint: -1, scratch: scratch)
+                LowestGroups(row, count: removing(.neurons, layer), scratch: scratch)
                     .writeKeepMask(row, into: neuronMask)
                 if !mlp(layer) { neuronMask.update(repeating: 0) }
             }

@@ -11,6 +11,8 @@ extension Solver {
     /// prefix entries and those past the committed schedule's tokens[l] are not read. Nil counts
     /// every token alike. Read only with `config.pruneTokens`.
     /// `learningRate`: the model optimizer's current η_W. `epoch`: fractional epoch.
+    /// `scoresCopy` receives a copy of `scores`, taken while they are checked (it must not
+    /// alias them); a failing call may leave it partly written.
     ///
     /// Order, as in UVC: (1) proximal shrink of the groups LeastSum covers, with the counts of
     /// the previous step; (2) primal step of the removal counts (group and token); (3) gate-logit
@@ -18,8 +20,9 @@ extension Solver {
     /// factors (all 1) are written.
     public mutating func step(scores: GroupScores, gateGradient: UnsafeBufferPointer<Double>?,
                               tokenScores: UnsafeBufferPointer<Double>? = nil,
-                              learningRate eta: Double, epoch: Double, factors: GroupOutputs) throws(UVCError) {
-        try scores.validate(for: spec)
+                              learningRate eta: Double, epoch: Double, factors: GroupOutputs,
+                              scoresCopy: GroupOutputs) throws(UVCError) {
+        let sums = try scores.validate(for: spec, copyingInto: scoresCopy)
         if let t = tokenScores { try validateTokenScores(t) }
         try factors.validate(for: spec, names: ("head_factor", "dim_factor", "neuron_factor"))
         try require(eta.isFinite && eta >= 0, "lr", "must be finite and >= 0, got \(eta)")
@@ -35,7 +38,7 @@ extension Solver {
             return
         }
         let l = spec.depth
-        let (leastSums, slopes) = shrink(scores: scores, eta: eta, factors: factors)
+        let (leastSums, slopes) = shrink(scores: scores, sums: sums, eta: eta, factors: factors)
         let tokens = config.pruneTokens ? tokenLeastSums(tokenScores) : (leastSums: [], slopes: [])
 
         // Expected MACs (continuous counts, gate probabilities) and its gradient.
@@ -60,57 +63,60 @@ extension Solver {
     }
 
     /// Proximal factors for every kind, and per layer the normalised LeastSum and its slope in
-    /// the fraction of groups removed.
-    private mutating func shrink(scores: GroupScores, eta: Double, factors: GroupOutputs) -> ([Double], [Double]) {
+    /// the fraction of groups removed. `sums`: each kind's total score.
+    private mutating func shrink(scores: GroupScores, sums: (heads: Double, dims: Double, neurons: Double), eta: Double,
+                                 factors: GroupOutputs) -> ([Double], [Double]) {
         let l = spec.depth, h = spec.numHeads, dv = spec.vHeadDim, m = spec.mlpHidden
         var leastSums = [Double](repeating: 0, count: 3 * l)
         var slopes = leastSums
-        var scratch = [Double](repeating: 0, count: max(h, dv, m))
-        scratch.withUnsafeMutableBufferPointer { scratch in
-            for (kind, width, source, target) in [(GroupKind.heads, h, scores.heads, factors.heads),
-                                                  (.neurons, m, scores.neurons, factors.neurons)] {
+        // Uninitialised: every reader writes before it reads.
+        withUnsafeTemporaryAllocation(of: Double.self, capacity: LeastSum.scratchCount(max(h, dv, m))) { scratch in
+            for (kind, width, source, sum, target) in [(GroupKind.heads, h, scores.heads, sums.heads, factors.heads),
+                                                       (.neurons, m, scores.neurons, sums.neurons, factors.neurons)] {
                 guard config.prune[kind.rawValue] else {
                     target.update(repeating: 1)
                     continue
                 }
                 let hintBase = kind == .heads ? 0 : l * (h + 1)
-                let unit = Kernels.sum(source) / Double(source.count)
                 for layer in 0..<l {
-                    let row = UnsafeBufferPointer(rebasing: source[(layer * width)..<((layer + 1) * width)])
-                    let (leastSum, slope) = normalisedLeastSum(
-                        [row], unit: unit, count: state.removal[kind.rawValue * l + layer],
-                        dual: state.duals[kind.rawValue * l + layer], eta: eta, hintAt: hintBase + layer, scratch: scratch,
-                        factors: [UnsafeMutableBufferPointer(rebasing: target[(layer * width)..<((layer + 1) * width)])])
-                    leastSums[kind.rawValue * l + layer] = leastSum
-                    slopes[kind.rawValue * l + layer] = slope
+                    let i = kind.rawValue * l + layer, range = (layer * width)..<((layer + 1) * width)
+                    (leastSums[i], slopes[i]) = normalisedLeastSum(
+                        rows: 1, width: width, unit: sum / Double(source.count), count: state.removal[i],
+                        dual: state.duals[i], eta: eta, scratch: scratch
+                    ) { _ in
+                        (UnsafeBufferPointer(rebasing: source[range]), UnsafeMutableBufferPointer(rebasing: target[range]),
+                         hintBase + layer)
+                    }
                 }
             }
             guard config.prune[GroupKind.dims.rawValue] else {
                 factors.dims.update(repeating: 1)
                 return
             }
-            let unit = Kernels.sum(scores.dims) / Double(scores.dims.count)
-            for layer in 0..<l {
-                // Value dims of the heads this layer keeps: removed heads go as a whole.
-                let headRow = UnsafeBufferPointer(rebasing: scores.heads[(layer * h)..<((layer + 1) * h)])
-                let keep = keptMask(headRow, removing: Int(state.committed[layer]), scratch: scratch)
-                var rows: [UnsafeBufferPointer<Double>] = []
-                var targets: [UnsafeMutableBufferPointer<Double>] = []
-                for head in 0..<h {
-                    let range = ((layer * h + head) * dv)..<((layer * h + head + 1) * dv)
-                    guard keep[head] else {
-                        // A removed head's columns are shrunk through its head factor alone.
-                        UnsafeMutableBufferPointer(rebasing: factors.dims[range]).update(repeating: 1)
-                        continue
+            withUnsafeTemporaryAllocation(of: Int.self, capacity: h) { kept in
+                for layer in 0..<l {
+                    // Value dims of the heads this layer keeps: removed heads go as a whole.
+                    let headRow = UnsafeBufferPointer(rebasing: scores.heads[(layer * h)..<((layer + 1) * h)])
+                    let keptCount = keptHeads(headRow, removing: Int(state.committed[layer]), into: kept, scratch: scratch)
+                    func range(_ head: Int) -> Range<Int> { ((layer * h + head) * dv)..<((layer * h + head + 1) * dv) }
+                    // A removed head's columns are shrunk through its head factor alone.
+                    var next = 0
+                    for head in 0..<h {
+                        if next < keptCount, kept[next] == head {
+                            next += 1
+                        } else {
+                            UnsafeMutableBufferPointer(rebasing: factors.dims[range(head)]).update(repeating: 1)
+                        }
                     }
-                    rows.append(UnsafeBufferPointer(rebasing: scores.dims[range]))
-                    targets.append(UnsafeMutableBufferPointer(rebasing: factors.dims[range]))
+                    let i = GroupKind.dims.rawValue * l + layer
+                    (leastSums[i], slopes[i]) = normalisedLeastSum(
+                        rows: keptCount, width: dv, unit: sums.dims / Double(scores.dims.count), count: state.removal[i],
+                        dual: state.duals[i], eta: eta, scratch: scratch
+                    ) { r in
+                        (UnsafeBufferPointer(rebasing: scores.dims[range(kept[r])]),
+                         UnsafeMutableBufferPointer(rebasing: factors.dims[range(kept[r])]), l + layer * h + kept[r])
+                    }
                 }
-                let i = GroupKind.dims.rawValue * l + layer
-                (leastSums[i], slopes[i]) = normalisedLeastSum(
-                    rows, unit: unit, count: state.removal[i], dual: state.duals[i], eta: eta,
-                    hintAt: l + layer * h, hintStride: 1, heads: Array(0..<h).filter { keep[$0] },
-                    scratch: scratch, factors: targets)
             }
         }
         return (leastSums, slopes)
@@ -122,28 +128,44 @@ extension Solver {
     /// groups as the rows hold, the slope the next group's score over `unit` (averaged over
     /// rows). A layer of weaker groups than the model's average is cheaper to prune. The duals
     /// act on this normalised sum, so the proximal factor uses the raw-units dual
-    /// `dual / (unit · groups)`.
+    /// `dual / (unit · groups)`. `row(r)`: row r's scores, its factors and the index of its hint.
     private mutating func normalisedLeastSum(
-        _ rows: [UnsafeBufferPointer<Double>], unit: Double, count: Double, dual: Double, eta: Double, hintAt: Int,
-        hintStride: Int = 0, heads: [Int] = [0], scratch: UnsafeMutableBufferPointer<Double>,
-        factors: [UnsafeMutableBufferPointer<Double>]
+        rows: Int, width: Int, unit: Double, count: Double, dual: Double, eta: Double,
+        scratch: UnsafeMutableBufferPointer<Double>,
+        row: (Int) -> (UnsafeBufferPointer<Double>, UnsafeMutableBufferPointer<Double>, Int)
     ) -> (Double, Double) {
-        guard let width = rows.first?.count, unit > 0 else {
+        guard rows > 0, unit > 0 else {
             // All scores of the kind are zero: nothing to shrink, and removing costs nothing.
-            for f in factors { f.update(repeating: 1) }
+            for r in 0..<rows { row(r).1.update(repeating: 1) }
             return (0, 0)
         }
-        let scale = unit * Double(rows.count * width)
+        let scale = unit * Double(rows * width)
         var value = 0.0, slope = 0.0
-        for (r, row) in rows.enumerated() {
-            var hint = state.hints[hintAt + hintStride * heads[r]]
-            let sum = LeastSum(row, count: count, dual: dual / scale, eta: eta, hint: &hint, scratch: scratch,
-                               factors: factors[r])
-            state.hints[hintAt + hintStride * heads[r]] = hint
+        for r in 0..<rows {
+            let (scores, factors, at) = row(r)
+            var hint = state.hint(at)
+            let sum = LeastSum(scores, count: count, dual: dual / scale, eta: eta, hint: &hint, scratch: scratch,
+                               factors: factors)
+            state.setHint(at, hint)
             value += sum.value
             slope += sum.slope
         }
-        return (value / scale, slope / Double(rows.count) / unit)
+        return (value / scale, slope / Double(rows) / unit)
+    }
+
+    /// The heads of a layer that stay when the `removing` lowest-scoring ones go, in order,
+    /// written to `kept`; returns how many.
+    func keptHeads(_ headScores: UnsafeBufferPointer<Double>, removing: Int, into kept: UnsafeMutableBufferPointer<Int>,
+                   scratch: UnsafeMutableBufferPointer<Double>) -> Int {
+        withUnsafeTemporaryAllocation(of: Double.self, capacity: headScores.count) { mask in
+            LowestGroups(headScores, count: removing, scratch: scratch).writeKeepMask(headScores, into: mask)
+            var n = 0
+            for head in mask.indices where mask[head] == 1 {
+                kept[n] = head
+                n += 1
+            }
+            return n
+        }
     }
 
     /// Which of a layer's heads stay when the `removing` lowest-scoring ones go.
@@ -151,7 +173,7 @@ extension Solver {
                   scratch: UnsafeMutableBufferPointer<Double>) -> [Bool] {
         var mask = [Double](repeating: 1, count: headScores.count)
         mask.withUnsafeMutableBufferPointer {
-            LowestGroups(headScores, count: removing, hint: -1, scratch: scratch).writeKeepMask(headScores, into: $0)
+            LowestGroups(headScores, count: removing, scratch: scratch).writeKeepMask(headScores, into: $0)
         }
         return mask.map { $0 == 1 }
     }

@@ -2,6 +2,12 @@
 // scores). Eight lanes at a time, no data-dependent branches except on rare events.
 
 typealias Lanes = SIMD8<Double>
+typealias Bits = SIMD8<UInt64>
+
+@inline(__always) func bits(_ v: Lanes) -> Bits { unsafeBitCast(v, to: Bits.self) }
+/// A comparison's lanes as all-ones or all-zeros words.
+@inline(__always) func bits(_ m: SIMDMask<SIMD8<Int64>>) -> Bits { unsafeBitCast(m, to: Bits.self) }
+@inline(__always) func lanes(_ b: Bits) -> Lanes { unsafeBitCast(b, to: Lanes.self) }
 
 enum Kernels {
     @inline(__always)
@@ -110,5 +116,103 @@ extension Kernels {
             i += 1
         }
         return nil
+    }
+}
+
+extension Kernels {
+    /// Copies `values` into `copy` (as many) while checking them: whether every value is
+    /// finite and ≥ 0, and their sum. One pass where a check, a sum and a copy would take three.
+    static func checkedCopy(_ values: UnsafeBufferPointer<Double>,
+                            into copy: UnsafeMutableBufferPointer<Double>) -> (ok: Bool, sum: Double) {
+        precondition(copy.count == values.count)
+        guard let p = values.baseAddress, let q = copy.baseAddress else { return (true, 0) }
+        // A NaN or an infinity makes the sum non-finite; negative values are caught by a mask
+        // (four lanes and bit operations: see `shrinkCollecting`).
+        typealias Quad = SIMD4<Double>
+        var acc = Quad.zero, negative = SIMD4<UInt64>.zero
+        let n = values.count, whole = n - n % 4
+        var i = 0
+        while i < whole {
+            let v = UnsafeRawPointer(p + i).loadUnaligned(as: Quad.self)
+            UnsafeMutableRawPointer(q + i).storeBytes(of: v, as: Quad.self)
+            acc += v
+            negative |= unsafeBitCast(v .< Quad.zero, to: SIMD4<UInt64>.self)
+            i += 4
+        }
+        let folded = negative.lowHalf | negative.highHalf
+        var total = acc.sum(), good = folded[0] | folded[1] == 0
+        while i < n {
+            copy[i] = values[i]
+            total += values[i]
+            good = good && values[i] >= 0
+            i += 1
+        }
+        guard total.isFinite, good else {
+            // Also reached when finite scores sum past the largest double.
+            return (allFiniteNonNegative(values), total)
+        }
+        return (true, total)
+    }
+
+    /// `shrinkBelow(values, lo)` that also collects the band [lo, hi): each value in it is
+    /// appended to `band` as the pair (value, index), in index order. Returns the sum and count
+    /// of the values < lo and the number of pairs, or nil (`factors` partly written) when the
+    /// band holds more than `band.count / 2` values. `marks` must hold `values.count / 8` words.
+    static func shrinkCollecting(_ values: UnsafeBufferPointer<Double>, below lo: Double, band hi: Double,
+                                 full: Double, into factors: UnsafeMutableBufferPointer<Double>,
+                                 band: UnsafeMutableBufferPointer<Double>,
+                                 marks: UnsafeMutableBufferPointer<UInt64>) -> (sum: Double, count: Int, collected: Int)? {
+        guard let p = values.baseAddress, let q = factors.baseAddress else { return (0, 0, 0) }
+        let n = values.count, chunks = n / 8
+        precondition(marks.count >= chunks)
+        // A branch-free pass marks the chunks of eight that hold band values; a second loop
+        // collects from the marked ones. Two four-lane halves per chunk and bit operations on
+        // the comparison masks: wider vectors, `replacing(with:where:)`, `any` or a branch in
+        // the pass compile to spills and lane-by-lane code on baseline x86-64.
+        typealias Quad = SIMD4<Double>
+        typealias QuadBits = SIMD4<UInt64>
+        var sum = Quad.zero, count = QuadBits.zero
+        let low = Quad(repeating: lo), high = Quad(repeating: hi)
+        let one = unsafeBitCast(Quad(repeating: 1), to: QuadBits.self)
+        let flip = one ^ unsafeBitCast(Quad(repeating: full), to: QuadBits.self)
+        @inline(__always) func half(_ at: Int) -> QuadBits {
+            let v = UnsafeRawPointer(p + at).loadUnaligned(as: Quad.self)
+            let below = unsafeBitCast(v .< low, to: QuadBits.self)
+            UnsafeMutableRawPointer(q + at).storeBytes(of: unsafeBitCast(one ^ (below & flip), to: Quad.self), as: Quad.self)
+            sum += unsafeBitCast(unsafeBitCast(v, to: QuadBits.self) & below, to: Quad.self)
+            count &-= below  // all-ones lanes: − (−1)
+            return unsafeBitCast(v .< high, to: QuadBits.self) & ~below
+        }
+        for c in 0..<chunks {
+            let hits = half(8 * c) | half(8 * c + 4)
+            let folded = hits.lowHalf | hits.highHalf
+            marks[c] = folded[0] | folded[1]
+        }
+        var total = sum.sum(), below = Int(count.wrappedSum())
+        let capacity = band.count / 2
+        var collected = 0
+        func collect(_ j: Int) -> Bool {
+            guard collected < capacity else { return false }
+            band[2 * collected] = values[j]
+            band[2 * collected + 1] = Double(j)
+            collected += 1
+            return true
+        }
+        for c in 0..<chunks where marks[c] != 0 {
+            for j in (8 * c)..<(8 * c + 8) where values[j] >= lo && values[j] < hi {
+                guard collect(j) else { return nil }
+            }
+        }
+        for j in (8 * chunks)..<n {
+            let v = values[j]
+            factors[j] = v < lo ? full : 1
+            if v < lo {
+                total += v
+                below += 1
+            } else if v < hi {
+                guard collect(j) else { return nil }
+            }
+        }
+        return (total, below, collected)
     }
 }

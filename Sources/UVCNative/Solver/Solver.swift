@@ -26,16 +26,43 @@ extension ViTSpec {
 
 extension GroupArrays where Buffer == UnsafeBufferPointer<Double> {
     /// Checks sizes and values: every score finite and ≥ 0. `names` are the arguments' names.
-    public func validate(for spec: ViTSpec, names: (String, String, String) = ("head_scores", "dim_scores", "neuron_scores")) throws(UVCError) {
-        let n = spec.groupArraySizes
-        for (name, buffer, count, shape) in [(names.0, heads, n.heads, "(\(spec.depth), \(spec.numHeads))"),
-                                             (names.1, dims, n.dims, "(\(spec.depth), \(spec.numHeads), \(spec.vHeadDim))"),
-                                             (names.2, neurons, n.neurons, "(\(spec.depth), \(spec.mlpHidden))")] {
-            try require(buffer.count == count, name, "expected shape \(shape), got \(buffer.count) values")
-            guard !Kernels.allFiniteNonNegative(buffer) else { continue }
-            let i = buffer.firstIndex { !($0.isFinite && $0 >= 0) } ?? 0
-            throw UVCError(name, "scores must be finite and >= 0; entry \(i) is \(buffer[i])")
+    public func validate(for spec: ViTSpec, names: (String, String, String) = GroupArrays.scoreNames) throws(UVCError) {
+        try validateSizes(for: spec, names: names)
+        for (buffer, name) in [(heads, names.0), (dims, names.1), (neurons, names.2)]
+        where !Kernels.allFiniteNonNegative(buffer) {
+            try GroupArrays.reject(buffer, name)
         }
+    }
+
+    /// `validate`, copying the scores into `copy` in the same pass; returns each kind's sum.
+    public func validate(for spec: ViTSpec, copyingInto copy: GroupOutputs) throws(UVCError) -> (heads: Double, dims: Double, neurons: Double) {
+        try validateSizes(for: spec, names: GroupArrays.scoreNames)
+        try copy.validate(for: spec, names: ("last_head", "last_dim", "last_neuron"))
+        func pass(_ buffer: Buffer, _ target: UnsafeMutableBufferPointer<Double>, _ name: String) throws(UVCError) -> Double {
+            let (ok, sum) = Kernels.checkedCopy(buffer, into: target)
+            if !ok { try GroupArrays.reject(buffer, name) }
+            return sum
+        }
+        let names = GroupArrays.scoreNames
+        return (try pass(heads, copy.heads, names.0), try pass(dims, copy.dims, names.1),
+                try pass(neurons, copy.neurons, names.2))
+    }
+
+    public static var scoreNames: (String, String, String) { ("head_scores", "dim_scores", "neuron_scores") }
+
+    private func validateSizes(for spec: ViTSpec, names: (String, String, String)) throws(UVCError) {
+        let n = spec.groupArraySizes
+        try require(heads.count == n.heads, names.0,
+                    "expected shape (\(spec.depth), \(spec.numHeads)), got \(heads.count) values")
+        try require(dims.count == n.dims, names.1,
+                    "expected shape (\(spec.depth), \(spec.numHeads), \(spec.vHeadDim)), got \(dims.count) values")
+        try require(neurons.count == n.neurons, names.2,
+                    "expected shape (\(spec.depth), \(spec.mlpHidden)), got \(neurons.count) values")
+    }
+
+    private static func reject(_ buffer: Buffer, _ name: String) throws(UVCError) {
+        let i = buffer.firstIndex { !($0.isFinite && $0 >= 0) } ?? 0
+        throw UVCError(name, "scores must be finite and >= 0; entry \(i) is \(buffer[i])")
     }
 }
 

@@ -22,8 +22,9 @@ public struct SolverState: Hashable, Sendable {
     /// consume it (the task gradient of a step refers to the draw made before it).
     public var sampleSlope: [Double]
     public var sampleFresh: Double
-    /// Last selection thresholds (heads: depth, dims: depth × heads, neurons: depth). They only
-    /// speed the next selection up; every result is the same without them (−1 = none).
+    /// Where each row's last selection landed (heads: depth, dims: depth × heads, neurons:
+    /// depth), three doubles per row: `SelectionHint`'s value (−1 = none), rank and spacing.
+    /// Only speed depends on them.
     public var hints: [Double]
     /// Architecture steps taken (steps after warm-up).
     public var searchSteps: Double
@@ -51,7 +52,8 @@ public struct SolverState: Hashable, Sendable {
         accumulatedSteps = 0
         sampleSlope = velocity
         sampleFresh = 0
-        hints = Array(repeating: -1, count: l * (spec.numHeads + 2))
+        let none = SelectionHint.none
+        hints = Array(repeating: [none.value, none.rank, none.spacing], count: l * (spec.numHeads + 2)).flatMap { $0 }
         searchSteps = 0
         epoch = 0
         rng = Xoshiro256StarStar(seed: seed)
@@ -59,6 +61,17 @@ public struct SolverState: Hashable, Sendable {
         tokenRemoval = Array(repeating: 0, count: blocks)
         tokenCommitted = tokenRemoval
         tokenDuals = Array(repeating: config.dualInit, count: blocks)
+    }
+
+    /// The selection hint of row `row` (see `hints`).
+    func hint(_ row: Int) -> SelectionHint {
+        let at = SelectionHint.encodedCount * row
+        return SelectionHint(value: hints[at], rank: hints[at + 1], spacing: hints[at + 2])
+    }
+
+    mutating func setHint(_ row: Int, _ h: SelectionHint) {
+        let at = SelectionHint.encodedCount * row
+        (hints[at], hints[at + 1], hints[at + 2]) = (h.value, h.rank, h.spacing)
     }
 
     /// Fields of the flat float64 encoding, in order.
@@ -72,7 +85,7 @@ public struct SolverState: Hashable, Sendable {
             case .removal, .committed, .duals: return 3 * l
             case .z, .accumulatedSteps, .sampleFresh, .searchSteps, .epoch: return 1
             case .logits, .velocity, .gradientSum, .sampleSlope: return g
-            case .hints: return l * (spec.numHeads + 2)
+            case .hints: return SelectionHint.encodedCount * l * (spec.numHeads + 2)
             // The last block never drops tokens.
             case .tokenRemoval, .tokenCommitted, .tokenDuals: return config.pruneTokens ? l - 1 : 0
             }
@@ -168,13 +181,21 @@ public struct SolverState: Hashable, Sendable {
         try require(z.isFinite && z >= 0, "state.z", "expected a finite value >= 0, got \(z)")
         for (name, values) in [("state.logits", logits), ("state.velocity", velocity),
                                 ("state.gradient_sum", gradientSum), ("state.sample_slope", sampleSlope)] {
-            for v in values { try require(v.isFinite, name, "entries must be finite, got \(v)") }
+            if let v = values.first(where: { !$0.isFinite }) { throw UVCError(name, "entries must be finite, got \(v)") }
         }
         try require(accumulatedSteps >= 0 && accumulatedSteps < Double(config.gatingInterval)
                     && accumulatedSteps == accumulatedSteps.rounded(), "state.accumulated_steps",
                     "expected an integer in [0, \(config.gatingInterval)), got \(accumulatedSteps)")
         try require(sampleFresh == 0 || sampleFresh == 1, "state.sample_fresh", "must be 0 or 1, got \(sampleFresh)")
-        for v in hints { try require(v == -1 || (v.isFinite && v >= 0), "state.hints", "entries must be >= 0 or -1, got \(v)") }
+        for at in stride(from: 0, to: hints.count, by: SelectionHint.encodedCount) {
+            // Int(rank) rather than `rounded()`: a libm call per row on baseline x86-64.
+            let (value, rank, spacing) = (hints[at], hints[at + 1], hints[at + 2])
+            if !(value == -1 || (value.isFinite && value >= 0)) || !(rank >= 0 && rank < 0x1p53 && Double(Int(rank)) == rank)
+                || !(spacing.isFinite && spacing >= 0) {
+                throw UVCError("state.hints", "row \(at / SelectionHint.encodedCount) is (\(value), \(rank), \(spacing)); "
+                               + "expected a score >= 0 or -1, an integer rank >= 0 and a finite spacing >= 0")
+            }
+        }
         try require(epoch.isFinite && epoch >= 0, "state.epoch", "expected a finite value >= 0, got \(epoch)")
         try require(searchSteps >= 0 && searchSteps == searchSteps.rounded() && searchSteps < 0x1p53,
                     "state.search_steps", "expected a non-negative integer, got \(searchSteps)")

@@ -59,7 +59,7 @@ extension Solver {
         var slopes = leastSums
         let present = committedTokens
         let uniform = [Double](repeating: 1, count: n)
-        var scratch = [Double](repeating: 0, count: n)
+        var scratch = [Double](repeating: 0, count: LeastSum.scratchCount(n))
         var unused = scratch
         uniform.withUnsafeBufferPointer { uniform in
             func row(_ b: Int) -> UnsafeBufferPointer<Double> {
@@ -78,7 +78,7 @@ extension Solver {
                 unused.withUnsafeMutableBufferPointer { unused in
                     for b in 0..<blocks {
                         let r = row(b)
-                        var hint = -1.0
+                        var hint = SelectionHint.none
                         // A row holds at least 2 tokens; one always stays.
                         let sum = LeastSum(r, count: min(state.tokenRemoval[b], Double(r.count - 1)), dual: 0, eta: 0,
                                            hint: &hint, scratch: scratch,
