@@ -21,7 +21,8 @@ public func uvcUsdcSeed(
 /// One step's partition of a batch of B = len(groups_out) samples and its gate noise. Shapes:
 /// words (4,) int64 (read and advanced), groups_out (B,) int64, sizes_out (G,) int64,
 /// noise_out (G, C) float64 for C gate columns (C may be 0). `grouping`: 0 halving (G = the bit
-/// length of B), 1 one group per sample (G = B), 2 one group (G = 1).
+/// length of B), 1 one group per sample (G = B), 2 one group (G = 1), 3 mixed (G = the bit length
+/// of ⌈B/2⌉ plus ⌊B/2⌋).
 @c(uvc_usdc_partition)
 public func uvcUsdcPartition(
     _ wordsData: UnsafeMutablePointer<Int64>, _ wordsShape: UnsafePointer<Int>, _ wordsDims: Int,
@@ -34,7 +35,7 @@ public func uvcUsdcPartition(
     cCall(message, capacity) { () throws(UVCError) in
         let kinds = GroupPartition.Grouping.allCases
         try require(kinds.contains { Double($0.rawValue) == grouping }, "grouping",
-                    "must be 0 (halving), 1 (sample) or 2 (batch), got \(grouping)")
+                    "must be 0 (halving), 1 (sample), 2 (batch) or 3 (mixed), got \(grouping)")
         let mode = GroupPartition.Grouping(rawValue: Int(grouping))!
         let words = OutArg("words", wordsData, wordsShape, wordsDims)
         try words.expect([4])

@@ -101,6 +101,25 @@ final class USDCPartitionTests: XCTestCase {
         XCTAssertEqual(rng, before)
     }
 
+    func testMixedPutsHalfTheBatchInHalvingGroupsAndTheRestAlone() {
+        var rng = Xoshiro256StarStar(seed: 12)
+        for batch in [1, 2, 3, 8, 9, 128, 255] {
+            let halved = batch - batch / 2, count = GroupPartition.Grouping.mixed.groupCount(batch: batch)
+            XCTAssertEqual(count, GroupPartition.groupCount(batch: halved) + batch / 2)
+            var groups = [Int64](repeating: -1, count: batch), sizes = [Int64](repeating: -1, count: count)
+            groups.withUnsafeMutableBufferPointer { g in
+                sizes.withUnsafeMutableBufferPointer { GroupPartition.sample(.mixed, groups: g, sizes: $0, rng: &rng) }
+            }
+            XCTAssertEqual(Array(sizes.prefix(GroupPartition.groupCount(batch: halved))), self.sizes(halved), "batch \(batch)")
+            XCTAssertEqual(Array(sizes.dropFirst(GroupPartition.groupCount(batch: halved))),
+                           [Int64](repeating: 1, count: batch / 2), "batch \(batch)")
+            for (k, size) in sizes.enumerated() {
+                XCTAssertEqual(Int64(groups.filter { $0 == Int64(k) }.count), size, "batch \(batch) group \(k)")
+            }
+            if batch >= 8 { XCTAssertNotEqual(groups, groups.sorted(), "shuffled") }
+        }
+    }
+
     func testLogisticNoiseHasMeanZeroAndVariancePiSquaredOverThree() {
         var rng = Xoshiro256StarStar(seed: 6)
         var noise = [Double](repeating: 0, count: 100_000)
@@ -142,7 +161,7 @@ final class USDCPartitionTests: XCTestCase {
                                         0, &message, 256), UVCError.Kind.value.rawValue)
         XCTAssertTrue(String(cString: message).hasPrefix("sizes_out:"))
         XCTAssertEqual(uvcUsdcPartition(&words, shape4, 1, &groups, [8], 1, &sizes, [4], 1, &noise, [4, 2], 2,
-                                        3, &message, 256), UVCError.Kind.value.rawValue)
+                                        4, &message, 256), UVCError.Kind.value.rawValue)
         XCTAssertTrue(String(cString: message).hasPrefix("grouping:"))
     }
 }

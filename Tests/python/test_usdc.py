@@ -53,6 +53,13 @@ def test_baseline_groupings_one_group_per_sample_or_per_batch():
         s.sample(5, 2, "random")
 
 
+def test_mixed_grouping_halves_half_the_batch_and_leaves_the_rest_alone():
+    p = usdc.GroupSampler(2).sample(16, 2, "mixed")
+    assert p.sizes.tolist() == [4, 2, 1, 1] + [1] * 8 and p.noise.shape == (12, 2)
+    assert np.bincount(p.groups, minlength=12).tolist() == p.sizes.tolist()
+    assert usdc.GroupSampler(2).sample(7, 0, "mixed").sizes.tolist() == [2, 1, 1] + [1] * 3
+
+
 def reference_gates(logits, groups, noise, tau, straight_through):
     """Plain numpy: pool by group mean, one decision per group, broadcast back."""
     pooled = np.stack([logits[groups == k].mean(0) if (groups == k).any() else np.zeros(logits.shape[1])

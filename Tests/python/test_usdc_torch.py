@@ -32,7 +32,7 @@ def images(n, seed=0):
     return torch.randn(n, 1, 16, 16, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("grouping", ["halving", "sample", "batch"])
+@pytest.mark.parametrize("grouping", ["halving", "sample", "batch", "mixed"])
 @pytest.mark.parametrize("straight_through", [True, False])
 def test_torch_group_gates_equal_the_swift_reference(grouping, straight_through):
     p = usdc.GroupSampler(7).sample(23, 6, grouping)

@@ -180,8 +180,10 @@ def _add_usdc_commands(sub) -> None:
     p.add_argument("--static", dest="static_search", type=_flag01, default=True,
                    help="1: search static keep probabilities of heads, neuron groups and block parts")
     p.add_argument("--dynamic", dest="dynamic_search", type=_flag01, default=True, help="1: search dynamic gates")
-    p.add_argument("--grouping", choices=("halving", "sample", "batch"), default="halving",
-                   help="how training batches are cut for the gates: USDC's halving groups, per sample, per batch")
+    p.add_argument("--grouping", choices=("halving", "sample", "batch", "mixed"), default="mixed",
+                   help="how training batches are cut for the gates: mixed (half the batch in halving groups, half "
+                        "per sample; the most batch-size-robust in the demo), USDC's halving groups, per sample, "
+                        "per batch")
     p.add_argument("--static-mode", dest="static_mode", choices=("sample", "softmax"), default="sample",
                    help="the forward pass multiplies by a straight-through keep sample, or by a0 as in the paper")
     p.add_argument("--arch-lr", dest="arch_lr", type=float, default=0.1, help="learning rate of the architecture logits")
@@ -289,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", action="store_true", help="also learn how many tokens each block keeps")
     p.add_argument("--config", help="JSON file of settings")
     p.add_argument("--usdc-methods", dest="methods", type=lambda t: tuple(t.split(",")),
-                   help="usdc: comma-separated rows to run, of uvc,dynamic,usdc,usdc_sample (default all)")
+                   help="usdc: comma-separated rows to run, of uvc,static,dynamic,usdc,usdc_sample,usdc_mixed "
+                        "(default all)")
     p.add_argument("--batch-sizes", dest="batch_sizes", type=int, nargs="+", help="usdc: inference batch sizes (1 8 256)")
     p.add_argument("--eval-subset", dest="eval_subset", type=int, help="usdc: test images to evaluate (default all)")
     p.add_argument("--gamma", type=float, help="usdc: weight of the resource loss (100)")

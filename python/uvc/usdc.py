@@ -33,7 +33,7 @@ __all__ = ["GroupSampler", "Partition", "group_sizes", "group_gates", "group_gat
 
 SAMPLER_FORMAT = "uvc.usdc_sampler/1"
 # In the core's order.
-GROUPINGS = ("halving", "sample", "batch")
+GROUPINGS = ("halving", "sample", "batch", "mixed")
 
 
 def _native_call(fn, *args):
@@ -111,12 +111,16 @@ class GroupSampler:
         """The partition of a batch of ``batch`` samples and the noise of ``columns`` gate
         columns per group (e.g. 2 × depth: the MHSA and MLP gate of every layer).
 
-        ``grouping``: ``"halving"`` (USDC's shuffled halving groups), or the baselines
-        ``"sample"`` (every sample its own group) and ``"batch"`` (one group)."""
+        ``grouping``: ``"halving"`` (USDC's shuffled halving groups), the baselines
+        ``"sample"`` (every sample its own group) and ``"batch"`` (one group), or ``"mixed"``:
+        halving groups for ⌈B/2⌉ samples and one group per sample for the rest, shuffled, so
+        that single-sample decisions (inference at batch 1) are as common in training as
+        pooled ones."""
         batch, columns = _int("batch", batch, 1), _int("columns", columns, 0)
         if grouping not in GROUPINGS:
             raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
-        count = {"halving": batch.bit_length(), "sample": batch, "batch": 1}[grouping]
+        count = {"halving": batch.bit_length(), "sample": batch, "batch": 1,
+                 "mixed": (batch - batch // 2).bit_length() + batch // 2}[grouping]
         groups, sizes = np.empty(batch, dtype=np.int64), np.empty(count, dtype=np.int64)
         noise = np.empty((count, columns), dtype=np.float64)
         _native_call(_native.usdc_partition, self.words, groups, sizes, noise, float(GROUPINGS.index(grouping)))

@@ -16,6 +16,10 @@ public enum GroupPartition {
         case sample = 1
         /// The whole batch one group: batch-level gates.
         case batch = 2
+        /// ⌈B/2⌉ samples in halving groups, the other ⌊B/2⌋ each its own group, shuffled: halving
+        /// puts half the batch in its largest group, so single-sample decisions (inference at
+        /// batch 1) are rare in training; this trains both regimes alike.
+        case mixed = 3
 
         /// Number of groups of a batch of `batch` ≥ 1 samples.
         public func groupCount(batch: Int) -> Int {
@@ -23,6 +27,7 @@ public enum GroupPartition {
             case .halving: GroupPartition.groupCount(batch: batch)
             case .sample: batch
             case .batch: 1
+            case .mixed: GroupPartition.groupCount(batch: batch - batch / 2) + batch / 2
             }
         }
     }
@@ -51,6 +56,13 @@ public enum GroupPartition {
     public static func sample(groups: UnsafeMutableBufferPointer<Int64>, sizes: UnsafeMutableBufferPointer<Int64>,
                               rng: inout Xoshiro256StarStar) {
         self.sizes(batch: groups.count, into: sizes)
+        shuffle(groups: groups, sizes: sizes, rng: &rng)
+    }
+
+    /// Lays the ids out group after group by `sizes` (which sum to `groups.count`), then
+    /// shuffles them (Fisher–Yates, B − 1 draws from `rng`).
+    static func shuffle(groups: UnsafeMutableBufferPointer<Int64>, sizes: UnsafeMutableBufferPointer<Int64>,
+                        rng: inout Xoshiro256StarStar) {
         var at = 0
         for (k, size) in sizes.enumerated() {
             for _ in 0..<Int(size) {
@@ -67,7 +79,8 @@ public enum GroupPartition {
     }
 
     /// Fills `groups` and `sizes` for `grouping`: `sample(groups:sizes:rng:)` for halving; ids
-    /// 0..<B (sample) or all 0 (batch) without drawing.
+    /// 0..<B (sample) or all 0 (batch) without drawing; for mixed, the halving sizes of ⌈B/2⌉
+    /// then ⌊B/2⌋ ones, shuffled.
     public static func sample(_ grouping: Grouping, groups: UnsafeMutableBufferPointer<Int64>,
                               sizes: UnsafeMutableBufferPointer<Int64>, rng: inout Xoshiro256StarStar) {
         precondition(sizes.count == grouping.groupCount(batch: groups.count))
@@ -80,6 +93,11 @@ public enum GroupPartition {
         case .batch:
             groups.update(repeating: 0)
             sizes[0] = Int64(groups.count)
+        case .mixed:
+            let halved = groups.count - groups.count / 2, halving = groupCount(batch: halved)
+            self.sizes(batch: halved, into: UnsafeMutableBufferPointer(rebasing: sizes[0..<halving]))
+            UnsafeMutableBufferPointer(rebasing: sizes[halving...]).update(repeating: 1)
+            shuffle(groups: groups, sizes: sizes, rng: &rng)
         }
     }
 

@@ -23,7 +23,10 @@ METHODS = {
     "dynamic": "dynamic only (group gates)",
     "usdc": "static + dynamic (group gates)",
     "usdc_sample": "static + dynamic, sample-level gates",
+    "usdc_mixed": "static + dynamic, mixed groups (half halving, half per sample)",
 }
+# How each dynamic method cuts its training batches (`uvc.usdc.GROUPINGS`).
+GROUPING = {"dynamic": "halving", "usdc": "halving", "usdc_sample": "sample", "usdc_mixed": "mixed"}
 
 
 def run_usdc_demo(*, target: float = 0.6, search_epochs: int = 2, finetune_epochs: int = 2, subset: int = 10000,
@@ -70,7 +73,7 @@ def run_usdc_demo(*, target: float = 0.6, search_epochs: int = 2, finetune_epoch
                          weight_decay=0.05, output_dir=str(run), **common)
         else:
             search(model="demo", num_epochs=search_epochs, learning_rate=5e-4, static=method != "dynamic",
-                   grouping="sample" if method == "usdc_sample" else "halving", static_target=static_target,
+                   grouping=GROUPING[method], static_target=static_target,
                    output_dir=str(run), **usdc, **gates, **common)
             finetune(model=str(run / "stage1_model"), teacher="demo", epochs=finetune_epochs, learning_rate=5e-4,
                      weight_decay=0.05, output_dir=str(run), **usdc, **common)

@@ -36,7 +36,7 @@ class DynamicViT(nn.Module):
     Counts, in eval mode, how often each part ran (`execution_rates`, `average_macs`)."""
 
     def __init__(self, spec: ViTSpec, plan: ArchPlan, gates: Sequence[dict], *, tau: float = 1.0,
-                 grouping: str = "halving", seed: int = 0, device=None, dtype=None, **slim_config) -> None:
+                 grouping: str = "mixed", seed: int = 0, device=None, dtype=None, **slim_config) -> None:
         super().__init__()
         if any(layer.tokens != spec.num_tokens for layer in plan.layers):
             raise ValueError("DynamicViT: the plan drops tokens; USDC gates blocks of dense-token plans only")
@@ -56,7 +56,7 @@ class DynamicViT(nn.Module):
 
     @classmethod
     def from_parts(cls, slim: SlimViT, gates: Sequence[GateNet], *, tau: float = 1.0,
-                   grouping: str = "halving") -> "DynamicViT":
+                   grouping: str = "mixed") -> "DynamicViT":
         """A DynamicViT holding copies of ``slim``'s and ``gates``' weights, on their device."""
         ref = slim.cls_token
         model = cls(slim.spec, slim.plan, [g.config() for g in gates], tau=tau, grouping=grouping,

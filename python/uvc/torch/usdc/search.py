@@ -115,8 +115,11 @@ class USDCSearch:
     are 0/1 with a kept part's skip weight a₁ read as 1.)
 
     Training: the batch is cut by ``grouping`` (`uvc.usdc.GROUPINGS`; ``"halving"`` is USDC's
-    group-level augmentation) and every group takes one straight-through decision per part at
-    temperature ``tau``. Eval: one decision per part for the whole batch (mean log-odds > 0).
+    group-level augmentation, ``"mixed"``, the default, applies it to half the batch and lets the
+    other half decide one sample at a time, which kept the accuracy within 0.18 points from batch
+    1 to 256 on three demo seeds where halving moved up to 0.39) and every group takes one
+    straight-through decision per part at temperature ``tau``. Eval: one decision per part for
+    the whole batch (mean log-odds > 0).
 
     ``target``: wanted F, the expected MACs over the dense MACs, gate networks included.
     ``static`` / ``dynamic``: search a / g (both: USDC; dynamic only: a = 1). Neurons are pruned
@@ -139,7 +142,7 @@ class USDCSearch:
     def __init__(self, model: nn.Module, target: float = 0.6, *, static: bool = True, dynamic: bool = True,
                  neuron_group_size: int = 8, gate_kinds: tuple[str, ...] = GATE_KINDS, gate_hidden: int = 16,
                  gate_kernel: int = 3, gate_init: float = 3.0, keep_init: float = 0.95, tau: float = 1.0,
-                 grouping: str = "halving", static_mode: str = "sample", gamma: float = 100.0,
+                 grouping: str = "mixed", static_mode: str = "sample", gamma: float = 100.0,
                  budget_mode: str = "penalty", dual_lr: float = 1.0, static_target: float | None = None,
                  static_tau: tuple[float, float] = (1.0, 0.05), anneal_steps: int | None = None,
                  convention: str = "uvc", seed: int = 0) -> None:
