@@ -126,29 +126,29 @@ extension Kernels {
                             into copy: UnsafeMutableBufferPointer<Double>) -> (ok: Bool, sum: Double) {
         precondition(copy.count == values.count)
         guard let p = values.baseAddress, let q = copy.baseAddress else { return (true, 0) }
-        // A NaN or an infinity makes the sum non-finite; negative values are caught by a mask
-        // (four lanes and bit operations: see `shrinkCollecting`).
+        // A NaN or an infinity makes the sum non-finite; a negative value sets the sign bit of
+        // the OR of all bit patterns (four lanes and bit operations: see `shrinkCollecting`).
         typealias Quad = SIMD4<Double>
-        var acc = Quad.zero, negative = SIMD4<UInt64>.zero
+        var acc = Quad.zero, signs = SIMD4<UInt64>.zero
         let n = values.count, whole = n - n % 4
         var i = 0
         while i < whole {
             let v = UnsafeRawPointer(p + i).loadUnaligned(as: Quad.self)
             UnsafeMutableRawPointer(q + i).storeBytes(of: v, as: Quad.self)
             acc += v
-            negative |= unsafeBitCast(v .< Quad.zero, to: SIMD4<UInt64>.self)
+            signs |= unsafeBitCast(v, to: SIMD4<UInt64>.self)
             i += 4
         }
-        let folded = negative.lowHalf | negative.highHalf
-        var total = acc.sum(), good = folded[0] | folded[1] == 0
+        let folded = signs.lowHalf | signs.highHalf
+        var total = acc.sum(), bits = folded[0] | folded[1]
         while i < n {
             copy[i] = values[i]
             total += values[i]
-            good = good && values[i] >= 0
+            bits |= values[i].bitPattern
             i += 1
         }
-        guard total.isFinite, good else {
-            // Also reached when finite scores sum past the largest double.
+        guard total.isFinite, bits >> 63 == 0 else {
+            // Also reached for −0 and when finite scores sum past the largest double.
             return (allFiniteNonNegative(values), total)
         }
         return (true, total)
