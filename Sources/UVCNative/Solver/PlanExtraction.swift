@@ -95,17 +95,19 @@ extension Solver {
         // Per layer, normalised scores sorted high to low: neurons, and value dims averaged
         // over the kept heads (rank i = the i-th best dim of each kept head).
         var neuronRanks: [[Double]] = [], dimRanks: [[Double]] = []
-        var scratch = [Double](repeating: 0, count: h)
+        var scratch = [Double](repeating: 0, count: h), keptHeadIndices = [Int](repeating: 0, count: h)
         for layer in 0..<l {
             let row = Array(scores.neurons[layer * m..<(layer + 1) * m]).sorted(by: >)
             let mean = row.reduce(0, +) / Double(m)
             neuronRanks.append(row.map { mean > 0 ? $0 / mean : 0 })
-            let keep = scratch.withUnsafeMutableBufferPointer {
-                keptMask(UnsafeBufferPointer(rebasing: scores.heads[layer * h..<(layer + 1) * h]),
-                         removing: Int(state.committed[layer]), scratch: $0)
+            let keptCount = scratch.withUnsafeMutableBufferPointer { sc in
+                keptHeadIndices.withUnsafeMutableBufferPointer {
+                    keptHeads(UnsafeBufferPointer(rebasing: scores.heads[layer * h..<(layer + 1) * h]),
+                              removing: Int(state.committed[layer]), into: $0, scratch: sc)
+                }
             }
             var ranks = [Double](repeating: 0, count: dv), total = 0.0, kept = 0
-            for head in 0..<h where keep[head] {
+            for head in keptHeadIndices[0..<keptCount] {
                 let dims = Array(scores.dims[(layer * h + head) * dv..<(layer * h + head + 1) * dv]).sorted(by: >)
                 for (i, v) in dims.enumerated() { ranks[i] += v }
                 total += dims.reduce(0, +)

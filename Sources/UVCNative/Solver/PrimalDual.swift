@@ -168,16 +168,6 @@ extension Solver {
         }
     }
 
-    /// Which of a layer's heads stay when the `removing` lowest-scoring ones go.
-    func keptMask(_ headScores: UnsafeBufferPointer<Double>, removing: Int,
-                  scratch: UnsafeMutableBufferPointer<Double>) -> [Bool] {
-        var mask = [Double](repeating: 1, count: headScores.count)
-        mask.withUnsafeMutableBufferPointer {
-            LowestGroups(headScores, count: removing, scratch: scratch).writeKeepMask(headScores, into: $0)
-        }
-        return mask.map { $0 == 1 }
-    }
-
     /// Projected, clipped gradient step on the removal counts, in units of the fraction of a
     /// layer's groups: g = dual · (normalised next-group score) − price · groups · ∂R/∂kept, each
     /// kind's vector scaled to ‖g‖∞ ≤ 1, then s ← clamp(s − lr · groups · g, 0, groups − 1).

@@ -1,13 +1,8 @@
 // Vectorised passes over score rows: the solver's hot path (a DeiT-Base step reads ~46 000
-// scores). Eight lanes at a time, no data-dependent branches except on rare events.
+// scores). Eight lanes at a time (four in the two kernels of the step's own passes, see
+// `shrinkCollecting`), no data-dependent branches except on rare events.
 
 typealias Lanes = SIMD8<Double>
-typealias Bits = SIMD8<UInt64>
-
-@inline(__always) func bits(_ v: Lanes) -> Bits { unsafeBitCast(v, to: Bits.self) }
-/// A comparison's lanes as all-ones or all-zeros words.
-@inline(__always) func bits(_ m: SIMDMask<SIMD8<Int64>>) -> Bits { unsafeBitCast(m, to: Bits.self) }
-@inline(__always) func lanes(_ b: Bits) -> Lanes { unsafeBitCast(b, to: Lanes.self) }
 
 enum Kernels {
     @inline(__always)
