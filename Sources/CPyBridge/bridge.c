@@ -42,6 +42,13 @@ static int acquire(const char *fn, PyObject *obj, const ArgSpec *spec, Py_buffer
         why = "must be C-contiguous (use numpy.ascontiguousarray)";
     } else if (spec->writable && view->readonly) {
         why = "must be writable";
+    } else {
+        /* The core multiplies the shape out in order: no partial product may overflow, even for 0 elements. */
+        Py_ssize_t count = 1;
+        for (int d = 0; d < view->ndim && !why; d++) {
+            if (view->shape[d] != 0 && count > PY_SSIZE_T_MAX / view->shape[d]) why = "has too many elements";
+            else count *= view->shape[d];
+        }
     }
     if (why) {
         PyErr_Format(type, "%s(): argument '%s' %s", fn, spec->name, why);

@@ -51,7 +51,16 @@ private struct SolverSetup {
     }
 }
 
-private func writeBack(_ solver: Solver, _ state: OutArg<Double>, _ words: OutArg<Int64>) {
+/// Writes the state back only if it passes the checks a state given to the core passes, so no
+/// sequence of accepted calls can reach a state the next call refuses; otherwise the caller's
+/// state stays as it was.
+private func writeBack(_ solver: Solver, _ state: OutArg<Double>, _ words: OutArg<Int64>) throws(UVCError) {
+    do throws(UVCError) {
+        try solver.state.validate(spec: solver.spec, config: solver.config)
+    } catch {
+        throw UVCError(error.argument, "this call would leave an invalid solver state (\(error.message)); "
+                       + "the state is unchanged (the inputs were accepted, so this is a bug: please report it)")
+    }
     solver.state.encode(into: state.buffer, words: words.buffer)
 }
 
@@ -105,7 +114,7 @@ public func uvcSolverInit(
         try macs.expect([2])
         let solver = try Solver(spec: setup.spec, convention: setup.convention, config: setup.config,
                                 seed: UInt64(bitPattern: seed.buffer[0]))
-        writeBack(solver, state, words)
+        try writeBack(solver, state, words)
         macs.buffer[0] = solver.denseMACs
         macs.buffer[1] = solver.smallestReachableMACs
     }
@@ -136,7 +145,7 @@ public func uvcSolverSampleGates(
         let gates = OutArg("gates_out", gatesData, gatesShape, gatesDims)
         try gates.expect([setup.spec.depth, 2])
         try solver.sampleGates(epoch: epoch, into: gates.buffer)
-        writeBack(solver, state, words)
+        try writeBack(solver, state, words)
     }
 }
 
@@ -191,7 +200,7 @@ public func uvcSolverStep(
         try solver.step(scores: scores, gateGradient: grad.shape == [0] ? nil : grad.buffer,
                         tokenScores: tokens.shape == [0] ? nil : tokens.buffer,
                         learningRate: learningRate, epoch: epoch, factors: factors, scoresCopy: last)
-        writeBack(solver, state, words)
+        try writeBack(solver, state, words)
     }
 }
 

@@ -154,6 +154,11 @@ final class GumbelTests: XCTestCase {
             XCTAssertEqual(GateSampler.softL0.probabilitySlope(logit: d, eps: eps), (p(d + 1e-6) - p(d - 1e-6)) / 2e-6,
                            accuracy: 1e-7)
         }
+        // At the 1e-300 floor of ε, q² underflows: the slope must stay finite, not 0/0.
+        for d in [1e-200, 1e-150, 1e-10, 1.0] {
+            let slope = GateSampler.softL0.probabilitySlope(logit: d, eps: 1e-300)
+            XCTAssertTrue(slope.isFinite && slope >= 0, "d = \(d): \(slope)")
+        }
         // Runs iff d² > ε, i.e. d > 0.5 here.
         XCTAssertFalse(GateSampler.softL0.decision(logit: 0.49, eps: eps))
         XCTAssertTrue(GateSampler.softL0.decision(logit: 0.51, eps: eps))

@@ -124,6 +124,35 @@ final class SolverSelectionTests: XCTestCase {
         }
     }
 
+    func testHintsStayFiniteWhenTheBandKeepsMissing() {
+        // A row whose scores collapse by 10^4 per step leaves every band behind: the spacing
+        // doubles each step and must stop at `maxSpacing` instead of reaching ∞ (issue 17).
+        var rng = Xoshiro256StarStar(seed: 21)
+        var s = scores(64, ties: false, &rng)
+        var hint = SelectionHint(value: 1, rank: 10, spacing: SelectionHint.maxSpacing)
+        for step in 0..<200 {
+            hint = checkLeastSum(s, count: 10.5, dual: 1, eta: 0.01, hint: hint, "step \(step)")
+            XCTAssertTrue(hint.spacing.isFinite && hint.spacing >= 0 && hint.spacing <= SelectionHint.maxSpacing,
+                          "step \(step): spacing \(hint.spacing)")
+            for i in s.indices { s[i] *= i % 2 == 0 ? 1e-4 : 1e4 }
+            if s.contains(where: { !$0.isFinite }) { s = scores(64, ties: false, &rng) }
+        }
+        XCTAssertEqual(SelectionHint.bounded(.infinity), SelectionHint.maxSpacing)
+        XCTAssertEqual(SelectionHint.bounded(.nan), 0)
+        XCTAssertEqual(SelectionHint.bounded(-1), 0)
+    }
+
+    func testAnInfiniteRawDualShrinksToZeroButNeverGivesNaN() {
+        // Scores in the denormals make the raw dual (dual over their mean) infinite.
+        let s = [3.0, 1.0, 2.0, 5.0]
+        var got = leastSum(s, count: 2, dual: .infinity, eta: 0.1, hint: .none)
+        XCTAssertEqual(got.factors, [1, 0, 0, 1], "the two lowest go to 0; the next one has weight 0")
+        got = leastSum(s, count: 1.5, dual: .infinity, eta: 0, hint: .none)
+        XCTAssertEqual(got.factors, [1, 1, 1, 1], "eta = 0 shrinks nothing")
+        got = leastSum(s, count: 1.5, dual: .infinity, eta: 0.1, hint: .none)
+        XCTAssertEqual(got.factors, [1, 0, 0, 1])
+    }
+
     func testDriftingRowsTakeTheBandAndStayExact() {
         // The solver's case: a row whose scores drift a little and whose count moves, step after
         // step. After the first selection every one should come from the band around the last.

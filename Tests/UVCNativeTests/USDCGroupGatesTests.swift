@@ -132,4 +132,15 @@ final class USDCGroupGatesTests: XCTestCase {
             }
         }
     }
+
+    func testMoreGroupsThanSamplesIsRefusedBeforeAnyAllocation() throws {
+        // One noise row per group, at most one group per sample: a huge row count of empty
+        // noise must be an error, not an allocation of that many counters.
+        let groups: [Int64] = [0, 0, 1]
+        try groups.withUnsafeBufferPointer { g in
+            XCTAssertThrowsError(try GroupGates(groups: g, groupCount: 1 << 40, columns: 0))
+            XCTAssertThrowsError(try GroupGates(groups: g, groupCount: 4, columns: 2))
+            XCTAssertNoThrow(try GroupGates(groups: g, groupCount: 3, columns: 2))
+        }
+    }
 }

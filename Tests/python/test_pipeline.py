@@ -54,13 +54,22 @@ def test_stage1_export_reload_stage2(tmp_path, tiny_checkpoint):
     np.testing.assert_allclose(got, final(x).detach().numpy(), atol=1e-4)
 
 
+def _log(run):
+    """The stage-1 log lines of ``run`` without their wall times."""
+    lines = (run / "stage1" / "log.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+
 @pytest.mark.parametrize("tokens", [False, True])
 def test_resume_equals_uninterrupted(tmp_path, tiny_checkpoint, tokens):
     full = tmp_path / "full"
     part = tmp_path / "part"
     compress(**settings(full, tiny_checkpoint, num_epochs=2, prune_tokens=tokens))
-    stopped = compress(**settings(part, tiny_checkpoint, num_epochs=2, stop_after=7, prune_tokens=tokens))
-    assert stopped == {"stopped_at_step": 7}
+    # 6 steps per epoch: killed on the last step of epoch 1, then in the middle of epoch 2.
+    assert compress(**settings(part, tiny_checkpoint, num_epochs=2, stop_after=6, prune_tokens=tokens)) \
+        == {"stopped_at_step": 6}
+    assert compress(**settings(part, tiny_checkpoint, num_epochs=2, stop_after=3, resume=True, prune_tokens=tokens)) \
+        == {"stopped_at_step": 9}
     compress(**settings(part, tiny_checkpoint, num_epochs=2, resume=True, prune_tokens=tokens))
     a = torch.load(full / "stage1" / "checkpoint.pt", weights_only=False)
     b = torch.load(part / "stage1" / "checkpoint.pt", weights_only=False)
@@ -68,8 +77,23 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_checkpoint, tokens):
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert (full / "plan.json").read_text() == (part / "plan.json").read_text()
+    # Loss and train accuracy of the resumed epoch cover the steps before the kill too.
+    assert len(_log(full)) == 2 and _log(part) == _log(full)
     tokens_kept = [layer["tokens"] for layer in json.loads((full / "plan.json").read_text())["layers"]]
     assert (tokens_kept[-1] < tokens_kept[0]) == tokens, "the run with tokens on drops some, the other none"
+
+
+def test_budget_miss_is_said(tmp_path, tiny_checkpoint, capsys):
+    from uvc.torch import BudgetMissWarning
+    # Two steps, both in the warm-up: nothing is pruned.
+    with pytest.warns(BudgetMissWarning, match=r"uvc compress: the exported model keeps .* above the budget 50.00%"):
+        s1 = compress(**settings(tmp_path, tiny_checkpoint, num_epochs=1, subset=128, eval_subset=64))
+    assert s1["budget_met"] is False and s1["budget_ratio"] == 0.5 and s1["plan_ratio"] > 0.505
+    assert s1["plan_ratio"] == pytest.approx(s1["ratio"])
+    saved = json.loads((tmp_path / "summary_stage1.json").read_text())
+    assert {k: saved[k] for k in ("budget_met", "plan_ratio", "budget_ratio")} == \
+        {k: s1[k] for k in ("budget_met", "plan_ratio", "budget_ratio")}
+    assert "WARNING: uvc compress" in capsys.readouterr().err
 
 
 def test_cli_axis_flags_reach_the_solver(tmp_path):

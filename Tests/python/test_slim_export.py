@@ -160,17 +160,17 @@ def test_export_errors(slim, timm_model, tmp_path):
     arch, weights = tmp_path / "m" / "arch.json", tmp_path / "m" / "model.safetensors"
     good_arch, good_weights = arch.read_text(), weights.read_bytes()
     arch.write_text(good_arch[:40])
-    with pytest.raises(ValueError, match=f"{arch} is not valid JSON"):
+    with pytest.raises(ValueError, match=f"arch.json at {arch} is truncated or not JSON"):
         load(tmp_path / "m")
     arch.write_text(json.dumps({"format": "something/else"}))
-    with pytest.raises(ValueError, match=f"{arch} is not a 'uvc.slim/1'"):
+    with pytest.raises(ValueError, match=f"{arch} has format 'something/else', expected format 'uvc.slim/1'"):
         load(tmp_path / "m")
     arch.write_text(json.dumps({**json.loads(good_arch), "plan": {"format": "uvc.plan/1"}}))
     with pytest.raises(ValueError, match=f"{arch} is malformed"):
         load(tmp_path / "m")
     arch.write_text(good_arch)
     weights.write_bytes(good_weights[:100])
-    with pytest.raises(ValueError, match=f"{weights} is not a readable safetensors file"):
+    with pytest.raises(ValueError, match=f"model.safetensors at {weights} is truncated or not a safetensors file"):
         load(tmp_path / "m")
     # Weights of another plan: names or shapes differ.
     other = SlimViT.from_timm(timm_model, uvc.ArchPlan.dense(slim.spec))

@@ -30,6 +30,7 @@ def test_search_export_reload_finetune_evaluate(tmp_path, tiny_checkpoint):
     records = [json.loads(line) for line in (tmp_path / "stage1" / "log.jsonl").read_text().splitlines()]
     assert len(records) == 2 and records[-1]["expected_ratio"] == pytest.approx(0.6, abs=0.1)
     assert len(s1["gate_choice"]) == 3 and len(s1["kept_heads"]) == 3
+    assert s1["budget_ratio"] == 0.6 and s1["budget_met"] == (s1["plan_ratio"] <= 0.6 * 1.01)
     model = load(tmp_path / "stage1_model")
     assert isinstance(model, DynamicViT)
     arch = json.loads((tmp_path / "plan.json").read_text())
@@ -40,6 +41,7 @@ def test_search_export_reload_finetune_evaluate(tmp_path, tiny_checkpoint):
     res = evaluate_batch_sizes(final, (1, 8, 128), eval_subset=128, seed=3)
     # Stage 2 evaluated the 128 images as one batch too.
     assert res[128]["acc"] == pytest.approx(s2["acc"])
+    assert s2["plan_ratio"] == pytest.approx(res[128]["ratio"]) and s2["budget_met"] == (s2["ratio"] <= 0.6 * 1.01)
     for b in (1, 8, 128):
         assert 0 <= res[b]["acc"] <= 100 and 0 < res[b]["ratio"] <= 1.05
         rates = np.array(res[b]["rates"], dtype=float)

@@ -21,8 +21,14 @@ def _spec_and_plan(model: str, plan_path: str | None) -> tuple[ViTSpec, ArchPlan
         spec = ViTSpec.from_name(model)
         plan = None
     elif path.is_dir() and (path / "arch.json").exists():
-        arch = json.loads((path / "arch.json").read_text())
-        plan = ArchPlan.from_dict(arch["plan"])
+        arch_path = path / "arch.json"
+        try:
+            plan = ArchPlan.from_dict(json.loads(arch_path.read_text())["plan"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SystemExit(f"uvc flops: arch.json at {arch_path} is truncated or not JSON: {e}") from None
+        except (KeyError, TypeError, ValueError) as e:
+            what = f"it lacks key {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+            raise SystemExit(f"uvc flops: arch.json at {arch_path} does not hold a valid plan: {what}") from None
         spec = plan.spec
     elif path.is_file():
         plan = ArchPlan.load(path)

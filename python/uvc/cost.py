@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import numbers
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +33,8 @@ __all__ = ["Convention", "CONVENTIONS", "CostReport", "count", "expected_cost", 
 LAYER_COMPONENTS = ("qkv", "attn_qk", "attn_av", "proj", "fc1", "fc2", "norm1", "norm2", "softmax", "gelu", "bias",
                     "fuse")
 GLOBAL_COMPONENTS = ("patch_embed", "final_norm", "head")
+# The core's upper bound on every size of a spec (ViTSpec.swift).
+MAX_SIZE = 1 << 20
 RELAXED_FIELDS = ("heads", "v_dim", "neurons", "attn_gate", "mlp_gate", "tokens")
 
 
@@ -48,6 +52,24 @@ class Convention:
     gelu: bool = False
     bias: bool = False
     head: bool = False
+
+    def __post_init__(self) -> None:
+        ln = self.layer_norm
+        if isinstance(ln, bool) or not isinstance(ln, numbers.Real):
+            raise TypeError(f"Convention: layer_norm must be a number, got {type(ln).__name__}")
+        try:
+            ln = float(ln)
+        except OverflowError:
+            raise ValueError(f"Convention: layer_norm must be a finite number >= 0, got {ln}") from None
+        if not (math.isfinite(ln) and ln >= 0):
+            raise ValueError(f"Convention: layer_norm must be a finite number >= 0, got {ln}")
+        object.__setattr__(self, "layer_norm", ln)
+        for field in ("softmax", "gelu", "bias", "head"):
+            value = getattr(self, field)
+            if not isinstance(value, (bool, np.bool_)) and not (isinstance(value, numbers.Integral)
+                                                                 and value in (0, 1)):
+                raise TypeError(f"Convention: {field} must be a bool, got {type(value).__name__}")
+            object.__setattr__(self, field, bool(value))
 
     @functools.cached_property
     def encoded(self) -> np.ndarray:
@@ -107,6 +129,7 @@ class CostReport:
 def count(spec: "ViTSpec", plan: "ArchPlan | None" = None, convention: "str | Convention" = "uvc") -> CostReport:
     """Exact MACs of ``plan`` (the dense model when None) under ``convention``."""
     from .plan import ArchPlan
+    _check_spec_arg("count", spec)
     conv = as_convention(convention)
     if plan is None:
         plan = ArchPlan.dense(spec)
@@ -121,13 +144,31 @@ def _count_counts(spec: "ViTSpec", counts: np.ndarray, conv: Convention) -> Cost
     layers = np.empty((spec.depth, len(LAYER_COMPONENTS)), dtype=np.float64)
     glob = np.empty(len(GLOBAL_COMPONENTS), dtype=np.float64)
     total = _native.cost_exact(spec.encoded, conv.encoded, counts, layers, glob)
+    if not math.isfinite(total):
+        raise ValueError(f"count: the total MACs overflow float64 (got {total}) under convention {conv}")
     return CostReport(spec, conv, layers, glob, int(round(total)))
+
+
+def _check_spec_arg(fn: str, spec: object) -> None:
+    from .spec import ViTSpec
+    if not isinstance(spec, ViTSpec):
+        raise TypeError(f"{fn}: spec must be a ViTSpec, got {type(spec).__name__}")
 
 
 def check_spec(spec: "ViTSpec") -> None:
     """Raises ValueError unless the core accepts ``spec`` (used by `ViTSpec` itself)."""
-    counts = np.tile(np.array([spec.num_heads, spec.v_head_dim, spec.mlp_hidden, 1, 1, spec.num_tokens],
-                              dtype=np.int64), (max(spec.depth, 0), 1))
+    # The core's bound; checked here before the per-layer counts are allocated.
+    if not 1 <= spec.depth <= MAX_SIZE:
+        raise ValueError(f"ViTSpec: spec.depth: must be {'at least 1' if spec.depth < 1 else f'at most {MAX_SIZE}'}, "
+                         f"got {spec.depth}")
+    if min(spec.image_size) < 1:
+        raise ValueError(f"ViTSpec: spec.image_size: must be at least 1 pixel each way, got {spec.image_size}")
+    try:
+        row = np.array([spec.num_heads, spec.v_head_dim, spec.mlp_hidden, 1, 1, spec.num_tokens], dtype=np.int64)
+    except OverflowError:  # a derived size: num_tokens = patches + prefix tokens
+        raise ValueError(f"ViTSpec: spec.num_tokens: {spec.num_tokens} tokens (patches plus prefix tokens) "
+                         "do not fit in int64") from None
+    counts = np.tile(row, (spec.depth, 1))
     try:
         _count_counts(spec, counts, CONVENTIONS["uvc"])
     except ValueError as e:
@@ -159,8 +200,9 @@ def expected_cost(spec: "ViTSpec", x: np.ndarray, out: np.ndarray | None = None,
     This is the hot path of the solver: no checks happen in Python, the core checks
     dtype, shape, contiguity and ranges.
     """
-    if out is None:
-        out = np.empty_like(x, dtype=np.float64) if isinstance(x, np.ndarray) else np.empty(0)
+    _check_spec_arg("expected_cost", spec)
+    if out is None:  # the core checks x's shape: never allocate after a (maybe huge) wrong one
+        out = np.empty((len(RELAXED_FIELDS), spec.depth), dtype=np.float64)
     conv = convention if isinstance(convention, Convention) else as_convention(convention)
     return _native.cost_expected(spec.encoded, conv.encoded, x, out)
 
@@ -169,6 +211,7 @@ def relaxed_inputs(spec: "ViTSpec", *, heads=None, v_dim=None, neurons=None, att
                    mlp_gate=None, tokens=None) -> np.ndarray:
     """Builds the (6, depth) input of `expected_cost`; fields left out are dense
     (everything kept, gates 1). Each given field is a scalar or a length-depth sequence."""
+    _check_spec_arg("relaxed_inputs", spec)
     x = np.empty((len(RELAXED_FIELDS), spec.depth), dtype=np.float64)
     dense = (spec.num_heads, spec.v_head_dim, spec.mlp_hidden, 1.0, 1.0, spec.num_tokens)
     given = (heads, v_dim, neurons, attn_gate, mlp_gate, tokens)
@@ -176,7 +219,10 @@ def relaxed_inputs(spec: "ViTSpec", *, heads=None, v_dim=None, neurons=None, att
         if value is None:
             x[row] = default
             continue
-        v = np.asarray(value, dtype=np.float64)
+        try:
+            v = np.asarray(value, dtype=np.float64)
+        except OverflowError:
+            raise ValueError(f"relaxed_inputs: {name} must be finite float64 values, got one too large") from None
         if v.ndim > 1 or (v.ndim == 1 and v.shape[0] != spec.depth):
             raise ValueError(f"relaxed_inputs: {name} must be a scalar or have length {spec.depth}, got shape {v.shape}")
         x[row] = v
@@ -188,6 +234,7 @@ def relaxed_cost(spec: "ViTSpec", convention: "str | Convention" = "uvc", **fiel
 
     Returns ``(macs, {field: d(macs)/d(field) array of length depth})``.
     """
+    _check_spec_arg("relaxed_cost", spec)
     x = relaxed_inputs(spec, **fields)
     grad = np.empty_like(x)
     macs = expected_cost(spec, x, grad, convention)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 from typing import Iterable, Sequence
 
@@ -13,6 +15,7 @@ from .spec import ViTSpec
 __all__ = ["LayerPlan", "ArchPlan", "random_plan", "PLAN_FORMAT"]
 
 PLAN_FORMAT = "uvc.plan/1"
+_LAYER_KEYS = ("heads", "v_index", "neurons", "tokens")
 
 
 def _index_tuple(values: Iterable[int], what: str, upper: int) -> tuple[int, ...]:
@@ -85,6 +88,11 @@ class ArchPlan:
                                  "different heads; every head of a layer keeps the same number")
             for h, v in enumerate(layer.v_index):
                 _index_tuple(v, f"ArchPlan: layers[{i}].v_index[{h}]", spec.v_head_dim)
+            if isinstance(layer.tokens, bool) or not isinstance(layer.tokens, numbers.Integral):
+                raise TypeError(f"ArchPlan: layers[{i}].tokens must be an int, got {type(layer.tokens).__name__}")
+            if not 0 <= layer.tokens <= spec.num_tokens:
+                raise ValueError(f"ArchPlan: layers[{i}].tokens must lie in 0..{spec.num_tokens} "
+                                 f"(spec.num_tokens), got {layer.tokens}")
         # Counts, ranges and token order are checked by the core.
         from . import cost
         cost.check_plan(self)
@@ -92,6 +100,8 @@ class ArchPlan:
     @classmethod
     def dense(cls, spec: ViTSpec) -> "ArchPlan":
         """Everything kept."""
+        if not isinstance(spec, ViTSpec):
+            raise TypeError(f"ArchPlan.dense: spec must be a ViTSpec, got {type(spec).__name__}")
         v = tuple(range(spec.v_head_dim))
         layer = LayerPlan(heads=tuple(range(spec.num_heads)), v_index=(v,) * spec.num_heads,
                           neurons=tuple(range(spec.mlp_hidden)), tokens=spec.num_tokens)
@@ -109,16 +119,40 @@ class ArchPlan:
     @classmethod
     def from_dict(cls, d: dict, spec: ViTSpec | None = None) -> "ArchPlan":
         if not isinstance(d, dict) or d.get("format") != PLAN_FORMAT:
-            raise ValueError(f"ArchPlan.from_dict: expected a dict with format {PLAN_FORMAT!r}")
+            got = f"format {d.get('format')!r}" if isinstance(d, dict) else f"a {type(d).__name__}"
+            raise ValueError(f"ArchPlan.from_dict: expected a dict with format {PLAN_FORMAT!r}, got {got}")
+        for key in ("layers",) + (("spec",) if spec is None else ()):
+            if key not in d:
+                raise ValueError(f"ArchPlan.from_dict: missing key {key!r}; expected keys "
+                                 "['format', 'spec', 'layers']")
         spec = spec if spec is not None else ViTSpec.from_dict(d["spec"])
+        if not isinstance(d["layers"], list):
+            raise TypeError(f"ArchPlan.from_dict: layers must be a list, got {type(d['layers']).__name__}")
         layers = []
         for i, l in enumerate(d["layers"]):
-            try:
-                layers.append(LayerPlan(heads=tuple(l["heads"]), v_index=tuple(tuple(v) for v in l["v_index"]),
-                                        neurons=tuple(l["neurons"]), tokens=int(l["tokens"]),
-                                        attn=bool(l.get("attn", True)), mlp=bool(l.get("mlp", True))))
-            except KeyError as e:
-                raise ValueError(f"ArchPlan.from_dict: layers[{i}] lacks key {e.args[0]!r}") from None
+            if not isinstance(l, dict):
+                raise TypeError(f"ArchPlan.from_dict: layers[{i}] must be a dict, got {type(l).__name__}")
+            missing = [k for k in _LAYER_KEYS if k not in l]
+            if missing:
+                raise ValueError(f"ArchPlan.from_dict: layers[{i}] lacks keys {missing}; "
+                                 f"expected keys {list(_LAYER_KEYS)} (and optional 'attn', 'mlp')")
+            for key in ("heads", "v_index", "neurons"):
+                if not isinstance(l[key], (list, tuple)) or (
+                        key == "v_index" and not all(isinstance(v, (list, tuple)) for v in l[key])):
+                    raise TypeError(f"ArchPlan.from_dict: layers[{i}].{key} must be a list"
+                                    f"{' of lists' if key == 'v_index' else ''}, got {l[key]!r:.80}")
+            tokens = l["tokens"]
+            if isinstance(tokens, bool) or not isinstance(tokens, numbers.Integral):
+                raise TypeError(f"ArchPlan.from_dict: layers[{i}].tokens must be an int, got {type(tokens).__name__}")
+            for key in ("attn", "mlp"):
+                flag = l.get(key, True)
+                if not isinstance(flag, (bool, np.bool_)) and not (isinstance(flag, numbers.Integral)
+                                                                  and flag in (0, 1)):
+                    raise TypeError(f"ArchPlan.from_dict: layers[{i}].{key} must be a bool, "
+                                    f"got {type(l[key]).__name__}")
+            layers.append(LayerPlan(heads=tuple(l["heads"]), v_index=tuple(tuple(v) for v in l["v_index"]),
+                                    neurons=tuple(l["neurons"]), tokens=int(tokens),
+                                    attn=bool(l.get("attn", True)), mlp=bool(l.get("mlp", True))))
         return cls(spec, tuple(layers))
 
     def save(self, path: str | os.PathLike) -> None:
@@ -130,8 +164,24 @@ class ArchPlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ArchPlan":
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        """Reads a plan written by `save`. Raises FileNotFoundError, or ValueError naming the
+        file and what is wrong with it."""
+        name = f"{os.path.basename(os.fspath(path))} at {os.fspath(path)}"
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{name} is truncated or not JSON: {e}") from None
+        if isinstance(d, dict) and d.get("format") == PLAN_FORMAT:
+            for key in ("spec", "layers"):
+                if key not in d:
+                    raise ValueError(f"{name} is not a plan: it lacks key {key!r}")
+        try:
+            return cls.from_dict(d)
+        except KeyError as e:
+            raise ValueError(f"{name} is not a plan: it lacks key {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name} is not a valid plan: {e}") from None
 
 
 def random_plan(spec: ViTSpec, rng: np.random.Generator, *, skip_prob: float = 0.15,
@@ -139,10 +189,13 @@ def random_plan(spec: ViTSpec, rng: np.random.Generator, *, skip_prob: float = 0
     """A random valid plan (for tests and benchmarks): random kept heads, value dims,
     neurons, skipped block parts and, if ``tokens``, a valid token schedule in which each
     block whose MHSA runs drops tokens with probability ``drop_prob`` (when it can)."""
+    if not isinstance(spec, ViTSpec):
+        raise TypeError(f"random_plan: spec must be a ViTSpec, got {type(spec).__name__}")
     if not isinstance(rng, np.random.Generator):
-        raise TypeError("random_plan: rng must be a numpy.random.Generator")
-    if not 0.0 <= drop_prob <= 1.0:
-        raise ValueError(f"random_plan: drop_prob must lie in [0, 1], got {drop_prob!r}")
+        raise TypeError(f"random_plan: rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    skip_prob, drop_prob = _probability("skip_prob", skip_prob), _probability("drop_prob", drop_prob)
+    if not isinstance(tokens, (bool, np.bool_)):
+        raise TypeError(f"random_plan: tokens must be a bool, got {type(tokens).__name__}")
     layers = []
     n_tok = spec.num_tokens
     for i in range(spec.depth):
@@ -157,7 +210,20 @@ def random_plan(spec: ViTSpec, rng: np.random.Generator, *, skip_prob: float = 0
         layers.append(LayerPlan(heads=heads if attn else (), v_index=v_index if attn else (),
                                 neurons=neurons if mlp else (), tokens=n_tok, attn=attn, mlp=mlp))
         # A drop keeps the prefix, at least one patch and the fused token: needs prefix + 3 in.
-        can_drop = attn and i + 1 < spec.depth and n_tok >= spec.prefix_tokens + 3
+        # The core ranks the tokens to drop by the class token's attention: no prefix, no drop.
+        can_drop = attn and i + 1 < spec.depth and spec.prefix_tokens >= 1 and n_tok >= spec.prefix_tokens + 3
         if tokens and can_drop and rng.random() < drop_prob:
             n_tok = int(rng.integers(spec.prefix_tokens + 2, n_tok))
     return ArchPlan(spec, tuple(layers))
+
+
+def _probability(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"random_plan: {name} must be a number, got {type(value).__name__}")
+    try:
+        p = float(value)
+    except (OverflowError, ValueError):
+        p = math.nan
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"random_plan: {name} must lie in [0, 1], got {value!r}")
+    return p

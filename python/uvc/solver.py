@@ -107,7 +107,26 @@ class StepResult:
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"Solver: {name} must be a number, got {type(value).__name__}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        got = f"an int of {int(value).bit_length()} bits" if isinstance(value, numbers.Integral) else "one too large"
+        raise ValueError(f"Solver: {name} must be a number that fits in a float64, got {got}") from None
+
+
+def _require_keys(fn: str, d: dict, keys: tuple[str, ...], what: str = "") -> None:
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise ValueError(f"{fn}: {what}missing keys {missing}; expected keys {list(keys)}")
+
+
+def _dict_field(fn: str, d: dict, key: str) -> dict:
+    if not isinstance(d[key], dict):
+        raise TypeError(f"{fn}: {key} must be a dict, got {type(d[key]).__name__}")
+    return d[key]
+
+
+_STATE_DICT_KEYS = ("format", "spec", "convention", "hyper", "state", "rng", "last_scores")
 
 
 def _hyper(spec: ViTSpec, budget: Any, budget_macs: Any, convention: Convention, seed: Any,
@@ -357,6 +376,8 @@ class Solver:
         the budget."""
         if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral):
             raise TypeError(f"Solver.plan: round_to must be an int, got {type(round_to).__name__}")
+        if not 1 <= round_to <= 2**20:
+            raise ValueError(f"Solver.plan: round_to must be an int in [1, 2**20], got {round_to}")
         counts = np.empty((self.spec.depth, 6), dtype=np.int64)
         heads, dims, neurons = (np.empty_like(a) for a in self._last)
         _native.solver_plan(*self._fixed, self._state, self._words, *self._last, counts, heads, dims, neurons,
@@ -404,8 +425,8 @@ class Solver:
     def load_state_dict(self, d: dict) -> None:
         """Restores a `state_dict` (lists or numpy arrays) bit for bit, hyper-parameters and
         convention included; the spec must be this solver's. On error nothing changes."""
-        if not isinstance(d, dict) or d.get("format") != SOLVER_FORMAT:
-            raise ValueError(f"Solver.load_state_dict: expected a dict with format {SOLVER_FORMAT!r}")
+        fn = "Solver.load_state_dict"
+        _check_state_dict(fn, d)
         if ViTSpec.from_dict(d["spec"]) != self.spec:
             raise ValueError("Solver.load_state_dict: the state was saved for a different spec")
         hyper = dict(d["hyper"])
@@ -413,23 +434,62 @@ class Solver:
         conv = Convention(**d["convention"])
         hyper, _ = _hyper(self.spec, budget, None, conv, 0, hyper)
         arrays = _Arrays(self.spec, hyper, conv)
+        state = d["state"]
+        _require_keys(fn, state, _STATE_FIELDS, "state: ")
         for name, view in arrays.fields().items():
-            values = np.asarray(d["state"][name], dtype=np.float64).reshape(-1)
+            values = _float_array(fn, f"state field {name!r}", state[name]).reshape(-1)
             if values.size != view.size:
                 raise ValueError(f"Solver.load_state_dict: state field {name!r} has {values.size} values, "
                                  f"expected {view.size}")
             view[...] = values
-        arrays.words[:] = np.asarray(d["rng"], dtype=np.int64).reshape(4)
-        for dst, src in zip(arrays.last, d["last_scores"]):
-            dst[...] = np.asarray(src, dtype=np.float64).reshape(dst.shape)
+        rng = d["rng"]
+        if (isinstance(rng, (str, bytes)) or not isinstance(rng, (list, tuple, np.ndarray)) or len(rng) != 4
+                or any(isinstance(w, bool) or not isinstance(w, numbers.Integral) or not -2**63 <= w < 2**63
+                       for w in rng)):
+            raise ValueError(f"Solver.load_state_dict: rng must be 4 ints in int64, got {rng!r:.120}")
+        arrays.words[:] = np.asarray(rng, dtype=np.int64).reshape(4)
+        last = d["last_scores"]
+        if isinstance(last, (str, bytes, dict)) or not isinstance(last, (list, tuple)) or len(last) != len(arrays.last):
+            raise ValueError(f"Solver.load_state_dict: last_scores must be a list of {len(arrays.last)} arrays "
+                             "(heads, dims, neurons)")
+        for i, (dst, src) in enumerate(zip(arrays.last, last)):
+            values = _float_array(fn, f"last_scores[{i}]", src)
+            if values.size != dst.size:
+                raise ValueError(f"Solver.load_state_dict: last_scores[{i}] has {values.size} values, "
+                                 f"expected shape {dst.shape}")
+            dst[...] = values.reshape(dst.shape)
         self._adopt(arrays)
 
     @classmethod
     def from_state_dict(cls, d: dict) -> "Solver":
         """A solver rebuilt from a `state_dict` alone."""
+        _check_state_dict("Solver.from_state_dict", d)
         spec = ViTSpec.from_dict(d["spec"])
         hyper = dict(d["hyper"])
         budget = hyper.pop("budget")
         solver = cls(spec, budget, convention=Convention(**d["convention"]), **hyper)
         solver.load_state_dict(d)
         return solver
+
+
+def _check_state_dict(fn: str, d: Any) -> None:
+    """The keys and container types of a `Solver.state_dict` (the values are checked where read)."""
+    if not isinstance(d, dict) or d.get("format") != SOLVER_FORMAT:
+        got = f"format {d.get('format')!r}" if isinstance(d, dict) else f"a {type(d).__name__}"
+        raise ValueError(f"{fn}: expected a dict with format {SOLVER_FORMAT!r}, got {got}")
+    _require_keys(fn, d, _STATE_DICT_KEYS)
+    for key in ("spec", "convention", "hyper", "state"):
+        _dict_field(fn, d, key)
+    if "budget" not in d["hyper"]:
+        raise ValueError(f"{fn}: hyper: missing key 'budget'; expected keys {['budget', *sorted(DEFAULTS)]}")
+
+
+def _float_array(fn: str, what: str, value: Any) -> np.ndarray:
+    """``value`` (nested lists or an array of numbers) as float64."""
+    if isinstance(value, (str, bytes, dict)):
+        raise TypeError(f"{fn}: {what} must be numbers, got {type(value).__name__}")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except OverflowError:
+        raise ValueError(f"{fn}: {what} holds a number too large for float64") from None
+    return arr

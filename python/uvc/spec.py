@@ -9,6 +9,8 @@ import numpy as np
 
 __all__ = ["ViTSpec", "spec_names"]
 
+_INT64_MIN, _INT64_MAX = -2**63, 2**63 - 1
+
 
 @dataclasses.dataclass(frozen=True)
 class ViTSpec:
@@ -35,15 +37,33 @@ class ViTSpec:
 
     def __post_init__(self) -> None:
         size = self.image_size
-        if isinstance(size, (int, np.integer)):
-            size = (int(size), int(size))
+        if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+            size = (size, size)
+        if (isinstance(size, (str, bytes)) or not isinstance(size, (tuple, list)) or len(size) != 2
+                or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in size)):
+            got = f"{size!r}" if isinstance(size, (tuple, list)) and len(size) <= 4 else type(size).__name__
+            raise (ValueError if isinstance(size, (tuple, list)) else TypeError)(
+                f"ViTSpec: image_size must be an int or a pair of ints (height, width), got {got}")
         object.__setattr__(self, "image_size", tuple(int(s) for s in size))
         for field in ("depth", "embed_dim", "num_heads", "mlp_hidden", "patch_size", "in_channels",
-                      "prefix_tokens", "num_classes", "classifier_heads"):
+                      "prefix_tokens", "num_classes", "classifier_heads", "qk_head_dim", "v_head_dim"):
             value = getattr(self, field)
+            if value is None and field in ("qk_head_dim", "v_head_dim"):
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise TypeError(f"ViTSpec: {field} must be an int, got {type(value).__name__}")
             object.__setattr__(self, field, int(value))
+        for field in ("depth", "embed_dim", "num_heads", "mlp_hidden", "patch_size", "in_channels",
+                      "prefix_tokens", "num_classes", "classifier_heads", "qk_head_dim", "v_head_dim",
+                      "image_size"):
+            for value in (self.image_size if field == "image_size" else (getattr(self, field),)):
+                if value is not None and not _INT64_MIN <= value <= _INT64_MAX:
+                    raise ValueError(f"ViTSpec: {field} must fit in int64, got {value}")
+        # num_patches and the default head widths divide by these: check them before anything
+        # computes with them (every other range check lives in the core).
+        for field in ("patch_size", "num_heads"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"ViTSpec: spec.{field}: must be at least 1, got {getattr(self, field)}")
         for field in ("qk_head_dim", "v_head_dim"):
             if getattr(self, field) is None:
                 if self.embed_dim % self.num_heads:
@@ -89,6 +109,10 @@ class ViTSpec:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"ViTSpec.from_dict: unknown keys {sorted(unknown)}")
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ValueError(f"ViTSpec.from_dict: missing keys {missing}; required: {required}")
         return cls(**d)
 
     @classmethod

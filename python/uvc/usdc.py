@@ -45,26 +45,40 @@ def _native_call(fn, *args):
         raise type(e)(str(e).split("(): ", 1)[-1]) from None
 
 
-def _int(name: str, value: Any, minimum: int) -> int:
+# Bounds checked before anything is allocated: a batch, a number of gate columns, and the
+# elements of any one input array (far above any real use, far below what fits in memory).
+MAX_BATCH = 1 << 24
+MAX_COLUMNS = 1 << 16
+MAX_ELEMENTS = 1 << 24
+
+
+def _int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be {bound}, got {value}")
     return int(value)
 
 
 def _real(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be a number that fits in a float64, got one too large") from None
 
 
-def _array(name: str, value: Any, dtype) -> np.ndarray:
-    """A C-contiguous array of ``dtype`` from an array or nested sequence of numbers."""
+def _array(name: str, value: Any, dtype, max_size: int = MAX_ELEMENTS) -> np.ndarray:
+    """A C-contiguous array of ``dtype`` from an array or nested sequence of numbers, of at
+    most ``max_size`` elements (checked before copying: a stride-0 view may be huge)."""
     arr = np.asarray(value)
     if arr.dtype.kind not in "biuf" or (dtype == np.int64 and arr.dtype.kind == "f"):
         raise TypeError(f"{name} must be an array of {'integers' if dtype == np.int64 else 'numbers'}, "
                         f"got dtype {arr.dtype}")
+    if arr.size > max_size:
+        raise ValueError(f"{name} must have at most {max_size} elements, got shape {arr.shape}")
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
@@ -73,7 +87,7 @@ def group_sizes(batch: int) -> np.ndarray:
     the samples not yet grouped, rounded up, until one is left, which is the last group.
     B = 8: [4, 2, 1, 1]; B = 7: [4, 2, 1]; B = 6: [3, 2, 1]. They sum to B; there are
     ``batch.bit_length()`` of them."""
-    batch = _int("batch", batch, 1)
+    batch = _int("batch", batch, 1, MAX_BATCH)
     # The sizes do not depend on the generator: any valid state will do.
     return GroupSampler(0).sample(batch, 0).sizes
 
@@ -116,11 +130,14 @@ class GroupSampler:
         halving groups for ⌈B/2⌉ samples and one group per sample for the rest, shuffled, so
         that single-sample decisions (inference at batch 1) are as common in training as
         pooled ones."""
-        batch, columns = _int("batch", batch, 1), _int("columns", columns, 0)
-        if grouping not in GROUPINGS:
+        batch, columns = _int("batch", batch, 1, MAX_BATCH), _int("columns", columns, 0, MAX_COLUMNS)
+        if not isinstance(grouping, str) or grouping not in GROUPINGS:
             raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
         count = {"halving": batch.bit_length(), "sample": batch, "batch": 1,
                  "mixed": (batch - batch // 2).bit_length() + batch // 2}[grouping]
+        if count * columns > MAX_ELEMENTS:
+            raise ValueError(f"batch and columns: {count} groups x {columns} columns of noise exceed "
+                             f"{MAX_ELEMENTS} values; got batch {batch}, columns {columns}")
         groups, sizes = np.empty(batch, dtype=np.int64), np.empty(count, dtype=np.int64)
         noise = np.empty((count, columns), dtype=np.float64)
         _native_call(_native.usdc_partition, self.words, groups, sizes, noise, float(GROUPINGS.index(grouping)))
@@ -129,6 +146,7 @@ class GroupSampler:
     def noise(self, count: int) -> np.ndarray:
         """``count`` standard logistic noise values (float64), e.g. for straight-through samples
         of static keep decisions; from the same stream as the partitions."""
+        count = _int("count", count, 0, MAX_COLUMNS)
         return self.sample(1, count, "batch").noise[0]
 
     def state_dict(self) -> dict:
@@ -138,7 +156,13 @@ class GroupSampler:
     def load_state_dict(self, d: dict) -> None:
         if not isinstance(d, dict) or d.get("format") != SAMPLER_FORMAT:
             raise ValueError(f"GroupSampler.load_state_dict: expected a dict with format {SAMPLER_FORMAT!r}")
-        words = _array("words", d["words"], np.int64).reshape(-1)
+        if "words" not in d:
+            raise ValueError("GroupSampler.load_state_dict: missing key 'words'; expected keys ['format', 'words']")
+        words = d["words"]
+        if isinstance(words, (list, tuple)) and any(isinstance(w, numbers.Integral) and not -2**63 <= w < 2**63
+                                                    for w in words):
+            raise ValueError("GroupSampler.load_state_dict: words must be 4 int64 values, got one out of range")
+        words = _array("words", words, np.int64, 4).reshape(-1)
         if words.shape != (4,) or not words.any():
             raise ValueError("GroupSampler.load_state_dict: words must be 4 int64 values, not all zero")
         self.words[:] = words
@@ -147,7 +171,7 @@ class GroupSampler:
 def whole_batch(batch: int, columns: int) -> Partition:
     """The inference partition: the whole batch is one group, no noise, so `group_gates` with
     ``straight_through=True`` runs a part iff the batch's mean log-odds are positive."""
-    batch, columns = _int("batch", batch, 1), _int("columns", columns, 0)
+    batch, columns = _int("batch", batch, 1, MAX_BATCH), _int("columns", columns, 0, MAX_COLUMNS)
     return Partition(np.zeros(batch, dtype=np.int64), np.array([batch], dtype=np.int64),
                      np.zeros((1, columns), dtype=np.float64))
 
@@ -164,9 +188,10 @@ def group_gates(logits, groups, noise, *, tau: float = 1.0,
     if not isinstance(straight_through, (bool, np.bool_)):
         raise TypeError(f"straight_through must be a bool, got {type(straight_through).__name__}")
     x = _array("logits", logits, np.float64)
+    g = _array("groups", groups, np.int64, max(x.shape[:1], default=0))
+    n = _array("noise", noise, np.float64, x.size)
     gates, probs = np.empty_like(x), np.empty_like(x)
-    _native_call(_native.usdc_group_gates, x, _array("groups", groups, np.int64), _array("noise", noise, np.float64),
-                 gates, probs, _real("tau", tau), float(straight_through))
+    _native_call(_native.usdc_group_gates, x, g, n, gates, probs, _real("tau", tau), float(straight_through))
     return gates, probs
 
 
@@ -175,11 +200,12 @@ def group_gates_backward(logits, groups, noise, gate_grad, prob_grad=None, *, ta
     of `group_gates` on the same inputs. The gate's gradient is that of its soft value
     (straight-through); each member of a group gets 1/|group| of the group's gradient."""
     x = _array("logits", logits, np.float64)
-    up = _array("gate_grad", gate_grad, np.float64)
-    pg = np.zeros_like(x) if prob_grad is None else _array("prob_grad", prob_grad, np.float64)
+    g = _array("groups", groups, np.int64, max(x.shape[:1], default=0))
+    n = _array("noise", noise, np.float64, x.size)
+    up = _array("gate_grad", gate_grad, np.float64, x.size)
+    pg = np.zeros_like(x) if prob_grad is None else _array("prob_grad", prob_grad, np.float64, x.size)
     grad = np.empty_like(x)
-    _native_call(_native.usdc_group_gates_backward, x, _array("groups", groups, np.int64),
-                 _array("noise", noise, np.float64), up, pg, grad, _real("tau", tau))
+    _native_call(_native.usdc_group_gates_backward, x, g, n, up, pg, grad, _real("tau", tau))
     return grad
 
 
@@ -226,7 +252,9 @@ def resource_loss(spec: ViTSpec, *, head_probs, neuron_probs, part_probs, rates,
         gate_macs = gate_probs = np.zeros((spec.depth, 0))
     given = dict(head_probs=head_probs, neuron_probs=neuron_probs, part_probs=part_probs, rates=rates,
                  gate_macs=gate_macs, gate_probs=gate_probs)
-    inputs = [_array(name, given[name], np.float64) for name in _LOSS_INPUTS]
+    d = spec.depth
+    limits = dict(head_probs=d * spec.num_heads, neuron_probs=d * spec.mlp_hidden, part_probs=2 * d, rates=2 * d)
+    inputs = [_array(name, given[name], np.float64, limits.get(name, MAX_ELEMENTS)) for name in _LOSS_INPUTS]
     grads = [np.empty_like(a) for a in inputs]
     values = np.empty(3)
     _native_call(_native.usdc_resource_loss, spec.encoded, conv.encoded, *inputs, values, *grads,

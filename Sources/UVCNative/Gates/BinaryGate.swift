@@ -75,8 +75,9 @@ extension GateSampler {
             return p * (1 - p)
         case .softL0:
             guard d > 0 else { return 0 }
+            // 2dε/q² as (2d · ε/q)/q: q² underflows to 0 when ε is near its 1e-300 floor.
             let q = d * d + eps
-            return 2 * d * eps / (q * q)
+            return 2 * d * (eps / q) / q
         }
     }
 

@@ -69,6 +69,17 @@ public struct SelectionHint: Hashable, Sendable {
     }
 
     public static let none = SelectionHint(value: -1, rank: 0, spacing: 0)
+
+    /// Largest spacing a hint keeps. Spacing doubles each step the band misses, and a band
+    /// spans `bandTarget / 2` spacings on each side of a centre up to a row's length of them
+    /// away: capped at 2^900, every band bound stays finite, so no hint reaches ∞ or 0/0.
+    static let maxSpacing = 0x1p900
+
+    /// `spacing` clamped to [0, `maxSpacing`]; NaN becomes 0 (no hint).
+    @inline(__always)
+    static func bounded(_ spacing: Double) -> Double {
+        spacing >= 0 ? min(spacing, maxSpacing) : 0
+    }
     /// Doubles per hint in the solver state.
     public static let encodedCount = 3
 }
@@ -98,8 +109,12 @@ struct LeastSum {
          factors: UnsafeMutableBufferPointer<Double>) {
         let whole = Int(s)
         let frac = s - Double(whole)
-        let full = 1 / (1 + 2 * eta * dual)
-        let partial = 1 / (1 + 2 * eta * dual * frac)
+        // The raw dual is ∞ when a kind's scores sit in the denormals (it is the unitless dual over
+        // their mean): such groups shrink to 0, while η = 0 or a zero weight (frac = 0) must still
+        // mean no shrink rather than 0 · ∞ = NaN.
+        let rate = eta > 0 && dual > 0 ? 2 * eta * dual : 0
+        let full = 1 / (1 + rate)
+        let partial = frac > 0 ? 1 / (1 + rate * frac) : 1
         let target = LeastSum.bandTarget(scores.count)
         if hint.value >= 0, hint.spacing > 0 {
             // The band: `target` ranks around where the rank-`whole` score should be now.
@@ -110,15 +125,15 @@ struct LeastSum {
             case .found(let sum, let next, let collected):
                 value = sum + frac * next
                 slope = next
-                hint = SelectionHint(value: next, rank: Double(whole),
-                                     spacing: collected >= 2 ? 2 * halfWidth / Double(collected) : 2 * hint.spacing)
+                hint = SelectionHint(value: next, rank: Double(whole), spacing: SelectionHint.bounded(
+                    collected >= 2 ? 2 * halfWidth / Double(collected) : 2 * hint.spacing))
                 return
             case .overflow: hint.spacing *= 0.5
-            case .outside: hint.spacing = min(2 * hint.spacing, .greatestFiniteMagnitude)
+            case .outside: hint.spacing = SelectionHint.bounded(2 * hint.spacing)
             }
         }
         let next = OrderStatistic.select(scores, rank: whole, scratch: scratch)
-        if hint.spacing == 0 { hint.spacing = next * LeastSum.initialWidth / Double(target / 2) }
+        if hint.spacing == 0 { hint.spacing = SelectionHint.bounded(next * LeastSum.initialWidth / Double(target / 2)) }
         hint.value = next
         hint.rank = Double(whole)
         let (sum, below) = Kernels.shrinkBelow(scores, next, full: full, into: factors)

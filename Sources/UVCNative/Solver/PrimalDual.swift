@@ -22,6 +22,9 @@ extension Solver {
                               tokenScores: UnsafeBufferPointer<Double>? = nil,
                               learningRate eta: Double, epoch: Double, factors: GroupOutputs,
                               scoresCopy: GroupOutputs) throws(UVCError) {
+        // Debug builds (the Swift tests) check every state a step leaves; the C ABI checks it
+        // again before it hands a state out (`writeBack`).
+        defer { assert(stateIsValid, "step left an invalid state") }
         let sums = try scores.validate(for: spec, copyingInto: scoresCopy)
         if let t = tokenScores { try validateTokenScores(t) }
         try factors.validate(for: spec, names: ("head_factor", "dim_factor", "neuron_factor"))

@@ -41,6 +41,9 @@ extension GroupArrays where Buffer == UnsafeBufferPointer<Double> {
         func pass(_ buffer: Buffer, _ target: UnsafeMutableBufferPointer<Double>, _ name: String) throws(UVCError) -> Double {
             let (ok, sum) = Kernels.checkedCopy(buffer, into: target)
             if !ok { try GroupArrays.reject(buffer, name) }
+            // Each kind is normalised by its mean: a sum past the largest double would make it ∞/∞.
+            try require(sum.isFinite, name, "scores must sum to a finite float64; their sum overflows (largest "
+                        + "entry \(buffer.max() ?? 0)): divide them by a common factor")
             return sum
         }
         let names = GroupArrays.scoreNames
@@ -152,6 +155,9 @@ public struct Solver: Sendable {
         }
         return (macs, gradient)
     }
+
+    /// Whether `state` passes the checks a state given to the core must pass.
+    public var stateIsValid: Bool { (try? state.validate(spec: spec, config: config)) != nil }
 
     /// Groups of `kind` per layer, as a Double.
     func groups(_ kind: GroupKind) -> Double { Double(kind.groupCount(spec)) }

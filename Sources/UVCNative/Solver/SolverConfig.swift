@@ -238,6 +238,11 @@ public struct SolverConfig: Hashable, Sendable {
         for e in zLRSchedule {
             try require(e.isFinite && e >= 0, "zlr_schedule", "epochs must be finite and >= 0, got \(e)")
         }
+        // η_z after every schedule epoch must stay finite, or z would overflow to ∞ late in a run.
+        let lastRate = zLRSchedule.reduce(zLR) { rate, _ in rate * zLRGamma }
+        try require(!zLR.isFinite || lastRate.isFinite, "zlr_gamma",
+                    "z_lr · zlr_gamma^\(zLRSchedule.count) (the z learning rate after the last schedule epoch) "
+                    + "overflows; got z_lr \(zLR), zlr_gamma \(zLRGamma)")
         for (name, v) in [("warmup_epochs", warmupEpochs), ("gate_lr", gateLR), ("gating_weight", gatingWeight),
                           ("z_lr", zLR), ("z_init", zInit), ("dual_lr", dualLR), ("dual_init", dualInit),
                           ("budget_damping", budgetDamping)] {

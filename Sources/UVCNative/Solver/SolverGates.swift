@@ -36,6 +36,7 @@ extension Solver {
     /// gates: straight-through samples during search, all ones during warm-up or without gates.
     /// The draw is remembered: the next `step` backpropagates its task gradient through it.
     public mutating func sampleGates(epoch: Double, into gates: UnsafeMutableBufferPointer<Double>) throws(UVCError) {
+        defer { assert(stateIsValid, "sampleGates left an invalid state") }
         try require(epoch.isFinite && epoch >= 0, "epoch", "must be finite and >= 0, got \(epoch)")
         try require(gates.count == 2 * spec.depth, "gates_out", "expected \(2 * spec.depth) values, got \(gates.count)")
         state.epoch = epoch
@@ -77,14 +78,16 @@ extension Solver {
                     if taskApplies { dTask += gateGradient![2 * layer + q] }
                 }
                 let dProb = config.gateSampler.probabilitySlope(logit: state.logits[i], eps: eps)
-                state.gradientSum[i] += price * config.gatingWeight * dMACs / denseMACs * dProb
-                    + dTask * state.sampleSlope[i]
+                state.gradientSum[i] = bounded(state.gradientSum[i] + bounded(price * config.gatingWeight * dMACs
+                                                                                / denseMACs * dProb)
+                                               + bounded(dTask * state.sampleSlope[i]))
             }
         }
         state.accumulatedSteps += 1
         guard state.accumulatedSteps >= Double(config.gatingInterval) else { return }
         for i in state.logits.indices {
-            state.velocity[i] = config.gateMomentum * state.velocity[i] + state.gradientSum[i] / state.accumulatedSteps
+            state.velocity[i] = bounded(config.gateMomentum * state.velocity[i]
+                                        + state.gradientSum[i] / state.accumulatedSteps)
             // Bounded so that probabilities and their slopes stay representable.
             state.logits[i] = min(max(state.logits[i] - config.gateLR * state.velocity[i], -50), 50)
             state.gradientSum[i] = 0
@@ -92,3 +95,9 @@ extension Solver {
         state.accumulatedSteps = 0
     }
 }
+
+/// `x` clamped to ±1e300, like the logits bounded so that extreme but finite gradients (a
+/// gate gradient near the largest double, a soft-L0 slope at a tiny ε) never sum to ∞; an
+/// overflowed product times 0 (NaN) counts as 0.
+@inline(__always)
+private func bounded(_ x: Double) -> Double { x.isNaN ? 0 : min(max(x, -1e300), 1e300) }

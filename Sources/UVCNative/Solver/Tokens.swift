@@ -44,9 +44,13 @@ extension Solver {
     func validateTokenScores(_ scores: UnsafeBufferPointer<Double>) throws(UVCError) {
         try require(scores.count == spec.depth * spec.numTokens, "token_scores",
                     "expected shape (\(spec.depth), \(spec.numTokens)), got \(scores.count) values")
-        guard !Kernels.allFiniteNonNegative(scores) else { return }
-        let i = scores.firstIndex { !($0.isFinite && $0 >= 0) } ?? 0
-        throw UVCError("token_scores", "scores must be finite and >= 0; entry \(i) is \(scores[i])")
+        guard Kernels.allFiniteNonNegative(scores) else {
+            let i = scores.firstIndex { !($0.isFinite && $0 >= 0) } ?? 0
+            throw UVCError("token_scores", "scores must be finite and >= 0; entry \(i) is \(scores[i])")
+        }
+        // They are normalised by their mean: a sum past the largest double would make it ∞/∞.
+        try require(scores.reduce(0, +).isFinite, "token_scores",
+                    "scores must sum to a finite float64 (they are attention probabilities, each <= 1); their sum overflows")
     }
 
     /// Per block l < depth − 1: LeastSum of its removal over the class attention of the non-prefix

@@ -24,7 +24,9 @@ public struct GroupGates {
     /// row is then unused).
     public init(groups: UnsafeBufferPointer<Int64>, groupCount: Int, columns: Int) throws(UVCError) {
         try require(groups.count >= 1, "groups", "expected at least one sample")
-        try require(groupCount >= 1, "noise", "expected at least one group (row), got \(groupCount)")
+        // A partition never has more groups than samples; the bound also keeps `sizes` small.
+        try require(groupCount >= 1 && groupCount <= groups.count, "noise",
+                    "expected one row per group, 1...\(groups.count) rows for \(groups.count) samples, got \(groupCount)")
         var sizes = [Int](repeating: 0, count: groupCount)
         for (b, g) in groups.enumerated() {
             try require(g >= 0 && g < Int64(groupCount), "groups",

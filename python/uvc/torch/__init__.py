@@ -2,8 +2,8 @@
 export, count.
 
 Imported only when used: ``import uvc`` never imports torch. The training parts
-(`Compressor`, `DistillationLoss`) load on first access, so loading an exported model pulls in
-none of them.
+(`Compressor`, `DistillationLoss`, `BudgetMissWarning`) load on first access, so loading an
+exported model pulls in none of them.
 """
 from .counter import count_macs, fvcore_macs
 from .export import export_onnx, load, save
@@ -13,9 +13,9 @@ from .slim import SlimViT, reduce_tokens
 
 __all__ = ["SlimViT", "reduce_tokens", "save", "load", "export_onnx", "spec_from_model", "check_supported", "blocks",
            "UnsupportedModelError", "count_macs", "fvcore_macs", "measure_latency", "compare_latency",
-           "Compressor", "DistillationLoss"]
+           "Compressor", "DistillationLoss", "BudgetMissWarning"]
 
-_LAZY = {"Compressor": "compress", "DistillationLoss": "distill"}
+_LAZY = {"Compressor": "compress", "DistillationLoss": "distill", "BudgetMissWarning": "pipeline"}
 
 
 def __getattr__(name: str):

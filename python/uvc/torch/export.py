@@ -77,21 +77,29 @@ def read_folder(path: str | os.PathLike, fmt: str, writer: str) -> tuple[dict, V
     try:
         arch = json.loads(arch_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"load: {arch_path} is not valid JSON ({e})") from None
+        raise ValueError(f"load: {ARCH_FILE} at {arch_path} is truncated or not JSON: {e}") from None
     if not isinstance(arch, dict) or arch.get("format") != fmt:
-        raise ValueError(f"load: {arch_path} is not a {fmt!r} architecture file")
+        got = f"format {arch.get('format')!r}" if isinstance(arch, dict) else f"a JSON {type(arch).__name__}"
+        raise ValueError(f"load: {ARCH_FILE} at {arch_path} has {got}, expected format {fmt!r} "
+                         f"(a folder written by {writer})")
     try:
         spec = ViTSpec.from_dict(arch["spec"])
         plan = ArchPlan.from_dict(arch["plan"], spec=spec)
         arch["config"], arch["meta"] = dict(arch["config"]), arch.get("meta", {})
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"load: {arch_path} is malformed: {e}") from None
+        raise ValueError(f"load: {ARCH_FILE} at {arch_path} is malformed: {what_is_wrong(e)}") from None
     try:
         with safe_open(weights_path, framework="pt", device="cpu") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for truncated or foreign files
-        raise ValueError(f"load: {weights_path} is not a readable safetensors file ({e})") from None
+        raise ValueError(f"load: {WEIGHTS_FILE} at {weights_path} is truncated or not a safetensors file: "
+                         f"{e}") from None
     return arch, spec, plan, state, arch_path, weights_path
+
+
+def what_is_wrong(e: Exception) -> str:
+    """What a KeyError / TypeError / ValueError from reading a file's dict says is wrong."""
+    return f"no key {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
 
 
 def load_state(model: torch.nn.Module, state: dict, arch_path: Path, weights_path: Path) -> None:
@@ -99,7 +107,8 @@ def load_state(model: torch.nn.Module, state: dict, arch_path: Path, weights_pat
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"load: {weights_path} does not match {arch_path}: {e}") from None
+        raise ValueError(f"load: {WEIGHTS_FILE} at {weights_path} does not match {ARCH_FILE} at {arch_path} "
+                         f"(weights of another model?): {e}") from None
 
 
 def saved_dtype(state: dict) -> torch.dtype | None:
@@ -115,7 +124,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> S
     try:
         model = SlimViT(spec, plan, **arch["config"], device=device, dtype=saved_dtype(state))
     except TypeError as e:
-        raise ValueError(f"load: {arch_path} has an unknown config: {e}") from None
+        raise ValueError(f"load: {ARCH_FILE} at {arch_path} has an unknown config: {e}") from None
     load_state(model, state, arch_path, weights_path)
     model.meta = arch["meta"]
     return model.eval()

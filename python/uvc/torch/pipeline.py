@@ -12,6 +12,9 @@ import copy
 import json
 import math
 import os
+import sys
+import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -26,9 +29,34 @@ from .introspect import spec_from_model
 from .slim import SlimViT
 from .train import evaluate, fit, is_main_process, unwrap
 
-__all__ = ["load_model", "compress", "finetune", "describe", "setup_distributed", "ASSETS"]
+__all__ = ["load_model", "compress", "finetune", "describe", "setup_distributed", "check_budget",
+           "BudgetMissWarning", "BUDGET_TOLERANCE", "ASSETS"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+# A plan whose MACs ratio is more than this much (relative) above the budget misses it.
+BUDGET_TOLERANCE = 0.01
+
+
+class BudgetMissWarning(UserWarning):
+    """A run exported a model whose MACs ratio is above its budget by more than
+    `BUDGET_TOLERANCE` (relative): it is not compressed to the budget."""
+
+
+def check_budget(ratio: float, budget: float, who: str, hint: str) -> dict:
+    """Whether a model at ``ratio`` of the dense MACs meets ``budget`` (a fraction of the dense
+    MACs, same convention) within `BUDGET_TOLERANCE`. On a miss the main process warns
+    (`BudgetMissWarning`) and prints a line to stderr, both starting with ``who`` and ending with
+    ``hint`` (what to change). Returns the summary fields ``budget_met``, ``plan_ratio`` and
+    ``budget_ratio``."""
+    met = ratio <= budget * (1 + BUDGET_TOLERANCE)
+    if not met and is_main_process():
+        message = (f"{who}: the exported model keeps {ratio:.2%} of the dense MACs, above the budget {budget:.2%} "
+                   f"by more than {BUDGET_TOLERANCE:.0%}: it is not compressed to the budget; {hint}")
+        # The line too: warnings are shown once per place and can be filtered away.
+        print(f"WARNING: {message}", file=sys.stderr, flush=True)
+        warnings.warn(message, BudgetMissWarning, stacklevel=3)
+    return {"budget_met": met, "plan_ratio": ratio, "budget_ratio": budget}
 
 
 def setup_distributed(device: str | None) -> tuple[torch.device, int, int]:
@@ -42,7 +70,10 @@ def setup_distributed(device: str | None) -> tuple[torch.device, int, int]:
         if dev.type == "cuda":
             dev = torch.device("cuda", local)
             torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        # A peer that hangs (rather than dies, which the others see at once) ends the run after
+        # UVC_DIST_TIMEOUT seconds instead of torch's default half hour.
+        timeout = timedelta(seconds=float(os.environ.get("UVC_DIST_TIMEOUT", "600")))
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
     rank = dist.get_rank() if dist.is_initialized() else 0
     return dev, rank, world
 
@@ -114,10 +145,17 @@ SOLVER_KEYS = ("convention", "prune_heads", "prune_dims", "prune_neurons", "prun
                "gate_granularity", "warmup_epochs", "gate_lr", "gating_weight", "zlr_schedule", "z_grad_clip", "eps",
                "eps_decay", "lr_counts", "budget_macs")
 
+# What a checkpoint must share with the run that resumes it (the model and the budget).
+RESUME_KEYS = {"compress": ("model", "model_kwargs", "budget", "budget_macs", "convention"),
+               "finetune": ("model", "teacher", "model_kwargs")}
+
 
 def compress(**settings) -> dict:
     """Stage 1. Writes to ``output_dir``: ``stage1/`` (checkpoint, log.jsonl), ``plan.json``,
-    ``stage1_model/`` (the exported model before fine-tuning) and ``summary.json``."""
+    ``stage1_model/`` (the exported model before fine-tuning) and ``summary_stage1.json``. The
+    summary says whether the plan meets the budget (``budget_met``, ``plan_ratio`` and
+    ``budget_ratio`` as fractions of the dense MACs in the budget's convention); a miss also
+    warns (`BudgetMissWarning`)."""
     device, rank, world = setup_distributed(settings.get("device"))
     torch.manual_seed(settings["seed"])
     model, meta = load_model(settings["model"], settings.get("checkpoint"), **settings.get("model_kwargs") or {})
@@ -137,7 +175,8 @@ def compress(**settings) -> dict:
     fit(net, train, epochs=epochs, optimizer=optimizer, scheduler=scheduler, criterion=_criterion(teacher, settings),
         out_dir=out / "stage1", compressor=comp, eval_loader=test, resume=settings.get("resume", False),
         checkpoint_every=settings.get("checkpoint_every", 100), stop_after=settings.get("stop_after"),
-        desc="stage 1", config=_jsonable(settings), progress=settings.get("progress", True))
+        desc="stage 1", config=_jsonable(settings), match=RESUME_KEYS["compress"],
+        progress=settings.get("progress", True))
     if settings.get("stop_after") is not None and comp.step_count < epochs * len(train):
         return {"stopped_at_step": comp.step_count}
     model.eval()
@@ -154,6 +193,10 @@ def compress(**settings) -> dict:
         "fvcore_macs": cost.count(spec, plan, "fvcore").macs,
     }
     summary["ratio"] = summary["macs"] / summary["dense_macs"]
+    conv = comp.solver.convention
+    summary.update(check_budget(cost.count(spec, plan, conv).macs / cost.count(spec, None, conv).macs,
+                                comp.solver.hyper["budget"], "uvc compress",
+                                "train longer (more --num_epochs) or allow more MACs (--budget)"))
     if is_main_process():
         plan.save(out / "plan.json")
         save_slim(slim, out / "stage1_model", meta=meta)
@@ -187,7 +230,7 @@ def finetune(**settings) -> dict:
                   criterion=_criterion(teacher, settings), out_dir=out / "stage2", eval_loader=test,
                   resume=settings.get("resume", False), checkpoint_every=settings.get("checkpoint_every", 100),
                   stop_after=settings.get("stop_after"), desc="stage 2", config=_jsonable(settings),
-                  progress=settings.get("progress", True))
+                  match=RESUME_KEYS["finetune"], progress=settings.get("progress", True))
     summary = {"stage": 2, "acc": evaluate(model, test, device), "epochs": epochs, "records": records}
     if is_main_process():
         save_slim(unwrap(model).eval(), out / "model", meta=meta)
@@ -208,4 +251,12 @@ def describe(model: torch.nn.Module) -> dict:
 
 
 def _jsonable(settings: dict) -> dict:
-    return {k: v for k, v in settings.items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
+    """The settings JSON can hold (what a checkpoint records of its run)."""
+    out = {}
+    for k, v in settings.items():
+        try:
+            json.dumps(v)
+        except (TypeError, ValueError):
+            continue
+        out[k] = v
+    return out

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..export import ARCH_FILE, load_state, read_folder, saved_dtype, write_folder
+from ..export import ARCH_FILE, load_state, read_folder, saved_dtype, what_is_wrong, write_folder
 from .dynamic import DynamicViT
 
 __all__ = ["FORMAT", "save", "load", "is_dynamic_folder"]
@@ -49,12 +49,12 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> D
     try:
         gates, settings = list(arch["gates"]), dict(tau=float(arch["tau"]), grouping=arch["grouping"])
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"load: {arch_path} is malformed: {e}") from None
+        raise ValueError(f"load: {ARCH_FILE} at {arch_path} is malformed: {what_is_wrong(e)}") from None
     device = torch.device("cpu" if device is None else device)
     try:
         model = DynamicViT(spec, plan, gates, device=device, dtype=saved_dtype(state), **settings, **arch["config"])
-    except (TypeError, KeyError) as e:
-        raise ValueError(f"load: {arch_path} has an unknown config: {e}") from None
+    except (TypeError, KeyError, ValueError) as e:
+        raise ValueError(f"load: {ARCH_FILE} at {arch_path} has an unknown config: {e}") from None
     load_state(model, state, arch_path, weights_path)
     model.slim.meta = arch["meta"]
     return model.eval()

@@ -20,7 +20,7 @@ import torch
 from ... import cost
 from ..data import make_loader
 from ..introspect import spec_from_model
-from ..pipeline import _criterion, _jsonable, _loaders, _schedule, load_model, setup_distributed
+from ..pipeline import _criterion, _jsonable, _loaders, _schedule, check_budget, load_model, setup_distributed
 from ..slim import SlimViT
 from ..train import evaluate, fit
 from .dynamic import DynamicViT, USDCFinetune
@@ -32,6 +32,10 @@ __all__ = ["search", "finetune", "evaluate_batch_sizes", "latency_on_data", "SEA
 SEARCH_KEYS = ("static", "dynamic", "neuron_group_size", "gate_kinds", "gate_hidden", "gate_kernel", "gate_init",
                "keep_init", "tau", "grouping", "static_mode", "gamma", "budget_mode", "dual_lr", "static_target",
                "static_tau", "convention")
+
+# What a checkpoint must share with the run that resumes it (the model and the budget).
+RESUME_KEYS = {"search": ("model", "model_kwargs", "target", "static_target", "convention"),
+               "finetune": ("model", "teacher", "model_kwargs", "target", "convention")}
 
 
 def _optimizer(weights, arch, gates, settings) -> torch.optim.Optimizer:
@@ -56,7 +60,9 @@ def search(**settings) -> dict:
     """Stage 1. Writes to ``output_dir``: ``stage1/`` (checkpoint, log.jsonl), ``plan.json``,
     ``stage1_model/`` (the `DynamicViT`, or a `SlimViT` without gates) and
     ``summary_stage1.json``. ``target``: wanted F (expected MACs over the dense MACs, gate
-    networks included)."""
+    networks included). The summary says whether the exported model meets it (``budget_met``,
+    ``plan_ratio``: its MACs over the dense MACs, averaged over the test images at the eval batch
+    size when it has gates, ``budget_ratio``); a miss also warns (`BudgetMissWarning`)."""
     from .search import USDCSearch
     device = _single_process(settings)
     torch.manual_seed(settings["seed"])
@@ -82,7 +88,8 @@ def search(**settings) -> dict:
         criterion=lambda x, outputs, y: base(x, outputs, y) + usdc.resource_loss(), out_dir=out / "stage1",
         compressor=usdc, eval_loader=test, resume=settings.get("resume", False),
         checkpoint_every=settings.get("checkpoint_every", 100), stop_after=settings.get("stop_after"),
-        desc="usdc stage 1", config=_jsonable(settings), progress=settings.get("progress", True))
+        desc="usdc stage 1", config=_jsonable(settings), match=RESUME_KEYS["search"],
+        progress=settings.get("progress", True))
     if settings.get("stop_after") is not None and usdc.step_count < epochs * len(train):
         return {"stopped_at_step": usdc.step_count}
     model.eval()
@@ -92,12 +99,20 @@ def search(**settings) -> dict:
         diff = (model(x.to(device)) - exported(x.to(device))).abs().max().item()
     plan = usdc.plan()
     dense = cost.count(spec).macs
+    dynamic = isinstance(exported, DynamicViT)
+    if dynamic:
+        exported.reset_stats()  # count the test images only
     summary = {"stage": 1, "target": settings["target"], "searched_acc": evaluate(model, test, device),
                "exported_acc": evaluate(exported, test, device), "max_abs_logit_diff": diff,
                "static_macs": cost.count(spec, plan).macs, "dense_macs": dense, **usdc.stats()}
     summary["static_ratio"] = summary["static_macs"] / dense
+    conv = usdc.budget.convention
+    ratio = (exported.average_macs(conv)["ratio"] if dynamic
+             else cost.count(spec, plan, conv).macs / cost.count(spec, None, conv).macs)
+    summary.update(check_budget(ratio, settings["target"], "uvc usdc-search",
+                                "search longer (more --epochs) or allow more MACs (--target)"))
     plan.save(out / "plan.json")
-    if isinstance(exported, DynamicViT):
+    if dynamic:
         save_dynamic(exported, out / "stage1_model", meta=meta)
     else:
         from ..export import save as save_slim
@@ -109,7 +124,8 @@ def search(**settings) -> dict:
 def finetune(**settings) -> dict:
     """Stage 2: fine-tune the `DynamicViT` in ``model`` (a folder written by `search`) with its
     group gates under the budget ``target`` and distillation from the dense ``teacher``.
-    Writes ``stage2/`` and the final ``model/`` to ``output_dir``."""
+    Writes ``stage2/`` and the final ``model/`` to ``output_dir``. The summary says whether the
+    model's average MACs on the test images meet ``target`` (``budget_met``, as in `search`)."""
     device = _single_process(settings)
     torch.manual_seed(settings["seed"])
     model = load_dynamic(settings["model"], device)
@@ -132,11 +148,14 @@ def finetune(**settings) -> dict:
                   criterion=lambda x, outputs, y: base(x, outputs, y) + ft.resource_loss(), out_dir=out / "stage2",
                   compressor=ft, eval_loader=test, resume=settings.get("resume", False),
                   checkpoint_every=settings.get("checkpoint_every", 100), stop_after=settings.get("stop_after"),
-                  desc="usdc stage 2", config=_jsonable(settings), progress=settings.get("progress", True))
+                  desc="usdc stage 2", config=_jsonable(settings), match=RESUME_KEYS["finetune"],
+                  progress=settings.get("progress", True))
     model.eval()
     model.reset_stats()
     summary = {"stage": 2, "acc": evaluate(model, test, device), "epochs": epochs, "records": records,
                **model.average_macs(settings.get("convention") or "uvc")}
+    summary.update(check_budget(summary["ratio"], settings["target"], "uvc usdc-finetune",
+                                "train longer (more --epochs) or allow more MACs (--target)"))
     save_dynamic(model.eval(), out / "model", meta=meta)
     (out / "summary_stage2.json").write_text(json.dumps(summary, indent=1))
     return summary
