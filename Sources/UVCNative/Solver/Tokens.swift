@@ -49,7 +49,7 @@ extension Solver {
             throw UVCError("token_scores", "scores must be finite and >= 0; entry \(i) is \(scores[i])")
         }
         // They are normalised by their mean: a sum past the largest double would make it ∞/∞.
-        try require(scores.reduce(0, +).isFinite, "token_scores",
+        try require(Kernels.sum(scores).isFinite, "token_scores",
                     "scores must sum to a finite float64 (they are attention probabilities, each <= 1); their sum overflows")
     }
 

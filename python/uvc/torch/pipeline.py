@@ -194,7 +194,7 @@ def compress(**settings) -> dict:
     }
     summary["ratio"] = summary["macs"] / summary["dense_macs"]
     conv = comp.solver.convention
-    summary.update(check_budget(cost.count(spec, plan, conv).macs / cost.count(spec, None, conv).macs,
+    summary.update(check_budget(cost.count(spec, plan, conv).macs / comp.solver.dense_macs,
                                 comp.solver.hyper["budget"], "uvc compress",
                                 "train longer (more --num_epochs) or allow more MACs (--budget)"))
     if is_main_process():

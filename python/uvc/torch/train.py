@@ -24,13 +24,9 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def _all_sum(values: list[float], device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_available() and dist.is_initialized():
+    if _world() > 1:
         dist.all_reduce(t)
     return t.tolist()
 
@@ -41,6 +37,10 @@ def _world() -> int:
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    return _rank() == 0
 
 
 def _all_gather(values: list[float], device) -> list[list[float]]:
@@ -243,7 +243,7 @@ def fit(model: nn.Module, loader, *, epochs: int, optimizer: torch.optim.Optimiz
         if not _lost_peer(e):
             raise
         raise RuntimeError(
-            f"{desc}: rank {_rank()} of {dist.get_world_size()} lost contact with another rank, which stopped or "
+            f"{desc}: rank {_rank()} of {_world()} lost contact with another rank, which stopped or "
             f"died ({str(e).splitlines()[0][:300]}). This rank stops too. The last checkpoint is {ckpt_path}: "
             "run the same command again with --resume to continue from it.") from e
 
