@@ -14,22 +14,14 @@ let package = Package(
             pkgConfig: "python3",
             providers: [.apt(["python3-dev"])]
         ),
-        .systemLibrary(
-            name: "COpenBLAS",
-            path: "Sources/COpenBLAS",
-            pkgConfig: "openblas",
-            providers: [.apt(["libopenblas-dev"])]
-        ),
-        .target(
-            name: "UVCNative",
-            dependencies: ["COpenBLAS"],
-            path: "Sources/UVCNative"
-        ),
-        .target(
-            name: "CPyBridge",
-            dependencies: ["UVCNative", "CPython"],
-            path: "Sources/CPyBridge"
-        ),
+        // The mathematics: cost model, solver, gates, USDC. No C ABI, no Python.
+        .target(name: "UVCNative", path: "Sources/UVCNative"),
+        // What crosses the boundary: the C declarations (a header only) ...
+        .target(name: "UVCABI", path: "Sources/UVCABI"),
+        // ... the core's entry points behind them ...
+        .target(name: "UVCExports", dependencies: ["UVCNative", "UVCABI"], path: "Sources/UVCExports"),
+        // ... and the CPython glue that calls them.
+        .target(name: "CPyBridge", dependencies: ["UVCExports", "CPython"], path: "Sources/CPyBridge"),
         .testTarget(
             name: "UVCNativeTests",
             dependencies: ["UVCNative"],

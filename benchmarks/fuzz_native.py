@@ -4,14 +4,29 @@
 Every input is a call built from a valid seed call (small `ViTSpec`s and DeiT-Tiny; solver
 states taken along real trajectories) and then, unless it is a seed call, mutated: wrong
 dtypes, shapes, layouts and buffer exporters, special and bit-flipped values, wrong argument
-counts and types, outputs aliasing other arguments, out-of-range scalars, flipped fields of
-state dicts, and "edge" calls whose free sizes sit at their limits (empty columns, huge
-zero-size arrays, extreme specs).
+counts and types, outputs aliasing other arguments, out-of-range scalars, damaged saved states
+(truncated, bit-flipped, another tag or format version, another spec's or object's state,
+other buffer types), flipped fields and base64 text of state dicts, and "edge" calls whose
+free sizes sit at their limits (empty columns, huge zero-size arrays, extreme specs).
+
+The targets: every module function of `uvc._native`, its two types' constructors
+(``native.Solver``, ``native.GroupSampler``) and each of their methods (``native.Solver.step``,
+...: the call runs on a live object built from a seed solver / sampler state; its mutations
+also call the method on an object of another type, pass the object itself, or pass a number
+whose conversion calls the busy object), two-thread runs (``threads.*``), and the numpy API
+(``api.*``).
 
 Outcomes: ``TypeError`` / ``ValueError`` are what a bad input must raise; returning is fine
 too. Anything else is a failure: another exception type, a crash (the process dies, e.g. by
 a signal) or a hang (no progress for ``--hang-timeout`` seconds). A seed call that raises at
-all is a failure as well.
+all is a failure as well. A call on an object (native or the numpy API's wrapper) is checked
+afterwards (``use_after``): one that raised must leave ``save()``'s bytes as they were, and
+then a valid call on the object (summary, step, sample, ...) and ``load(save())`` must
+succeed; an accepted ``load(b)`` must make ``save()`` return ``b``. ``threads.shared`` runs
+two threads calling methods of ONE object concurrently: each call returns or raises
+RuntimeError (busy; counted in the ``busy`` column); ``threads.separate`` gives each thread
+its own object in the same state running the same calls: nothing may raise and both must end
+in the same state.
 
 The loop runs in a forked child with a memory limit; the parent watches the index of the
 input in flight, and when the child dies or stalls it records that input, starts a new child
@@ -36,7 +51,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import array
-import copy
+import base64
 import ctypes
 import dataclasses
 import decimal
@@ -48,8 +63,10 @@ import multiprocessing
 import random
 import re
 import resource
+import struct
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
@@ -59,8 +76,7 @@ from typing import Any, Callable
 import numpy as np
 
 import uvc
-from uvc import _native, usdc
-from uvc import solver as _solver_mod
+from uvc import _core, _native, usdc
 from uvc.cost import LAYER_COMPONENTS, RELAXED_FIELDS
 from uvc.plan import ArchPlan
 
@@ -68,50 +84,61 @@ RESULTS = Path(__file__).resolve().parent / "results"
 EXPECTED = (TypeError, ValueError)
 
 # --------------------------------------------------------------------------------------------
-# Signatures of the native functions (bridge.c's method table): name, dtype ('q' int64,
-# 'd' float64, 's' a scalar converted to a double), writable.
+# Signatures of the native calls (the argument names of Sources/UVCExports/Exports.swift): the
+# module functions, the two types' constructors ("Solver", "GroupSampler") and their methods
+# ("Solver.step", ...). kind: 'q' int64 array, 'd' float64 array, 'n' float64 array or None,
+# 's' a real (float or int), 'i' a Python int, 'b' bytes; writable: an output.
 
-_SETUP = [("spec", "q", False), ("convention", "d", False), ("config", "d", False),
-          ("zlr_schedule", "d", False)]
+_GROUPS_OUT = lambda prefix: [(f"head_{prefix}", "d", True), (f"dim_{prefix}", "d", True),  # noqa: E731
+                              (f"neuron_{prefix}", "d", True)]
+_COST_MODEL = [("spec", "q", False), ("convention", "d", False)]
 NATIVE_SIGS: dict[str, list[tuple[str, str, bool]]] = {
-    "cost_exact": [("spec", "q", False), ("convention", "d", False), ("plan", "q", False),
-                   ("layers_out", "d", True), ("globals_out", "d", True)],
-    "cost_expected": [("spec", "q", False), ("convention", "d", False), ("x", "d", False), ("out", "d", True)],
-    "solver_sizes": _SETUP + [("sizes_out", "q", True)],
-    "solver_init": _SETUP + [("seed", "q", False), ("state", "d", True), ("words", "q", True),
-                             ("macs_out", "d", True)],
-    "solver_sample_gates": _SETUP + [("state", "d", True), ("words", "q", True), ("gates_out", "d", True),
-                                     ("epoch", "s", False)],
-    "solver_step": _SETUP + [("state", "d", True), ("words", "q", True), ("head_scores", "d", False),
-                             ("dim_scores", "d", False), ("neuron_scores", "d", False), ("gate_grad", "d", False),
-                             ("head_factor", "d", True), ("dim_factor", "d", True), ("neuron_factor", "d", True),
-                             ("last_head", "d", True), ("last_dim", "d", True), ("last_neuron", "d", True),
-                             ("token_scores", "d", False), ("lr", "s", False), ("epoch", "s", False)],
-    "solver_masks": _SETUP + [("state", "d", False), ("words", "q", False), ("head_scores", "d", False),
-                              ("dim_scores", "d", False), ("neuron_scores", "d", False), ("head_mask", "d", True),
-                              ("dim_mask", "d", True), ("neuron_mask", "d", True)],
-    "solver_plan": _SETUP + [("state", "d", False), ("words", "q", False), ("head_scores", "d", False),
-                             ("dim_scores", "d", False), ("neuron_scores", "d", False), ("counts_out", "q", True),
-                             ("head_mask", "d", True), ("dim_mask", "d", True), ("neuron_mask", "d", True),
-                             ("round_to", "s", False)],
-    "solver_summary": _SETUP + [("state", "d", False), ("words", "q", False), ("probs_out", "d", True),
-                                ("decisions_out", "d", True), ("kept_out", "d", True), ("values_out", "d", True)],
-    "usdc_seed": [("seed", "q", False), ("words_out", "q", True)],
-    "usdc_partition": [("words", "q", True), ("groups_out", "q", True), ("sizes_out", "q", True),
-                       ("noise_out", "d", True), ("grouping", "s", False)],
-    "usdc_group_gates": [("logits", "d", False), ("groups", "q", False), ("noise", "d", False),
-                         ("gates_out", "d", True), ("probs_out", "d", True), ("tau", "s", False),
-                         ("straight_through", "s", False)],
-    "usdc_group_gates_backward": [("logits", "d", False), ("groups", "q", False), ("noise", "d", False),
-                                  ("gate_grad", "d", False), ("prob_grad", "d", False), ("grad_out", "d", True),
-                                  ("tau", "s", False)],
-    "usdc_resource_loss": [("spec", "q", False), ("convention", "d", False), ("head_probs", "d", False),
-                           ("neuron_probs", "d", False), ("part_probs", "d", False), ("rates", "d", False),
-                           ("gate_macs", "d", False), ("gate_probs", "d", False), ("values_out", "d", True),
-                           ("head_grad", "d", True), ("neuron_grad", "d", True), ("part_grad", "d", True),
-                           ("rate_grad", "d", True), ("gate_macs_grad", "d", True), ("gate_probs_grad", "d", True),
-                           ("target", "s", False), ("gamma", "s", False), ("dual", "s", False)],
+    "layouts": [],
+    "cost_exact": _COST_MODEL + [("plan", "q", False), ("layers_out", "d", True), ("globals_out", "d", True)],
+    "cost_expected": _COST_MODEL + [("x", "d", False), ("out", "d", True)],
+    "group_gates": [("logits", "d", False), ("groups", "q", False), ("noise", "d", False), ("tau", "s", False),
+                    ("straight_through", "s", False), ("gates_out", "d", True), ("probs_out", "d", True)],
+    "group_gates_backward": [("logits", "d", False), ("groups", "q", False), ("noise", "d", False),
+                             ("gate_grad", "d", False), ("prob_grad", "d", False), ("tau", "s", False),
+                             ("grad_out", "d", True)],
+    "resource_loss": _COST_MODEL + [(n, "d", False) for n in ("head_probs", "neuron_probs", "part_probs", "rates",
+                                                              "gate_macs", "gate_probs")]
+                     + [("target", "s", False), ("gamma", "s", False), ("dual", "s", False), ("values_out", "d", True)]
+                     + [(n, "d", True) for n in ("head_grad", "neuron_grad", "part_grad", "rate_grad", "gate_macs_grad",
+                                                 "gate_probs_grad")],
+    "Solver": _COST_MODEL + [("config", "d", False), ("zlr_schedule", "d", False), ("seed", "i", False)],
+    "Solver.layout": [],
+    "Solver.sample_gates": [("epoch", "s", False), ("gates_out", "d", True)],
+    "Solver.step": [("head_scores", "d", False), ("dim_scores", "d", False), ("neuron_scores", "d", False),
+                    ("gate_grad", "n", False), ("token_scores", "n", False), ("lr", "s", False), ("epoch", "s", False)]
+                   + _GROUPS_OUT("factor"),
+    "Solver.masks": _GROUPS_OUT("mask"),
+    "Solver.plan": [("round_to", "i", False), ("counts_out", "q", True)] + _GROUPS_OUT("mask"),
+    "Solver.summary": [("out", "d", True)],
+    "Solver.fields": [("out", "d", True)],
+    "Solver.save": [],
+    "Solver.load": [("state", "b", False)],
+    "GroupSampler": [("seed", "i", False)],
+    "GroupSampler.group_count": [("grouping", "i", False), ("batch", "i", False)],
+    "GroupSampler.sample": [("grouping", "i", False), ("groups_out", "q", True), ("sizes_out", "q", True),
+                            ("noise_out", "d", True)],
+    "GroupSampler.save": [],
+    "GroupSampler.load": [("state", "b", False)],
 }
+
+
+def native_surface() -> set[str]:
+    """What `uvc._native` offers: its public functions and types, and each type's methods as
+    ``Type.method`` (the names NATIVE_SIGS and TARGETS must cover)."""
+    out = set()
+    for name in dir(_native):
+        if name.startswith("_"):
+            continue
+        out.add(name)
+        obj = getattr(_native, name)
+        if isinstance(obj, type):
+            out.update(f"{name}.{m}" for m in dir(obj) if not m.startswith("_"))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,13 +147,27 @@ NATIVE_SIGS: dict[str, list[tuple[str, str, bool]]] = {
 @dataclasses.dataclass
 class Slot:
     """What an argument is. kind: 'arr' (a numpy array; dtype 'q' / 'd'; out = written),
-    'scalar' (a number), 'obj' (anything else; ``tag`` says what: spec, plan, convention,
-    rng, int, bool, str, seq, solver-array), 'json' (a dict / list tree)."""
+    'scalar' (a number), 'bytes' (a saved state), 'obj' (anything else; ``tag`` says what:
+    spec, plan, convention, rng, int, bool, str, seq), 'json' (a dict / list tree)."""
 
     kind: str
     dtype: str = "d"
     out: bool = False
     tag: str = ""
+
+
+@dataclasses.dataclass
+class Probe:
+    """How to check the object a method call runs on (a native `Solver` / `GroupSampler`, or
+    the numpy API's wrapper of one). ``state()`` returns a comparable snapshot of its state
+    (the core's `save()` bytes); ``follow`` are valid calls (name, fn(obj)) one of which runs on
+    the object after the call. A call that raised must leave ``state()`` as it was, and the
+    object must stay usable: the follow-up call and a save/load round trip must succeed."""
+
+    obj: Any
+    state: Callable[[], Any]
+    follow: tuple            # (name, fn) of the follow-up call
+    roundtrip: Callable[[], Any] | None = None
 
 
 @dataclasses.dataclass
@@ -141,6 +182,9 @@ class Call:
     native: bool
     mutations: list = dataclasses.field(default_factory=list)
     valid: bool = True     # an unmutated seed call
+    probe: Probe | None = None
+    fixed: bool = False    # built whole by its builder (thread runs): no generic mutation
+    info: dict = dataclasses.field(default_factory=dict)
 
     def describe(self) -> str:
         return "; ".join(self.mutations) if self.mutations else "seed call (unmutated)"
@@ -155,23 +199,56 @@ def _ro(a) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # The corpus: specs, plans, relaxed inputs, scores and solver states, all from the seed.
 
+_CONFIG = _core.LAYOUTS["solver_config"]
+
+
+def _native_args(spec: uvc.ViTSpec, hyper: dict, convention, seed: int) -> tuple:
+    """The arguments of `_native.Solver` for these settings (as `uvc.solver._new` encodes them)."""
+    values: list[float] = []
+    for e in _CONFIG:
+        v = hyper[e["name"]]
+        v = e["choices"].index(v) if e["kind"] == "choice" else v
+        values.extend(v if e["count"] > 1 else (v,))
+    return (_ro(spec.encoded), _ro(convention.encoded), _ro(np.array(values, dtype=np.float64)),
+            _ro(np.array(hyper["zlr_schedule"], dtype=np.float64).reshape(-1)),
+            seed - 2 ** 64 if seed >= 2 ** 63 else seed)
+
+
 @dataclasses.dataclass
 class Snapshot:
     spec: uvc.ViTSpec
-    fixed: tuple
-    state: np.ndarray
-    words: np.ndarray
-    last: tuple
+    traj: int              # snapshots of one trajectory share spec and config
+    fixed: tuple           # `_native.Solver`'s arguments
+    saved: bytes           # the core's state (`save()`) at this point
     epoch: float
     tokens: bool
-    solver: Any            # a pristine uvc.Solver in this state (deep-copied per input)
+    hyper: dict
+    convention: Any
     state_dict: dict
+    n_summary: int
+    n_fields: int
+
+
+def native_solver(s: Snapshot):
+    """A fresh `_native.Solver` in the snapshot's state."""
+    o = _native.Solver(*s.fixed)
+    o.load(s.saved)
+    return o
+
+
+def api_solver(s: Snapshot) -> uvc.Solver:
+    """A fresh `uvc.Solver` in the snapshot's state (what `from_state_dict` builds, without
+    re-checking the hyper-parameters on every input)."""
+    solver = uvc.Solver.__new__(uvc.Solver)
+    solver.spec = s.spec
+    solver._adopt(native_solver(s), dict(s.hyper), s.convention)
+    return solver
 
 
 class SpecCase:
     def __init__(self, spec: uvc.ViTSpec, g: np.random.Generator, pool: int) -> None:
         self.spec = spec
-        self.enc = spec.encoded
+        self.enc = _ro(spec.encoded)
         d = spec.depth
         self.tokens_ok = d >= 2 and spec.prefix_tokens >= 1 and spec.num_patches >= 3
         self.arch_plans = [ArchPlan.dense(spec)] + [uvc.random_plan(spec, g, tokens=spec.prefix_tokens >= 1)
@@ -189,19 +266,21 @@ class SpecCase:
         self.snaps: list[Snapshot] = []
 
     def add_trajectory(self, g: np.random.Generator, budget: float, seed: int, steps: int, dt: float,
-                       hyper: dict) -> None:
+                       hyper: dict, traj: int) -> None:
         try:
             s = uvc.Solver(self.spec, budget, seed=seed, **hyper)
         except ValueError:
             s = uvc.Solver(self.spec, 1.0, seed=seed, **hyper)
         tokens = bool(hyper.get("prune_tokens", False))
+        fixed = _native_args(self.spec, s.hyper, s.convention, seed)
+        layout = json.loads(s._core.layout())
+        sizes = [sum(int(np.prod(shape, dtype=np.int64)) for _, shape in layout[k]) for k in ("summary", "fields")]
         marks = {0, steps // 2, steps}
         epoch = 0.0
         for t in range(steps + 1):
             if t in marks:
-                self.snaps.append(Snapshot(
-                    self.spec, tuple(_ro(a) for a in s._fixed), _ro(s._state), _ro(s._words),
-                    tuple(_ro(a) for a in s._last), epoch, tokens, copy.deepcopy(s), s.state_dict()))
+                self.snaps.append(Snapshot(self.spec, traj, fixed, s._core.save(), epoch, tokens, s.hyper,
+                                           s.convention, s.state_dict(), *sizes))
             if t == steps:
                 break
             epoch = t * dt
@@ -242,32 +321,52 @@ class Corpus:
             (0.7, dict(gate_sampler="softl0", straight_through=False, warmup_epochs=0.5, gating_interval=1,
                        hysteresis=0.0, gate_init=-1.0, zlr_schedule=(), tau_decay=0.9)),
         ]
+        traj = 0
         for ci, case in enumerate(self.cases):
             for vi, (budget, hyper) in enumerate(variants):
                 if hyper.get("prune_tokens") and not case.tokens_ok:
                     hyper = dict(hyper, prune_tokens=False)
                 case.add_trajectory(ng, budget, seed=seed * 31 + ci * 7 + vi, steps=8 if ci == 0 else 12,
-                                    dt=1.0 if vi == 0 else 0.25, hyper=hyper)
+                                    dt=1.0 if vi == 0 else 0.25, hyper=hyper, traj=traj)
+                traj += 1
         self.token_cases = [c for c in self.cases if c.tokens_ok]
+        self.snaps = [s for case in self.cases for s in case.snaps]
         self.conventions = [_ro(c.encoded) for c in uvc.CONVENTIONS.values()]
         self.conventions.append(_ro(uvc.Convention(layer_norm=2.5, softmax=True, bias=True).encoded))
-        self.words = [_ro(usdc.GroupSampler(seed + k).words) for k in range(4)]
+        # Sampler states: fresh ones and ones a few samples on.
+        self.sampler_bytes = []
+        for k in range(4):
+            s = _native.GroupSampler(seed + k - (1 << 63) * (k == 3))
+            for _ in range(k):
+                s.sample(0, np.empty(5, np.int64), np.empty(3, np.int64), np.empty((3, 2)))
+            self.sampler_bytes.append(s.save())
         self.sampler_dicts = [usdc.GroupSampler(seed + k).state_dict() for k in range(2)]
 
     def case(self, r: random.Random) -> SpecCase:
         # DeiT-Tiny a quarter of the time: it is the realistic size, the small ones are fast.
         return self.cases[0] if r.random() < 0.25 else r.choice(self.cases[1:])
 
+    def foreign_states(self) -> list[bytes]:
+        """Every saved state of the corpus: solvers of every spec and config, samplers."""
+        return [s.saved for s in self.snaps] + self.sampler_bytes
+
 
 # --------------------------------------------------------------------------------------------
 # Seed-call builders. Each takes (r, corpus, edge) and returns a Call; ``edge`` draws the free
 # sizes and values at their limits (a mutated input: it need not be accepted).
 
-def _native_call(name: str, args: list) -> Call:
+_SLOT_OF_KIND = {"s": Slot("scalar"), "i": Slot("obj", tag="int"), "b": Slot("bytes")}
+
+
+def _native_call(name: str, args: list, obj=None, probe: Probe | None = None) -> Call:
+    """A call of native ``name``: a module function, a type (its constructor) or, with ``obj``,
+    the method ``name`` = "Type.method" of that live object."""
     sig = NATIVE_SIGS[name]
     assert len(sig) == len(args), name
-    slots = [Slot("scalar") if k == "s" else Slot("arr", k, w) for _, k, w in sig]
-    return Call("native." + name, getattr(_native, name), args, {}, slots, {}, [n for n, _, _ in sig], True)
+    slots = [_SLOT_OF_KIND.get(k) or Slot("arr", "d" if k == "n" else k, w) for _, k, w in sig]
+    fn = getattr(obj, name.split(".", 1)[1]) if obj is not None else getattr(_native, name)
+    return Call("native." + name, fn, args, {}, [dataclasses.replace(s) for s in slots], {}, [n for n, _, _ in sig],
+                True, probe=probe)
 
 
 EDGE_FLOATS = [0.0, -0.0, 5e-324, 2.2250738585072014e-308, 1e-300, 1e300, 1.7976931348623157e308, 1.0, 0.5,
@@ -287,6 +386,10 @@ def _edge_spec(r: random.Random) -> np.ndarray:
     e = [r.choice([1, 2, 3]), size(), size(), size(), size(), size(), patch, patch * gh, patch * gw,
          size(), prefix, r.choice([0, 1, 1000, big, big + 1]), r.choice([1, 2, max(prefix, 1)])]
     return np.array(e, dtype=np.int64)
+
+
+def b_layouts(r, c, edge):
+    return _native_call("layouts", [])
 
 
 def b_cost_exact(r, c, edge):
@@ -326,28 +429,14 @@ def _snap(r, c, tokens=False) -> Snapshot:
     return r.choice(c.case(r).snaps)
 
 
-def b_solver_sizes(r, c, edge):
-    s = _snap(r, c)
-    return _native_call("solver_sizes", [*s.fixed, np.empty(len(_solver_mod._STATE_FIELDS), dtype=np.int64)])
-
-
-def b_solver_init(r, c, edge):
-    s = _snap(r, c)
-    seed = np.array([r.choice([0, -1, 2 ** 63 - 1, -2 ** 63]) if edge else r.getrandbits(63)], dtype=np.int64)
-    return _native_call("solver_init", [*s.fixed, seed, np.empty(s.state.size), np.empty(4, dtype=np.int64),
-                                        np.empty(2)])
+def _case_of(c, s: Snapshot) -> SpecCase:
+    return next(case for case in c.cases if case.spec is s.spec)
 
 
 def _epoch(r, s: Snapshot, edge: bool) -> float:
     if edge:
         return r.choice([0.0, -0.0, 5e-324, 1e300, 1.7976931348623157e308, s.epoch, 2.0 ** 53])
     return s.epoch + r.random()
-
-
-def b_solver_sample_gates(r, c, edge):
-    s = _snap(r, c)
-    return _native_call("solver_sample_gates", [*s.fixed, s.state.copy(), s.words.copy(),
-                                                np.empty((s.spec.depth, 2)), _epoch(r, s, edge)])
 
 
 def _scores(r, sc: SpecCase, edge: bool):
@@ -361,57 +450,112 @@ def _scores(r, sc: SpecCase, edge: bool):
     return scores
 
 
-def _case_of(c, s: Snapshot) -> SpecCase:
-    return next(case for case in c.cases if case.spec is s.spec)
+# ---- _native.Solver: the constructor, and each method on a live object ----
+
+def b_solver_new(r, c, edge):
+    s = _snap(r, c)
+    spec, conv, config, schedule, seed = s.fixed
+    seed = r.choice([0, -1, 2 ** 63 - 1, -2 ** 63]) if edge else r.getrandbits(64) - 2 ** 63
+    if edge and r.random() < 0.5:
+        # One config field (or the schedule) at a limit: a mutated input, refused or not.
+        config = config.copy()
+        if r.random() < 0.3:
+            schedule = np.array(r.choice([[], [0.0], [1e300], [5.0, 1.0], list(range(1000)), [-1.0], [math.inf]]),
+                                dtype=np.float64)
+        else:
+            config[r.randrange(config.size)] = r.choice([0.0, 1.0, 2.0, 5e-324, 1e300, 1.7976931348623157e308, 1e-12,
+                                                         -0.0, 3.0, 2.0 ** 31, 2.0 ** 53, 0.5])
+    return _native_call("Solver", [spec, conv, config, schedule, seed])
+
+
+def _solver_follow(r, c, s: Snapshot) -> tuple:
+    """A valid call (name, fn(obj)) on a solver of snapshot ``s``'s spec and config."""
+    sc = _case_of(c, s)
+    d = s.spec.depth
+    k = r.randrange(len(sc.scores))
+    name = r.choice(["summary", "fields", "step", "step", "sample_gates", "masks", "plan", "layout", "save"])
+    epoch = s.epoch + r.random()
+    tokens = sc.token_scores[k] if s.tokens else None
+    grad = sc.gate_grads[k]
+    round_to = r.choice([1, 2, 8])
+    fns = {
+        "summary": lambda o: o.summary(np.empty(s.n_summary)),
+        "fields": lambda o: o.fields(np.empty(s.n_fields)),
+        "step": lambda o: o.step(*sc.scores[k], grad, tokens, 1e-3, epoch, *(np.empty(x) for x in sc.shapes)),
+        "sample_gates": lambda o: o.sample_gates(epoch, np.empty((d, 2))),
+        "masks": lambda o: o.masks(*(np.empty(x) for x in sc.shapes)),
+        "plan": lambda o: o.plan(round_to, np.empty((d, 6), np.int64), *(np.empty(x) for x in sc.shapes)),
+        "layout": lambda o: json.loads(o.layout()),
+        "save": lambda o: o.save(),
+    }
+    return name, fns[name]
+
+
+def _solver_probe(r, c, s: Snapshot, obj) -> Probe:
+    return Probe(obj, obj.save, _solver_follow(r, c, s), lambda: obj.load(obj.save()))
+
+
+def _solver_method(name: str, r, c, args_of: Callable, tokens: bool = False) -> Call:
+    s = _snap(r, c, tokens=tokens)
+    obj = native_solver(s)
+    return _native_call("Solver." + name, args_of(s, _case_of(c, s)), obj, _solver_probe(r, c, s, obj))
+
+
+def b_solver_layout(r, c, edge):
+    return _solver_method("layout", r, c, lambda s, sc: [])
+
+
+def b_solver_sample_gates(r, c, edge):
+    return _solver_method("sample_gates", r, c, lambda s, sc: [_epoch(r, s, edge), np.empty((s.spec.depth, 2))])
 
 
 def b_solver_step(r, c, edge):
-    s = _snap(r, c, tokens=r.random() < 0.3)
-    sc = _case_of(c, s)
-    k = r.randrange(len(sc.scores))
-    grad = sc.gate_grads[k] if r.random() < 0.7 else np.empty(0)
-    tokens = sc.token_scores[k] if s.tokens and r.random() < 0.8 else np.empty(0)
-    if edge and s.tokens and r.random() < 0.3:
-        tokens = np.full(tokens.shape if tokens.size else (s.spec.depth, s.spec.num_tokens),
-                         r.choice([0.0, 5e-324, 1e300, 1.0]))
-    lr = r.choice([0.0, 5e-324, 1e300, 1.7976931348623157e308, 1.0]) if edge else r.choice([1e-3, 1e-4, 0.1])
-    return _native_call("solver_step", [*s.fixed, s.state.copy(), s.words.copy(), *_scores(r, sc, edge), grad,
-                                        *(np.empty(x) for x in sc.shapes), *(np.empty(x) for x in sc.shapes), tokens,
-                                        lr, _epoch(r, s, edge)])
+    def args(s, sc):
+        k = r.randrange(len(sc.scores))
+        grad = sc.gate_grads[k] if r.random() < 0.7 else None
+        # Token scores are read with prune_tokens; any solver takes (and checks) them.
+        tokens = sc.token_scores[k] if r.random() < (0.8 if s.tokens else 0.2) else None
+        if edge and s.tokens and r.random() < 0.3:
+            tokens = np.full((s.spec.depth, s.spec.num_tokens), r.choice([0.0, 5e-324, 1e300, 1.0]))
+        lr = r.choice([0.0, 5e-324, 1e300, 1.7976931348623157e308, 1.0]) if edge else r.choice([1e-3, 1e-4, 0.1, 1])
+        return [*_scores(r, sc, edge), grad, tokens, lr, _epoch(r, s, edge), *(np.empty(x) for x in sc.shapes)]
+    return _solver_method("step", r, c, args, tokens=r.random() < 0.3)
 
 
 def b_solver_masks(r, c, edge):
-    s = _snap(r, c)
-    sc = _case_of(c, s)
-    scores = _scores(r, sc, edge) if edge or r.random() < 0.5 else s.last
-    return _native_call("solver_masks", [*s.fixed, s.state, s.words, *scores, *(np.empty(x) for x in sc.shapes)])
+    return _solver_method("masks", r, c, lambda s, sc: [np.empty(x) for x in sc.shapes])
 
 
 def b_solver_plan(r, c, edge):
-    s = _snap(r, c)
-    sc = _case_of(c, s)
-    scores = _scores(r, sc, edge) if edge or r.random() < 0.5 else s.last
-    round_to = float(r.choice([1, 2, 3, 4, 8, 16, 2 ** 20, 2 ** 62, 2 ** 63])) if edge else float(r.choice([1, 2, 4, 8]))
-    return _native_call("solver_plan", [*s.fixed, s.state, s.words, *scores,
-                                        np.empty((s.spec.depth, 6), dtype=np.int64),
-                                        *(np.empty(x) for x in sc.shapes), round_to])
+    def args(s, sc):
+        round_to = r.choice([1, 2, 3, 4, 8, 16, 2 ** 20, 2 ** 20 + 1, 0, 2 ** 62]) if edge else r.choice([1, 2, 4, 8])
+        return [round_to, np.empty((s.spec.depth, 6), dtype=np.int64), *(np.empty(x) for x in sc.shapes)]
+    return _solver_method("plan", r, c, args)
 
 
 def b_solver_summary(r, c, edge):
-    s = _snap(r, c)
-    d = s.spec.depth
-    return _native_call("solver_summary", [*s.fixed, s.state, s.words, np.empty((d, 2)), np.empty((d, 2)),
-                                           np.empty((4, d)), np.empty(4)])
+    return _solver_method("summary", r, c, lambda s, sc: [np.empty(s.n_summary)])
 
 
-def b_usdc_seed(r, c, edge):
-    seed = r.choice([0, 1, -1, 2 ** 63 - 1, -2 ** 63]) if edge else r.getrandbits(63)
-    return _native_call("usdc_seed", [np.array([seed], dtype=np.int64), np.empty(4, dtype=np.int64)])
+def b_solver_fields(r, c, edge):
+    return _solver_method("fields", r, c, lambda s, sc: [np.empty(s.n_fields)])
 
 
-_GROUP_COUNT = {0: lambda b: b.bit_length(), 1: lambda b: b, 2: lambda b: 1,
-                3: lambda b: (b - b // 2).bit_length() + b // 2}
+def b_solver_save(r, c, edge):
+    return _solver_method("save", r, c, lambda s, sc: [])
 
+
+def b_solver_load(r, c, edge):
+    def args(s, sc):
+        same = [x for x in sc.snaps if x.traj == s.traj]
+        if edge:
+            # Another config's state of the same spec: same sizes or not, refused or not.
+            return [r.choice(sc.snaps).saved]
+        return [r.choice(same).saved]
+    return _solver_method("load", r, c, args)
+
+
+# ---- _native.GroupSampler ----
 
 def _batch(r, edge):
     if edge:
@@ -419,14 +563,63 @@ def _batch(r, edge):
     return r.choice([1, 2, 3, 4, 5, 7, 8, 12, 16, 33])
 
 
-def b_usdc_partition(r, c, edge):
-    b = _batch(r, edge)
-    mode = r.randrange(4)
-    cols = r.choice([0, 1, 2, 512]) if edge else r.randint(0, 8)
-    g = _GROUP_COUNT[mode](b)
-    return _native_call("usdc_partition", [r.choice(c.words).copy(), np.empty(b, dtype=np.int64),
-                                           np.empty(g, dtype=np.int64), np.empty((g, cols)), float(mode)])
+_GROUPINGS = len(_core.LAYOUTS["groupings"])
 
+
+def b_sampler_new(r, c, edge):
+    seed = r.choice([0, 1, -1, 2 ** 63 - 1, -2 ** 63]) if edge else r.getrandbits(64) - 2 ** 63
+    return _native_call("GroupSampler", [seed])
+
+
+def native_sampler(c, r):
+    o = _native.GroupSampler(0)
+    o.load(r.choice(c.sampler_bytes))
+    return o
+
+
+def _sampler_follow(r) -> tuple:
+    name = r.choice(["sample", "sample", "group_count", "save"])
+    mode, b, cols = r.randrange(_GROUPINGS), _batch(r, False), r.randint(0, 8)
+
+    def sample(o):
+        g = int(o.group_count(mode, b))
+        o.sample(mode, np.empty(b, np.int64), np.empty(g, np.int64), np.empty((g, cols)))
+    fns = {"sample": sample, "group_count": lambda o: o.group_count(mode, b), "save": lambda o: o.save()}
+    return name, fns[name]
+
+
+def _sampler_method(name: str, r, c, args_of: Callable) -> Call:
+    obj = native_sampler(c, r)
+    probe = Probe(obj, obj.save, _sampler_follow(r), lambda: obj.load(obj.save()))
+    return _native_call("GroupSampler." + name, args_of(obj), obj, probe)
+
+
+def b_sampler_group_count(r, c, edge):
+    def args(o):
+        b = r.choice([1, 2, 3, 1 << 20, 1 << 40, (1 << 40) + 1, 0, -1]) if edge else _batch(r, False)
+        return [r.randrange(_GROUPINGS), b]
+    return _sampler_method("group_count", r, c, args)
+
+
+def b_sampler_sample(r, c, edge):
+    def args(o):
+        b = _batch(r, edge)
+        mode = r.randrange(_GROUPINGS)
+        cols = r.choice([0, 1, 2, 512]) if edge else r.randint(0, 8)
+        g = int(o.group_count(mode, b))
+        return [mode, np.empty(b, dtype=np.int64), np.empty(g, dtype=np.int64), np.empty((g, cols))]
+    return _sampler_method("sample", r, c, args)
+
+
+def b_sampler_save(r, c, edge):
+    return _sampler_method("save", r, c, lambda o: [])
+
+
+def b_sampler_load(r, c, edge):
+    return _sampler_method("load", r, c, lambda o: [r.choice(c.sampler_bytes)])
+
+
+# ---- the stateless USDC functions ----
 
 def _gate_inputs(r, edge):
     """logits (B, C), groups (B,), noise (G, C) of a valid group-gate call; ``edge`` puts B, C, G
@@ -447,21 +640,21 @@ def _gate_inputs(r, edge):
 
 
 def _tau(r, edge):
-    return r.choice([5e-324, 1e-300, 1e300, 1.7976931348623157e308, 1.0]) if edge else r.choice([0.5, 1.0, 2.0])
+    return r.choice([5e-324, 1e-300, 1e300, 1.7976931348623157e308, 1.0]) if edge else r.choice([0.5, 1.0, 2.0, 1])
 
 
-def b_usdc_group_gates(r, c, edge):
+def b_group_gates(r, c, edge):
     x, groups, noise = _gate_inputs(r, edge)
-    return _native_call("usdc_group_gates", [x, groups, noise, np.empty_like(x), np.empty_like(x), _tau(r, edge),
-                                             float(r.random() < 0.5)])
+    st = r.choice([0.0, 1.0, 0, 1])
+    return _native_call("group_gates", [x, groups, noise, _tau(r, edge), st, np.empty_like(x), np.empty_like(x)])
 
 
-def b_usdc_group_gates_backward(r, c, edge):
+def b_group_gates_backward(r, c, edge):
     x, groups, noise = _gate_inputs(r, edge)
     ng = np.random.default_rng(r.getrandbits(32))
     scale = r.choice([0.0, 1e300, 5e-324]) if edge else 1.0
-    return _native_call("usdc_group_gates_backward", [x, groups, noise, ng.normal(size=x.shape) * scale,
-                                                      ng.normal(size=x.shape), np.empty_like(x), _tau(r, edge)])
+    return _native_call("group_gates_backward", [x, groups, noise, ng.normal(size=x.shape) * scale,
+                                                 ng.normal(size=x.shape), _tau(r, edge), np.empty_like(x)])
 
 
 def _loss_inputs(r, sc: SpecCase, edge: bool):
@@ -485,14 +678,167 @@ def _loss_scalars(r, edge):
     if edge:
         return [r.choice([0.0, 5e-324, 1.0, 1e300, 0.5]), r.choice([0.0, 1e300, 5e-324, 100.0]),
                 r.choice([0.0, 1e300, 5e-324, 1.0])]
-    return [r.choice([0.3, 0.5, 0.8, 1.0]), r.choice([0.0, 1.0, 100.0]), r.choice([0.0, 0.5, 2.0])]
+    return [r.choice([0.3, 0.5, 0.8, 1.0, 1]), r.choice([0.0, 1.0, 100.0]), r.choice([0.0, 0.5, 2.0])]
 
 
-def b_usdc_resource_loss(r, c, edge):
+def b_resource_loss(r, c, edge):
     sc = c.case(r)
     ins = _loss_inputs(r, sc, edge)
-    return _native_call("usdc_resource_loss", [sc.enc, r.choice(c.conventions), *ins, np.empty(3),
-                                               *(np.empty_like(a) for a in ins), *_loss_scalars(r, edge)])
+    return _native_call("resource_loss", [sc.enc, r.choice(c.conventions), *ins, *_loss_scalars(r, edge), np.empty(3),
+                                          *(np.empty_like(a) for a in ins)])
+
+
+# ---- two threads ----
+# A native object serves one thread at a time: a call while another thread's call on the same
+# object runs raises RuntimeError ("busy") and changes nothing. Two threads on one object: every
+# call returns or raises RuntimeError (with ``edge``, a few calls are malformed and may raise
+# TypeError / ValueError too); anything else, a crash or a hang fails the input. Two threads on
+# two objects in the same state running the same calls: nothing may raise, and both end in the
+# same state (no state shared between objects).
+
+class ThreadCheckFailed(Exception):
+    """A thread run broke the rules above (reported as an 'other' failure)."""
+
+
+def _thread_ops(r, c, s: Snapshot | None, n: int, edge: bool, shared: bool) -> list:
+    """``n`` calls (name, args, bad) on a solver of ``s`` (or a sampler when ``s`` is None);
+    outputs are the calling thread's own (each op allocates its own)."""
+    ops = []
+    if s is not None:
+        sc = _case_of(c, s)
+        d = s.spec.depth
+        for _ in range(n):
+            k = r.randrange(len(sc.scores))
+            epoch = s.epoch + r.random()
+            name = r.choice(["step", "step", "sample_gates", "plan", "save", "masks", "summary"]
+                            + (["load"] if shared else []))
+            outs = lambda: [np.empty(x) for x in sc.shapes]  # noqa: E731
+            if name == "step":
+                args = [*sc.scores[k], sc.gate_grads[k], sc.token_scores[k] if s.tokens else None, 1e-3, epoch,
+                        *outs()]
+            elif name == "sample_gates":
+                args = [epoch, np.empty((d, 2))]
+            elif name == "plan":
+                args = [r.choice([1, 8]), np.empty((d, 6), np.int64), *outs()]
+            elif name == "masks":
+                args = outs()
+            elif name == "summary":
+                args = [np.empty(s.n_summary)]
+            elif name == "load":
+                args = [r.choice([x for x in sc.snaps if x.traj == s.traj]).saved]
+            else:
+                args = []
+            bad = edge and r.random() < 0.2
+            if bad:
+                args = args[:-1] if args and r.random() < 0.5 else args + [np.zeros(3)]
+            ops.append((name, args, bad))
+    else:
+        for _ in range(n):
+            name = r.choice(["sample", "sample", "group_count", "save"] + (["load"] if shared else []))
+            mode, b, cols = r.randrange(_GROUPINGS), _batch(r, False), r.randint(0, 8)
+            if name == "sample":
+                g = {0: b.bit_length(), 1: b, 2: 1, 3: (b - b // 2).bit_length() + b // 2}[mode]
+                args = [mode, np.empty(b, np.int64), np.empty(g, np.int64), np.empty((g, cols))]
+            elif name == "group_count":
+                args = [mode, b]
+            elif name == "load":
+                args = [r.choice(c.sampler_bytes)]
+            else:
+                args = []
+            bad = edge and r.random() < 0.2
+            if bad:
+                args = args[:-1] if args and r.random() < 0.5 else args + [np.zeros(3)]
+            ops.append((name, args, bad))
+    return ops
+
+
+def _run_threads(objs: list, ops: list[list], shared: bool, info: dict) -> None:
+    barrier = threading.Barrier(len(ops))
+    problems: list[str] = []
+    busy = [0] * len(ops)
+
+    def work(t: int) -> None:
+        obj = objs[t]
+        try:
+            barrier.wait(10)
+        except threading.BrokenBarrierError:
+            pass
+        for i, (name, args, bad) in enumerate(ops[t]):
+            try:
+                getattr(obj, name)(*args)
+            except RuntimeError as e:
+                if shared and "in use by another thread" in str(e):
+                    busy[t] += 1
+                    continue
+                problems.append(f"thread {t} call {i} {name}: RuntimeError: {str(e)[:200]}")
+            except (TypeError, ValueError) as e:
+                if not bad:
+                    problems.append(f"thread {t} call {i} {name} (valid): {type(e).__name__}: {str(e)[:200]}")
+            except BaseException as e:  # noqa: BLE001 - the point
+                problems.append(f"thread {t} call {i} {name}: {type(e).__name__}: {str(e)[:200]}")
+
+    threads = [threading.Thread(target=work, args=(t,), daemon=True) for t in range(len(ops))]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        sys.setswitchinterval(old)
+    info["busy"] = sum(busy)
+    if problems:
+        raise ThreadCheckFailed(f"{len(problems)} bad outcomes; first: {problems[0]}")
+    for t, obj in enumerate(objs):
+        try:
+            obj.load(obj.save())
+        except Exception as e:  # noqa: BLE001
+            raise ThreadCheckFailed(f"object {t} after the threads: load(save()) raised {type(e).__name__}: {e}")
+
+
+def b_threads_shared(r, c, edge):
+    s = _snap(r, c, tokens=r.random() < 0.2) if r.random() < 0.7 else None
+    obj = native_solver(s) if s is not None else native_sampler(c, r)
+    n = r.choice([20, 40, 80])
+    ops = [_thread_ops(r, c, s, n, edge, shared=True) for _ in range(2)]
+    what = f"{'Solver' if s else 'GroupSampler'}: 2 threads x {n} calls on one object"
+    call = Call("threads.shared", lambda: _run_threads([obj, obj], ops, True, call.info), [], {}, [], {}, [], True,
+                fixed=True)
+    call.mutations.append(what + (" (some malformed)" if edge else ""))
+    return call
+
+
+def b_threads_separate(r, c, edge):
+    s = _snap(r, c, tokens=r.random() < 0.2) if r.random() < 0.7 else None
+    sampler_state = r.choice(c.sampler_bytes)
+
+    def fresh():
+        if s is not None:
+            return native_solver(s)
+        o = _native.GroupSampler(0)
+        o.load(sampler_state)
+        return o
+    objs = [fresh(), fresh()]
+    n = r.choice([20, 40, 80])
+    seq = _thread_ops(r, c, s, n, False, shared=False)
+    # The same calls in both threads, each with its own outputs.
+    ops = [seq, [(name, [a.copy() if isinstance(a, np.ndarray) and a.flags.writeable else a for a in args], bad)
+                 for name, args, bad in seq]]
+
+    def run():
+        _run_threads(objs, ops, False, call.info)
+        if objs[0].save() != objs[1].save():
+            raise ThreadCheckFailed("two objects in the same state running the same calls in two threads "
+                                    "ended in different states")
+        for (name, a0, _), (_, a1, _) in zip(*ops):
+            for x, y in zip(a0, a1):
+                if isinstance(x, np.ndarray) and x.flags.writeable and name != "load" and \
+                        not np.array_equal(x, y, equal_nan=True):
+                    raise ThreadCheckFailed(f"the same {name} call in two threads wrote different outputs")
+    call = Call("threads.separate", run, [], {}, [], {}, [], True, fixed=True)
+    call.mutations.append(f"{'Solver' if s else 'GroupSampler'}: 2 threads x {n} calls, one object each")
+    return call
 
 
 # ---- the public numpy API -------------------------------------------------------------------
@@ -634,9 +980,37 @@ def b_api_solver(r, c, edge):
     return _api("Solver", uvc.Solver, [sc.spec, budget], kw, [O("spec"), S], slots)
 
 
+def _api_solver_follow(r, c, s: Snapshot) -> tuple:
+    """A valid call (name, fn(solver)) on a `uvc.Solver` of snapshot ``s``'s spec and config."""
+    sc = _case_of(c, s)
+    k = r.randrange(len(sc.scores))
+    name = r.choice(["stats", "step", "sample_gates", "masks", "plan", "state_fields"])
+    epoch = s.epoch + r.random()
+    round_to = r.choice([1, 8])
+    fns = {
+        "stats": lambda o: o.stats(), "masks": lambda o: o.masks(), "plan": lambda o: o.plan(round_to),
+        "state_fields": lambda o: o.state_fields(), "sample_gates": lambda o: o.sample_gates(epoch),
+        "step": lambda o: o.step(*sc.scores[k], sc.gate_grads[k], lr=1e-3, epoch=epoch,
+                                 token_scores=sc.token_scores[k] if s.tokens else None),
+    }
+    return name, fns[name]
+
+
 def _solver(r, c, tokens=False) -> tuple[Snapshot, Any]:
     s = _snap(r, c, tokens=tokens)
-    return s, copy.deepcopy(s.solver)
+    return s, api_solver(s)
+
+
+def _api_solver_probe(r, c, s: Snapshot, solver) -> Probe:
+    # The wrapper swaps its core on a successful load_state_dict: read it at check time.
+    return Probe(solver, lambda: solver._core.save(), _api_solver_follow(r, c, s),
+                 lambda: solver._core.load(solver._core.save()))
+
+
+def _api_method(target: str, r, c, s: Snapshot, solver, fn, args, kwargs, slots, kwslots, names=None) -> Call:
+    call = _api(target, fn, args, kwargs, slots, kwslots, names)
+    call.probe = _api_solver_probe(r, c, s, solver)
+    return call
 
 
 def b_api_solver_step(r, c, edge):
@@ -658,37 +1032,35 @@ def b_api_solver_step(r, c, edge):
         res = solver.step(*scores, None, lr=1e-3, epoch=kwargs["epoch"])
         which = r.randrange(3)
         args[which] = (res.head_factor, res.dim_factor, res.neuron_factor)[which]
-        if r.random() < 0.5:
-            args[r.randrange(3)] = solver._spare[r.randrange(3)] if hasattr(solver, "_spare") else args[0]
-    return _api("Solver.step", solver.step, args, kwargs, [A(), A(), A(), A()], kwslots,
-                ["head_scores", "dim_scores", "neuron_scores", "gate_grad"])
+    return _api_method("Solver.step", r, c, s, solver, solver.step, args, kwargs, [A(), A(), A(), A()], kwslots,
+                       ["head_scores", "dim_scores", "neuron_scores", "gate_grad"])
 
 
 def b_api_solver_sample_gates(r, c, edge):
     s, solver = _solver(r, c)
-    return _api("Solver.sample_gates", solver.sample_gates, [_epoch(r, s, edge)], {}, [S], {})
+    return _api_method("Solver.sample_gates", r, c, s, solver, solver.sample_gates, [_epoch(r, s, edge)], {}, [S], {})
 
 
 def b_api_solver_masks(r, c, edge):
     s, solver = _solver(r, c)
-    return _api("Solver.masks", solver.masks, [], {}, [], {})
+    return _api_method("Solver.masks", r, c, s, solver, solver.masks, [], {}, [], {})
 
 
 def b_api_solver_plan(r, c, edge):
     s, solver = _solver(r, c)
     rt = r.choice([1, 2, 3, 8, 2 ** 20, 2 ** 62]) if edge else r.choice([1, 2, 4, 8])
     if r.random() < 0.3:
-        return _api("Solver.plan", solver.plan, [], {"round_to": rt}, [], {"round_to": O("int")})
-    return _api("Solver.plan", solver.plan, [rt], {}, [O("int")], {})
+        return _api_method("Solver.plan", r, c, s, solver, solver.plan, [], {"round_to": rt}, [], {"round_to": O("int")})
+    return _api_method("Solver.plan", r, c, s, solver, solver.plan, [rt], {}, [O("int")], {})
 
 
-_QUERIES = ("stats", "token_keep", "gate_decisions", "expected_macs", "state_dict")
+_QUERIES = ("stats", "token_keep", "gate_decisions", "expected_macs", "state_dict", "state_fields")
 
 
 def b_api_solver_queries(r, c, edge):
     s, solver = _solver(r, c)
     name = r.choice(_QUERIES)
-    return _api(f"Solver.queries", getattr(solver, name), [], {}, [], {}, [name])
+    return _api_method("Solver.queries", r, c, s, solver, getattr(solver, name), [], {}, [], {}, [name])
 
 
 def _state_dict(r, c) -> tuple[Snapshot, dict]:
@@ -700,7 +1072,7 @@ def b_api_solver_load_state_dict(r, c, edge):
     s, solver = _solver(r, c)
     sc = _case_of(c, s)
     d = r.choice(sc.snaps).state_dict  # any state of the same spec, possibly another config
-    return _api("Solver.load_state_dict", solver.load_state_dict, [d], {}, [J], {})
+    return _api_method("Solver.load_state_dict", r, c, s, solver, solver.load_state_dict, [d], {}, [J], {})
 
 
 def b_api_solver_from_state_dict(r, c, edge):
@@ -715,8 +1087,16 @@ def b_api_sampler(r, c, edge):
 
 def _sampler(r, c):
     s = usdc.GroupSampler(0)
-    s.words[:] = r.choice(c.words)
+    s._core.load(r.choice(c.sampler_bytes))
     return s
+
+
+def _api_sampler_call(target: str, r, s, fn, args, kwargs, slots, kwslots) -> Call:
+    call = _api(target, fn, args, kwargs, slots, kwslots)
+    n, cols = _batch(r, False), r.randint(0, 8)
+    call.probe = Probe(s, lambda: s._core.save(), ("sample", lambda o: o.sample(n, cols)),
+                       lambda: s.load_state_dict(s.state_dict()))
+    return call
 
 
 def b_api_sampler_sample(r, c, edge):
@@ -727,18 +1107,19 @@ def b_api_sampler_sample(r, c, edge):
     if r.random() < 0.7:
         args.append(grouping)
         slots.append(O("str"))
-    return _api("usdc.GroupSampler.sample", s.sample, args, {}, slots, {})
+    return _api_sampler_call("usdc.GroupSampler.sample", r, s, s.sample, args, {}, slots, {})
 
 
 def b_api_sampler_noise(r, c, edge):
     s = _sampler(r, c)
-    return _api("usdc.GroupSampler.noise", s.noise, [r.choice([0, 1, 1 << 16]) if edge else r.randint(0, 16)], {},
-                [O("int")], {})
+    return _api_sampler_call("usdc.GroupSampler.noise", r, s, s.noise,
+                             [r.choice([0, 1, 1 << 16]) if edge else r.randint(0, 16)], {}, [O("int")], {})
 
 
 def b_api_sampler_load(r, c, edge):
     s = _sampler(r, c)
-    return _api("usdc.GroupSampler.load_state_dict", s.load_state_dict, [r.choice(c.sampler_dicts)], {}, [J], {})
+    return _api_sampler_call("usdc.GroupSampler.load_state_dict", r, s, s.load_state_dict,
+                             [r.choice(c.sampler_dicts)], {}, [J], {})
 
 
 def b_api_group_sizes(r, c, edge):
@@ -789,16 +1170,21 @@ def b_api_resource_loss(r, c, edge):
     return _api("usdc.resource_loss", usdc.resource_loss, [sc.spec], kw, [O("spec")], ks)
 
 
-# name -> (builder, weight). Native functions get most of the inputs.
+# name -> (builder, weight). Native calls get most of the inputs.
 TARGETS: dict[str, tuple[Callable, float]] = {
+    "native.layouts": (b_layouts, 0.3),
     "native.cost_exact": (b_cost_exact, 3), "native.cost_expected": (b_cost_expected, 3),
-    "native.solver_sizes": (b_solver_sizes, 2), "native.solver_init": (b_solver_init, 3),
-    "native.solver_sample_gates": (b_solver_sample_gates, 3), "native.solver_step": (b_solver_step, 5),
-    "native.solver_masks": (b_solver_masks, 3), "native.solver_plan": (b_solver_plan, 3),
-    "native.solver_summary": (b_solver_summary, 3), "native.usdc_seed": (b_usdc_seed, 1.5),
-    "native.usdc_partition": (b_usdc_partition, 3), "native.usdc_group_gates": (b_usdc_group_gates, 3),
-    "native.usdc_group_gates_backward": (b_usdc_group_gates_backward, 3),
-    "native.usdc_resource_loss": (b_usdc_resource_loss, 4),
+    "native.group_gates": (b_group_gates, 3), "native.group_gates_backward": (b_group_gates_backward, 3),
+    "native.resource_loss": (b_resource_loss, 4),
+    "native.Solver": (b_solver_new, 3), "native.Solver.layout": (b_solver_layout, 0.5),
+    "native.Solver.sample_gates": (b_solver_sample_gates, 3), "native.Solver.step": (b_solver_step, 5),
+    "native.Solver.masks": (b_solver_masks, 2), "native.Solver.plan": (b_solver_plan, 3),
+    "native.Solver.summary": (b_solver_summary, 1.5), "native.Solver.fields": (b_solver_fields, 1.5),
+    "native.Solver.save": (b_solver_save, 0.7), "native.Solver.load": (b_solver_load, 5),
+    "native.GroupSampler": (b_sampler_new, 1), "native.GroupSampler.group_count": (b_sampler_group_count, 1.5),
+    "native.GroupSampler.sample": (b_sampler_sample, 3), "native.GroupSampler.save": (b_sampler_save, 0.5),
+    "native.GroupSampler.load": (b_sampler_load, 3),
+    "threads.shared": (b_threads_shared, 0.8), "threads.separate": (b_threads_separate, 0.5),
     "api.ViTSpec": (b_api_vitspec, 1), "api.ViTSpec.from_dict": (b_api_vitspec_from_dict, 1),
     "api.ViTSpec.from_name": (b_api_vitspec_from_name, 0.5), "api.count": (b_api_count, 1.5),
     "api.random_plan": (b_api_random_plan, 0.7), "api.ArchPlan.from_dict": (b_api_archplan_from_dict, 1),
@@ -806,11 +1192,11 @@ TARGETS: dict[str, tuple[Callable, float]] = {
     "api.Solver": (b_api_solver, 1.5), "api.Solver.step": (b_api_solver_step, 2),
     "api.Solver.sample_gates": (b_api_solver_sample_gates, 1), "api.Solver.masks": (b_api_solver_masks, 0.5),
     "api.Solver.plan": (b_api_solver_plan, 0.7), "api.Solver.queries": (b_api_solver_queries, 0.5),
-    "api.Solver.load_state_dict": (b_api_solver_load_state_dict, 1.5),
-    "api.Solver.from_state_dict": (b_api_solver_from_state_dict, 0.7),
+    "api.Solver.load_state_dict": (b_api_solver_load_state_dict, 2),
+    "api.Solver.from_state_dict": (b_api_solver_from_state_dict, 1),
     "api.usdc.GroupSampler": (b_api_sampler, 0.5), "api.usdc.GroupSampler.sample": (b_api_sampler_sample, 1),
     "api.usdc.GroupSampler.noise": (b_api_sampler_noise, 0.5),
-    "api.usdc.GroupSampler.load_state_dict": (b_api_sampler_load, 1),
+    "api.usdc.GroupSampler.load_state_dict": (b_api_sampler_load, 1.5),
     "api.usdc.group_sizes": (b_api_group_sizes, 0.5), "api.usdc.whole_batch": (b_api_whole_batch, 0.5),
     "api.usdc.group_gates": (b_api_group_gates, 1.5),
     "api.usdc.group_gates_backward": (b_api_group_gates_backward, 1.5),
@@ -818,6 +1204,7 @@ TARGETS: dict[str, tuple[Callable, float]] = {
 }
 _NAMES = list(TARGETS)
 _CUM = list(np.cumsum([TARGETS[n][1] for n in _NAMES]))
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -1067,6 +1454,179 @@ def mutate_scalar(v, r) -> tuple[Any, str]:
     return new, f"scalar -> {new!r}"
 
 
+# ---- saved states (bytes) ----
+# Layout (Sources/UVCNative/Archive.swift): 'uvc.arch', tag u32, version u32, then 64-bit words,
+# each run of doubles preceded by its length.
+
+_HEADER = 16
+
+
+def _u32(b: bytes, at: int, v: int) -> bytes:
+    return b[:at] + struct.pack("<I", v & 0xFFFFFFFF) + b[at + 4:]
+
+
+def mutate_bytes(v, r, c: Corpus) -> tuple[Any, str]:
+    """A damaged, foreign or differently typed version of a saved state."""
+    try:
+        b = memoryview(v).tobytes()  # a buffer an earlier mutation made (e.g. a uint8 array)
+    except (TypeError, ValueError):
+        b = b""
+    n = len(b)
+    s = r.randrange(16)
+    if s == 0:
+        k = r.choice([0, 1, 8, 15, 16, 20, 24, n - 1, n - 8, n - 9] + [r.randrange(max(n, 1))] * 3)
+        k = max(0, min(k, n))
+        return b[:k], f"truncated to {k} of {n} bytes"
+    if s == 1:
+        pad = r.choice([b"\0", b"\0" * 8, b"x", bytes(range(16)), b[-8:]])
+        return b + pad, f"{len(pad)} bytes appended"
+    if s == 2 and n:
+        out = bytearray(b)
+        flips = []
+        for _ in range(r.randint(1, 4)):
+            i = r.randrange(n) if r.random() < 0.7 else r.randrange(min(n, _HEADER + 8))
+            bit = r.randrange(8)
+            out[i] ^= 1 << bit
+            flips.append(f"[{i}] bit {bit}")
+        return bytes(out), "bit flips " + ", ".join(flips)
+    if s == 3 and n >= _HEADER:
+        tag = r.choice([0, 1, 2, 3, 255, 2 ** 31, 2 ** 32 - 1])
+        return _u32(b, 8, tag), f"tag -> {tag}"
+    if s == 4 and n >= _HEADER:
+        ver = r.choice([0, 2, 3, 255, 2 ** 31, 2 ** 32 - 1])
+        return _u32(b, 12, ver), f"format version -> {ver}"
+    if s == 5 and n >= 8:
+        magic = r.choice([b"UVC.ARCH", b"uvc.arcH", b"\0" * 8, b"uvc.arc\0"])
+        return magic + b[8:], f"magic -> {magic!r}"
+    if s in (6, 7) and n >= _HEADER + 8:
+        # One 64-bit word of the payload (a length or a value) replaced.
+        k = r.randrange((n - _HEADER) // 8)
+        at = _HEADER + 8 * k
+        if r.random() < 0.5:
+            x = r.choice(SPECIAL_FLOATS)
+            word, desc = struct.pack("<d", x), repr(x)
+        else:
+            x = r.choice(SPECIAL_INTS + [2 ** 63, 2 ** 64 - 1, 2 ** 62 + 1])
+            word, desc = struct.pack("<Q", x % 2 ** 64), f"int {x}"
+        return b[:at] + word + b[at + 8:], f"payload word {k} -> {desc}"
+    if s == 8 and n > _HEADER:
+        fill = r.choice([0, 0xFF])
+        return b[:_HEADER] + bytes([fill]) * (n - _HEADER), f"payload all 0x{fill:02x}"
+    if s == 9:
+        other = r.choice(c.foreign_states())
+        return other, f"another object's state ({len(other)} bytes, tag {other[8] if len(other) > 8 else '?'})"
+    if s == 10 and n >= _HEADER + 8:
+        # Two payload words swapped, or the payload shifted by a word.
+        if r.random() < 0.5:
+            return b[:_HEADER] + b[_HEADER + 8:] + b[_HEADER:_HEADER + 8], "payload rotated by one word"
+        i, j = sorted(r.sample(range((n - _HEADER) // 8), 2)) if (n - _HEADER) // 8 >= 2 else (0, 0)
+        w = [b[_HEADER + 8 * k:_HEADER + 8 * k + 8] for k in range((n - _HEADER) // 8)]
+        w[i], w[j] = w[j], w[i]
+        return b[:_HEADER] + b"".join(w) + b[_HEADER + 8 * len(w):], f"payload words {i} and {j} swapped"
+    if s == 11:
+        return b"", "empty"
+    # Other types: byte buffers (accepted like bytes) and things that are not.
+    makers = [
+        lambda: (bytearray(b), "bytearray"), lambda: (memoryview(b), "memoryview"),
+        lambda: (np.frombuffer(b, np.uint8), "uint8 array"), lambda: (array.array("B", b), "array.array('B')"),
+        lambda: (np.frombuffer(b, np.uint8).copy()[::2] if n > 1 else np.zeros(3, np.uint8)[::2],
+                 "non-contiguous uint8 view"),
+        lambda: (np.frombuffer(b[:n - n % 8], np.int64), "viewed as int64"),
+        lambda: (np.frombuffer(b[:n - n % 8], np.float64), "viewed as float64"),
+        lambda: (np.frombuffer(b, np.int8), "int8 array"),
+        lambda: ((ctypes.c_ubyte * n).from_buffer_copy(b), "ctypes c_ubyte array"),
+        lambda: ((ctypes.c_char * n).from_buffer_copy(b), "ctypes c_char array"),
+        lambda: (base64.b64encode(b).decode(), "base64 str"), lambda: (b.hex(), "hex str"), lambda: (list(b), "list"),
+        lambda: (None, "None"), lambda: (0, "int"), lambda: (np.frombuffer(b * 2, np.uint8).reshape(2, n), "2-d uint8"),
+        lambda: (np.broadcast_to(np.frombuffer(b[:1] or b"\0", np.uint8), (1 << 40,)), "broadcast (stride 0)"),
+        lambda: (memoryview(bytearray(b)).toreadonly(), "read-only memoryview"),
+    ]
+    return r.choice(makers)()
+
+
+def mutate_state_text(d: dict, r, c: Corpus) -> tuple[dict, str]:
+    """A state dict with its base64 ``state`` damaged (the other keys: `mutate_json`)."""
+    text = d["state"]
+    s = r.randrange(10)
+    if s <= 2:
+        raw, desc = mutate_bytes(base64.b64decode(text), r, c)
+        if not isinstance(raw, (bytes, bytearray)):
+            raw = bytes(np.asarray(raw).tobytes()) if isinstance(raw, np.ndarray) else b""
+        new, what = base64.b64encode(bytes(raw)).decode(), f"bytes {desc}"
+    elif s == 3 and text:
+        i = r.randrange(len(text))
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        ch = r.choice(alphabet.replace(text[i], "") if text[i] in alphabet else alphabet)
+        new, what = text[:i] + ch + text[i + 1:], f"char {i} {text[i]!r} -> {ch!r}"
+    elif s == 4 and text:
+        i = r.randrange(len(text))
+        ch = r.choice(["!", "\n", " ", "=", "-", "_", "é", "\0", "=="])
+        new, what = text[:i] + ch + text[i + 1:], f"char {i} -> {ch!r} (not base64)"
+    elif s == 5:
+        k = r.choice([0, 1, 2, 3, 4, len(text) - 1, len(text) - 4, r.randrange(len(text) + 1)])
+        new, what = text[:max(k, 0)], f"text truncated to {k}"
+    elif s == 6:
+        new, what = text.rstrip("="), "padding removed"
+    elif s == 7:
+        new, what = text.replace("+", "-").replace("/", "_") + r.choice(["", "AAAA", "===="]), "urlsafe / extra"
+    elif s == 8:
+        other = r.choice(c.foreign_states())
+        new, what = base64.b64encode(other).decode(), f"another object's state ({len(other)} bytes)"
+    else:
+        new = r.choice([base64.b64decode(text), None, 0, [text], text.encode(), {"state": text}, " " + text])
+        what = f"-> {type(new).__name__}"
+    return dict(d, state=new), f"['state'] {what}"
+
+
+# ---- method calls: the object itself ----
+
+class Reentrant:
+    """A number whose conversion calls a method on the object the call runs on (which is
+    busy: the bridge must raise RuntimeError there, or the conversion must not happen)."""
+
+    def __init__(self, obj, action: str) -> None:
+        self.obj, self.action = obj, action
+
+    def __float__(self):
+        try:
+            if self.action == "save":
+                self.obj.save()
+            elif self.action == "load":
+                self.obj.load(self.obj.save())
+            else:
+                getattr(self.obj, self.action)()
+        except RuntimeError:
+            pass
+        return 1.0
+
+    __index__ = lambda self: int(self.__float__())  # noqa: E731
+
+    def __repr__(self):
+        return f"Reentrant({self.action})"
+
+
+def mutate_method(call: Call, r) -> str | None:
+    """For a native method call: the method called on an object of the other type, an argument
+    that is the object itself, or a re-entrant number."""
+    obj = call.probe.obj
+    method = call.target.rsplit(".", 1)[1]
+    s = r.randrange(3)
+    if s == 0:
+        others = [object(), None, 1, "x"] + ([_native.GroupSampler(1)] if isinstance(obj, _native.Solver) else [])
+        other = r.choice(others)
+        unbound = getattr(type(obj), method)
+        call.fn = lambda *a, **k: unbound(other, *a, **k)
+        return f"unbound {type(obj).__name__}.{method} called on {other!r}"
+    if not call.args:
+        return None
+    i = r.randrange(len(call.args))
+    if s == 1:
+        call.args[i] = obj
+        return f"{_name(call, 'a', i)}: -> the object itself"
+    call.args[i] = Reentrant(obj, r.choice(["save", "load"]))
+    return f"{_name(call, 'a', i)}: -> a number whose __float__ calls the object ({call.args[i]!r})"
+
+
 def _other_spec(r, c: Corpus, spec):
     return r.choice([x.spec for x in c.cases if x.spec != spec] or [spec])
 
@@ -1280,6 +1840,11 @@ def mutate(call: Call, r, c: Corpus) -> None:
                 if d:
                     call.mutations.append(d)
                     continue
+            if op < 0.21 and call.native and call.probe is not None:
+                d = mutate_method(call, r)
+                if d:
+                    call.mutations.append(d)
+                    continue
         except Exception:  # noqa: BLE001 - does not apply to this (already mutated) call
             continue
         where, key, slot = r.choice(slots)
@@ -1289,8 +1854,13 @@ def mutate(call: Call, r, c: Corpus) -> None:
                 new, d = mutate_array(v, slot, r)
             elif slot.kind == "scalar":
                 new, d = mutate_scalar(v, r)
+            elif slot.kind == "bytes":
+                new, d = mutate_bytes(v, r, c)
             elif slot.kind == "json":
-                new, d = mutate_json(v, r)
+                if isinstance(v, dict) and isinstance(v.get("state"), str) and r.random() < 0.5:
+                    new, d = mutate_state_text(v, r, c)
+                else:
+                    new, d = mutate_json(v, r)
             else:
                 new, d = mutate_obj(v, slot, r, c)
         except Exception:  # noqa: BLE001 - a mutator that does not apply to this value (e.g. already mutated)
@@ -1326,8 +1896,10 @@ def make_case(c: Corpus, seed: int, index: int) -> Call:
     if edge:
         call.valid = False
         call.mutations.append("edge sizes/values")
-    if not valid:
+    if not valid and not call.fixed:
         mutate(call, r, c)
+    elif call.fixed:
+        call.valid = valid
     return call
 
 
@@ -1350,33 +1922,91 @@ def _nonfinite(call: Call, result) -> bool:
     return False
 
 
-# Messages of the core's post-condition checks (see SolverExports.swift `writeBack`): a ValueError
-# with one of them means accepted inputs led to an invalid state.
-INVARIANT_MARKERS = ("would leave an invalid solver state", "this is a bug")
+# Messages of the core's post-condition checks: a ValueError with one of them means accepted
+# inputs led to an invalid state.
+INVARIANT_MARKERS = ("left an invalid state", "this is a bug")
 
 
-def run_case(call: Call) -> tuple[str, str | None]:
-    """Runs one call: ('ok' | 'TypeError' | 'ValueError' | 'other', detail)."""
+def _invoke(call: Call) -> tuple[str, str | None, Any]:
+    """Runs the call itself: ('ok' | 'TypeError' | 'ValueError' | 'other', detail, result)."""
     try:
         result = call.fn(*call.args, **call.kwargs)
     except TypeError as e:
-        return "TypeError", str(e)[:300]
+        return "TypeError", str(e)[:300], None
     except ValueError as e:
         if any(m in str(e) for m in INVARIANT_MARKERS):
             # The core's own consistency check after accepting the inputs: a bug, not bad input.
-            return "other", f"ValueError (core invariant): {str(e)[:300]} [at the core's state check]"
-        return "ValueError", str(e)[:300]
+            return "other", f"ValueError (core invariant): {str(e)[:300]} [at the core's state check]", None
+        return "ValueError", str(e)[:300], None
     except Exception as e:  # noqa: BLE001 - the point
         tb = traceback.extract_tb(e.__traceback__)
         where = f"{Path(tb[-1].filename).name}:{tb[-1].lineno} in {tb[-1].name}" if tb else "?"
-        return "other", f"{type(e).__name__}: {str(e)[:300]} [at {where}]"
-    if call.native and _nonfinite(call, result):
-        return "ok_nonfinite", None
-    return "ok", None
+        return "other", f"{type(e).__name__}: {str(e)[:300]} [at {where}]", None
+    return "ok", None, result
 
 
-COLUMNS = ("inputs", "seed_calls", "TypeError", "ValueError", "ok", "other", "crash", "hang", "seed_failed",
-           "ok_nonfinite")
+def _first_difference(a, b) -> str:
+    if not isinstance(a, (bytes, bytearray)) or not isinstance(b, (bytes, bytearray)):
+        return "differs"
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return f"{len(a)} -> {len(b)} bytes, first difference at byte {i}"
+
+
+def _check_object(call: Call, outcome: str, detail: str | None, before) -> str | None:
+    """The probe's checks after a method call (see `Probe`); a message when one fails."""
+    p = call.probe
+    raised = outcome in ("TypeError", "ValueError")
+    what = f"a failed call ({outcome}: {(detail or '')[:120]})" if raised else \
+        ("a seed call" if call.valid else "an accepted mutated call")
+    try:
+        after = p.state()
+    except Exception as e:  # noqa: BLE001
+        return f"save() after {what} raised {type(e).__name__}: {str(e)[:200]}"
+    if raised and after != before:
+        return f"state changed by {what}: save() {_first_difference(before, after)}"
+    if not raised and call.native and call.target.endswith(".load") and call.args:
+        try:
+            given = memoryview(call.args[0]).tobytes()
+        except (TypeError, ValueError):
+            given = None
+        if given is not None and after != given:
+            return f"load accepted {len(given)} bytes but save() then returns others " \
+                   f"({_first_difference(given, after)})"
+    name, fn = p.follow
+    try:
+        fn(p.obj)
+    except Exception as e:  # noqa: BLE001 - any exception: the call is valid
+        return f"valid {name}() after {what} raised {type(e).__name__}: {str(e)[:200]}"
+    if p.roundtrip is not None:
+        try:
+            p.roundtrip()
+        except Exception as e:  # noqa: BLE001
+            return f"load(save()) after {what} and a valid {name}() raised {type(e).__name__}: {str(e)[:200]}"
+    return None
+
+
+def run_case(call: Call) -> tuple[str, str | None]:
+    """Runs one call: ('ok' | 'ok_nonfinite' | 'TypeError' | 'ValueError' | 'other' |
+    'use_after', detail). A call on an object is checked afterwards (`Probe`): 'use_after'
+    when a failed call changed the object's state or a valid call on it then fails."""
+    before = None
+    if call.probe is not None:
+        try:
+            before = call.probe.state()
+        except Exception as e:  # noqa: BLE001 - a fresh object whose save() fails
+            return "other", f"{type(e).__name__}: {str(e)[:300]} [at save() before the call]"
+    outcome, detail, result = _invoke(call)
+    if outcome == "ok" and call.native and _nonfinite(call, result):
+        outcome = "ok_nonfinite"
+    if call.probe is not None and outcome != "other":
+        problem = _check_object(call, outcome, detail, before)
+        if problem:
+            return "use_after", problem
+    return outcome, detail
+
+
+COLUMNS = ("inputs", "seed_calls", "TypeError", "ValueError", "ok", "other", "use_after", "crash", "hang",
+           "seed_failed", "ok_nonfinite", "busy")
 
 
 def _signature(kind: str, target: str, detail: str) -> str:
@@ -1453,9 +2083,11 @@ def _child(c: Corpus, seed: int, start: int, end: int, current, counters, conn, 
                                detail="returned or wrote NaN/inf"))
         else:
             cols.append(outcome)
-            if outcome == "other":
-                conn.send(dict(index=i, kind="other", target=t, mutation=call.describe(), detail=detail))
+            if outcome in ("other", "use_after"):
+                conn.send(dict(index=i, kind=outcome, target=t, mutation=call.describe(), detail=detail))
         _count(counters, t, *cols)
+        if call.info.get("busy"):
+            counters[_ROW[t] + _COL["busy"]] += call.info["busy"]
         del call
     current.value = end
     conn.send("done")
@@ -1485,7 +2117,7 @@ class Result:
     @property
     def failure_count(self) -> int:
         t = self.totals
-        return t["other"] + t["crash"] + t["hang"] + t["seed_failed"]
+        return t["other"] + t["use_after"] + t["crash"] + t["hang"] + t["seed_failed"]
 
 
 def _mem_limit() -> int:
@@ -1530,10 +2162,10 @@ def fuzz(seed: int = 0, inputs: int = 1_000_000, *, hang_timeout: float = 20.0, 
     def progress(now: float) -> None:
         st = _stats_from(counters)
         run = sum(s["inputs"] for s in st.values())
-        tot = {k: sum(s[k] for s in st.values()) for k in ("crash", "hang", "other", "seed_failed")}
+        tot = {k: sum(s[k] for s in st.values()) for k in ("crash", "hang", "other", "use_after", "seed_failed")}
         el = now - t0
         log(f"[{el:7.0f}s] {run:>9,}/{inputs:,} inputs  {run / max(el, 1e-9):6.0f}/s  crashes {tot['crash']}  "
-            f"hangs {tot['hang']}  other {tot['other']}  seed_failed {tot['seed_failed']}  "
+            f"hangs {tot['hang']}  other {tot['other']}  use_after {tot['use_after']}  seed_failed {tot['seed_failed']}  "
             f"signatures {len(failures)}", flush=True)
 
     try:
@@ -1625,9 +2257,10 @@ def _signame(n: int) -> str:
 # Reporting.
 
 def table(res: Result) -> str:
-    cols = ("inputs", "TypeError", "ValueError", "ok", "other", "crash", "hang", "seed_calls", "seed_failed",
-            "ok_nonfinite")
-    heads = ("inputs", "TypeError", "ValueError", "ok", "other", "crash", "hang", "seeds", "seed_fail", "ok_nan")
+    cols = ("inputs", "TypeError", "ValueError", "ok", "other", "use_after", "crash", "hang", "seed_calls",
+            "seed_failed", "ok_nonfinite", "busy")
+    heads = ("inputs", "TypeError", "ValueError", "ok", "other", "use_after", "crash", "hang", "seeds", "seed_fail",
+             "ok_nan", "busy")
     w = max(len(n) for n in res.stats) + 1
     lines = [f"{'function'.ljust(w)}" + "".join(h.rjust(11) for h in heads)]
     lines.append("-" * len(lines[0]))
@@ -1658,6 +2291,10 @@ def replay(seed: int, index: int) -> None:
     c = Corpus(seed)
     call = make_case(c, seed, index)
     print(f"input {index} (seed {seed}): {call.target}: {call.describe()}", flush=True)
+    if call.probe is not None:
+        state = call.probe.state()
+        print(f"  on a {type(call.probe.obj).__module__}.{type(call.probe.obj).__name__} "
+              f"({len(state) if isinstance(state, bytes) else '?'} state bytes); follow-up: {call.probe.follow[0]}()")
     for i, a in enumerate(call.args):
         print(f"  arg {i} {call.names[i] if i < len(call.names) else ''}: {_short(a)}")
     for k, a in call.kwargs.items():
@@ -1693,11 +2330,15 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.json) if args.json else RESULTS / ("fuzz_native_smoke.json" if args.smoke else "fuzz_native.json")
     command = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
     print(f"fuzz_native: seed {args.seed}, {n:,} inputs, {len(TARGETS)} functions", flush=True)
+    missing = native_surface() - {t.split(".", 1)[1] for t in TARGETS if t.startswith("native.")}
+    if missing:
+        print(f"warning: no builder for native {sorted(missing)}", flush=True)
     res = fuzz(args.seed, n, hang_timeout=args.hang_timeout)
     print(table(res))
     t = res.totals
     print(f"\n{t['inputs']:,} inputs in {res.elapsed_s:.1f} s ({t['inputs'] / max(res.elapsed_s, 1e-9):.0f}/s), "
-          f"{res.restarts} restarts; failures: {res.failure_count} (other {t['other']}, crashes {t['crash']}, "
+          f"{res.restarts} restarts; failures: {res.failure_count} (other {t['other']}, use_after {t['use_after']}, "
+          f"crashes {t['crash']}, "
           f"hangs {t['hang']}, seed calls failed {t['seed_failed']})")
     if res.failures:
         print("\nfailure signatures (count, first input; replay one with --seed S --replay INDEX):")

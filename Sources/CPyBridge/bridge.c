@@ -1,408 +1,201 @@
-/* CPython glue for the Swift core: argument and buffer checks, exception mapping.
- * No logic lives here: every function acquires its buffers, calls one Swift entry
- * point and maps its status to a Python exception. */
+/* CPython glue for the Swift core. Describes each Python argument as a uvc_array (None, a
+ * number, or a buffer's data, shape, kind and flags), calls uvc_call and turns its status
+ * and result into Python. No logic lives here: what each function takes and every check on
+ * it belong to the core (Sources/UVCExports). */
 #include "uvc_bridge.h"
-#include "UVCNative-Swift.h"
-#include <string.h>
+#include "UVCExports-Swift.h"
 
-#define ERROR_CAPACITY 1024
+#define MAX_ARGS 24
+_Static_assert(sizeof(Py_ssize_t) == sizeof(int64_t), "shapes cross the ABI as int64");
 
 typedef struct {
-    const char *name;
-    char kind;     /* 'd' float64, 'q' int64 */
-    int writable;
-} ArgSpec;
+    Py_buffer view;
+    int held;
+    union { double d; long long q; } number;
+} Slot;
 
-static Py_ssize_t no_shape[1] = {0};
+static const int64_t no_shape[1] = {0};
 
-/* Accepts native or little-endian 8-byte items of the wanted kind ('l' and 'q' are both int64 here). */
-static int format_matches(const Py_buffer *view, char kind) {
-    const char *f = view->format ? view->format : "B";
+static int32_t kind_of(const Py_buffer *v) {
+    const char *f = v->format ? v->format : "B";
     if (*f == '@' || *f == '=' || *f == '<') f++;
-    if (f[0] == '\0' || f[1] != '\0' || view->itemsize != 8) return 0;
-    if (kind == 'd') return f[0] == 'd';
-    return f[0] == 'q' || f[0] == 'l';
+    if (f[0] == '\0' || f[1] != '\0') return UVC_OTHER;
+    if (v->itemsize == 8 && f[0] == 'd') return UVC_FLOAT64;
+    if (v->itemsize == 8 && (f[0] == 'q' || f[0] == 'l')) return UVC_INT64;
+    if (v->itemsize == 1 && f[0] == 'B') return UVC_BYTES;
+    return UVC_OTHER;
 }
 
-static int acquire(const char *fn, PyObject *obj, const ArgSpec *spec, Py_buffer *view) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_RECORDS_RO) != 0) {
+static void describe(PyObject *obj, Slot *s, uvc_array *a) {
+    *a = (uvc_array){NULL, no_shape, 0, UVC_OTHER, 0};
+    s->held = 0;
+    if (obj == Py_None) {
+        a->kind = UVC_NONE;
+    } else if (PyFloat_Check(obj)) {
+        s->number.d = PyFloat_AsDouble(obj);
+        *a = (uvc_array){&s->number, no_shape, 0, UVC_FLOAT64, 0};
+    } else if (PyLong_Check(obj)) {
+        int overflow;
+        s->number.q = PyLong_AsLongLongAndOverflow(obj, &overflow);
+        if (!overflow && !PyErr_Occurred()) *a = (uvc_array){&s->number, no_shape, 0, UVC_INT64, 0};
         PyErr_Clear();
-        PyObject *type_name = PyType_GetName(Py_TYPE(obj));
-        PyErr_Format(PyExc_TypeError, "%s(): argument '%s' must be a numpy array (%s), got %S",
-                     fn, spec->name, spec->kind == 'd' ? "float64" : "int64", type_name);
-        Py_XDECREF(type_name);
-        return -1;
-    }
-    const char *why = NULL;
-    PyObject *type = PyExc_ValueError;
-    if (!format_matches(view, spec->kind)) {
-        why = spec->kind == 'd' ? "must have dtype float64" : "must have dtype int64";
-        type = PyExc_TypeError;
-    } else if (!PyBuffer_IsContiguous(view, 'C')) {
-        why = "must be C-contiguous (use numpy.ascontiguousarray)";
-    } else if (spec->writable && view->readonly) {
-        why = "must be writable";
+    } else if (PyObject_GetBuffer(obj, &s->view, PyBUF_RECORDS_RO) == 0) {
+        s->held = 1;
+        *a = (uvc_array){s->view.buf, s->view.ndim ? (const int64_t *)s->view.shape : no_shape, s->view.ndim,
+                         kind_of(&s->view),
+                         (s->view.readonly ? 0 : UVC_WRITABLE) | (PyBuffer_IsContiguous(&s->view, 'C') ? UVC_CONTIGUOUS : 0)};
     } else {
-        /* The core multiplies the shape out in order: no partial product may overflow, even for 0 elements. */
-        Py_ssize_t count = 1;
-        for (int d = 0; d < view->ndim && !why; d++) {
-            if (view->shape[d] != 0 && count > PY_SSIZE_T_MAX / view->shape[d]) why = "has too many elements";
-            else count *= view->shape[d];
-        }
+        PyErr_Clear();
     }
-    if (why) {
-        PyErr_Format(type, "%s(): argument '%s' %s", fn, spec->name, why);
-        PyBuffer_Release(view);
+    if (a->kind == UVC_OTHER && a->rank == 0) {
+        /* Anything else that converts to a float (numpy float32 scalars, 0-d tensors) is a number. */
+        PyObject *f = PyNumber_Float(obj);
+        if (f != NULL) {
+            if (s->held) PyBuffer_Release(&s->view);
+            s->held = 0;
+            s->number.d = PyFloat_AsDouble(f);
+            *a = (uvc_array){&s->number, no_shape, 0, UVC_FLOAT64, 0};
+            Py_DECREF(f);
+        }
+        PyErr_Clear();
+    }
+}
+
+/* Runs one core call without the GIL; -1 (with a Python error set) if it could not be made. */
+static int32_t invoke(int32_t fn, void *object, PyObject *const *args, Py_ssize_t n, uvc_result *r) {
+    if (n > MAX_ARGS) {
+        PyErr_Format(PyExc_TypeError, "at most %d arguments, got %zd", MAX_ARGS, n);
         return -1;
     }
-    return 0;
-}
-
-static int overlaps(const Py_buffer *a, const Py_buffer *b) {
-    const char *a0 = a->buf, *b0 = b->buf;
-    return a->len > 0 && b->len > 0 && a0 < b0 + b->len && b0 < a0 + a->len;
-}
-
-/* Acquires every argument or none; outputs must not share memory with any other argument. */
-static int acquire_all(const char *fn, PyObject *const *args, Py_ssize_t nargs,
-                       const ArgSpec *specs, Py_ssize_t n, Py_buffer *views) {
-    if (nargs != n) {
-        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments, got %zd", fn, n, nargs);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (acquire(fn, args[i], &specs[i], &views[i]) != 0) {
-            while (i-- > 0) PyBuffer_Release(&views[i]);
-            return -1;
-        }
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (!specs[i].writable) continue;
-        for (Py_ssize_t j = 0; j < n; j++) {
-            if (j != i && overlaps(&views[i], &views[j])) {
-                PyErr_Format(PyExc_ValueError, "%s(): output '%s' shares memory with argument '%s'",
-                             fn, specs[i].name, specs[j].name);
-                for (Py_ssize_t k = 0; k < n; k++) PyBuffer_Release(&views[k]);
-                return -1;
-            }
-        }
-    }
-    return 0;
-}
-
-/* Acquires the first n arguments as buffers and converts the m after them to doubles. */
-static int acquire_with_scalars(const char *fn, PyObject *const *args, Py_ssize_t nargs, const ArgSpec *specs,
-                                Py_ssize_t n, Py_buffer *views, const char *const *scalar_names,
-                                double *scalars, Py_ssize_t m) {
-    if (nargs != n + m) {
-        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments, got %zd", fn, n + m, nargs);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < m; i++) {
-        scalars[i] = PyFloat_AsDouble(args[n + i]);
-        if (scalars[i] == -1.0 && PyErr_Occurred()) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "%s(): argument '%s' must be a number", fn, scalar_names[i]);
-            return -1;
-        }
-    }
-    return acquire_all(fn, args, n, specs, n, views);
-}
-
-static void release_all(Py_buffer *views, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) PyBuffer_Release(&views[i]);
-}
-
-static const Py_ssize_t *shape_of(const Py_buffer *v) { return v->ndim ? v->shape : no_shape; }
-
-static int raise_status(const char *fn, int status, const char *message) {
-    if (status == 0) return 0;
-    PyErr_Format(status == 2 ? PyExc_TypeError : PyExc_ValueError, "%s(): %s", fn, message);
-    return -1;
-}
-
-#define ARG(v) (v).buf, shape_of(&(v)), (ptrdiff_t)(v).ndim
-
-static PyObject *cost_exact(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static const ArgSpec specs[] = {
-        {"spec", 'q', 0}, {"convention", 'd', 0}, {"plan", 'q', 0},
-        {"layers_out", 'd', 1}, {"globals_out", 'd', 1}};
-    enum { N = sizeof specs / sizeof specs[0] };
-    Py_buffer v[N];
-    if (acquire_all("cost_exact", args, nargs, specs, N, v) != 0) return NULL;
-    char message[ERROR_CAPACITY];
-    double total = 0;
-    int status = uvc_cost_exact(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]),
-                                &total, message, ERROR_CAPACITY);
-    release_all(v, N);
-    if (raise_status("cost_exact", status, message) != 0) return NULL;
-    return PyFloat_FromDouble(total);
-}
-
-static PyObject *cost_expected(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static const ArgSpec specs[] = {
-        {"spec", 'q', 0}, {"convention", 'd', 0}, {"x", 'd', 0}, {"out", 'd', 1}};
-    enum { N = sizeof specs / sizeof specs[0] };
-    Py_buffer v[N];
-    if (acquire_all("cost_expected", args, nargs, specs, N, v) != 0) return NULL;
-    char message[ERROR_CAPACITY];
-    double total = 0;
-    int status = uvc_cost_expected(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]),
-                                   &total, message, ERROR_CAPACITY);
-    release_all(v, N);
-    if (raise_status("cost_expected", status, message) != 0) return NULL;
-    return PyFloat_FromDouble(total);
-}
-
-#define SOLVER_SETUP_SPECS {"spec", 'q', 0}, {"convention", 'd', 0}, {"config", 'd', 0}, {"zlr_schedule", 'd', 0}
-
-static PyObject *solver_sizes(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static const ArgSpec specs[] = {SOLVER_SETUP_SPECS, {"sizes_out", 'q', 1}};
-    enum { N = sizeof specs / sizeof specs[0] };
-    Py_buffer v[N];
-    if (acquire_all("solver_sizes", args, nargs, specs, N, v) != 0) return NULL;
-    char message[ERROR_CAPACITY];
-    int status = uvc_solver_sizes(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), message, ERROR_CAPACITY);
-    release_all(v, N);
-    if (raise_status("solver_sizes", status, message) != 0) return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *solver_init(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static const ArgSpec specs[] = {SOLVER_SETUP_SPECS, {"seed", 'q', 0}, {"state", 'd', 1}, {"words", 'q', 1},
-                                    {"macs_out", 'd', 1}};
-    enum { N = sizeof specs / sizeof specs[0] };
-    Py_buffer v[N];
-    if (acquire_all("solver_init", args, nargs, specs, N, v) != 0) return NULL;
-    char message[ERROR_CAPACITY];
-    int status = uvc_solver_init(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), ARG(v[5]), ARG(v[6]),
-                                 ARG(v[7]), message, ERROR_CAPACITY);
-    release_all(v, N);
-    if (raise_status("solver_init", status, message) != 0) return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *solver_sample_gates(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static const ArgSpec specs[] = {SOLVER_SETUP_SPECS, {"state", 'd', 1}, {"words", 'q', 1}, {"gates_out", 'd', 1}};
-    static const char *const scalar_names[] = {"epoch"};
-    enum { N = sizeof specs / sizeof specs[0] };
-    Py_buffer v[N];
-    double scalars[1];
-    if (acquire_with_scalars("solver_sample_gates", args, nargs, specs, N, v, scalar_names, scalars, 1) != 0)
-        return NULL;
-    char message[ERROR_CAPACITY];
-    int status = uvc_solver_sample_gates(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), ARG(v[5]),
-                                         ARG(v[6]), scalars[0], message, ERROR_CAPACITY);
-    release_all(v, N);
-    if (raise_status("solver_sample_gates", status, message) != 0) return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *solver_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static const ArgSpec specs[] = {
-        SOLVER_SETUP_SPECS, {"state", 'd', 1}, {"words", 'q', 1},
-        {"head_scores", 'd', 0}, {"dim_scores", 'd', 0}, {"neuron_scores", 'd', 0}, {"gate_grad", 'd', 0},
-        {"head_factor", 'd', 1}, {"dim_factor", 'd', 1}, {"neuron_factor", 'd', 1},
-        {"last_head", 'd', 1}, {"last_dim", 'd', 1}, {"last_neuron", 'd', 1}, {"token_scores", 'd', 0}};
-    static const char *const scalar_names[] = {"lr", "epoch"};
-    enum { N = sizeof specs / sizeof specs[0] };
-    Py_buffer v[N];
-    double scalars[2];
-    if (acquire_with_scalars("solver_step", args, nargs, specs, N, v, scalar_names, scalars, 2) != 0) return NULL;
-    char message[ERROR_CAPACITY];
-    int status;
+    Slot slots[MAX_ARGS];
+    uvc_array arrays[MAX_ARGS];
+    for (Py_ssize_t i = 0; i < n; i++) describe(args[i], &slots[i], &arrays[i]);
+    int32_t status;
     Py_BEGIN_ALLOW_THREADS
-    status = uvc_solver_step(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), ARG(v[5]), ARG(v[6]), ARG(v[7]),
-                             ARG(v[8]), ARG(v[9]), ARG(v[10]), ARG(v[11]), ARG(v[12]), ARG(v[13]), ARG(v[14]),
-                             ARG(v[15]), ARG(v[16]), scalars[0], scalars[1], message, ERROR_CAPACITY);
+    status = uvc_call(fn, object, arrays, n, r);
     Py_END_ALLOW_THREADS
-    release_all(v, N);
-    if (raise_status("solver_step", status, message) != 0) return NULL;
-    Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < n; i++) if (slots[i].held) PyBuffer_Release(&slots[i].view);
+    return status;
 }
 
-static PyObject *solver_masks(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static const ArgSpec specs[] = {
-        SOLVER_SETUP_SPECS, {"state", 'd', 0}, {"words", 'q', 0},
-        {"head_scores", 'd', 0}, {"dim_scores", 'd', 0}, {"neuron_scores", 'd', 0},
-        {"head_mask", 'd', 1}, {"dim_mask", 'd', 1}, {"neuron_mask", 'd', 1}};
-    enum { N = sizeof specs / sizeof specs[0] };
-    Py_buffer v[N];
-    if (acquire_all("solver_masks", args, nargs, specs, N, v) != 0) return NULL;
-    char message[ERROR_CAPACITY];
-    int status;
-    Py_BEGIN_ALLOW_THREADS
-    status = uvc_solver_masks(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), ARG(v[5]), ARG(v[6]),
-                              ARG(v[7]), ARG(v[8]), ARG(v[9]), ARG(v[10]), ARG(v[11]), message, ERROR_CAPACITY);
-    Py_END_ALLOW_THREADS
-    release_all(v, N);
-    if (raise_status("solver_masks", status, message) != 0) return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *solver_plan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static const ArgSpec specs[] = {
-        SOLVER_SETUP_SPECS, {"state", 'd', 0}, {"words", 'q', 0},
-        {"head_scores", 'd', 0}, {"dim_scores", 'd', 0}, {"neuron_scores", 'd', 0}, {"counts_out", 'q', 1},
-        {"head_mask", 'd', 1}, {"dim_mask", 'd', 1}, {"neuron_mask", 'd', 1}};
-    static const char *const scalar_names[] = {"round_to"};
-    enum { N = sizeof specs / sizeof specs[0] };
-    Py_buffer v[N];
-    double scalars[1];
-    if (acquire_with_scalars("solver_plan", args, nargs, specs, N, v, scalar_names, scalars, 1) != 0) return NULL;
-    char message[ERROR_CAPACITY];
-    double total = 0;
-    int status;
-    Py_BEGIN_ALLOW_THREADS
-    status = uvc_solver_plan(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), ARG(v[5]), ARG(v[6]),
-                             ARG(v[7]), ARG(v[8]), ARG(v[9]), ARG(v[10]), ARG(v[11]), ARG(v[12]), scalars[0],
-                             &total, message, ERROR_CAPACITY);
-    Py_END_ALLOW_THREADS
-    release_all(v, N);
-    if (raise_status("solver_plan", status, message) != 0) return NULL;
-    return PyFloat_FromDouble(total);
-}
-
-static PyObject *solver_summary(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static const ArgSpec specs[] = {
-        SOLVER_SETUP_SPECS, {"state", 'd', 0}, {"words", 'q', 0},
-        {"probs_out", 'd', 1}, {"decisions_out", 'd', 1}, {"kept_out", 'd', 1}, {"values_out", 'd', 1}};
-    enum { N = sizeof specs / sizeof specs[0] };
-    Py_buffer v[N];
-    if (acquire_all("solver_summary", args, nargs, specs, N, v) != 0) return NULL;
-    char message[ERROR_CAPACITY];
-    int status = uvc_solver_summary(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), ARG(v[5]), ARG(v[6]),
-                                    ARG(v[7]), ARG(v[8]), ARG(v[9]), message, ERROR_CAPACITY);
-    release_all(v, N);
-    if (raise_status("solver_summary", status, message) != 0) return NULL;
-    Py_RETURN_NONE;
-}
-
-/* ---- USDC: group partitions, group gates, resource loss ---- */
-
-static PyObject *usdc_seed(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static const ArgSpec specs[] = {{"seed", 'q', 0}, {"words_out", 'q', 1}};
-    enum { N = sizeof specs / sizeof specs[0] };
-    Py_buffer v[N];
-    if (acquire_all("usdc_seed", args, nargs, specs, N, v) != 0) return NULL;
-    char message[ERROR_CAPACITY];
-    int status = uvc_usdc_seed(ARG(v[0]), ARG(v[1]), message, ERROR_CAPACITY);
-    release_all(v, N);
-    if (raise_status("usdc_seed", status, message) != 0) return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *usdc_partition(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static const ArgSpec specs[] = {{"words", 'q', 1}, {"groups_out", 'q', 1}, {"sizes_out", 'q', 1},
-                                    {"noise_out", 'd', 1}};
-    static const char *const scalar_names[] = {"grouping"};
-    enum { N = sizeof specs / sizeof specs[0] };
-    Py_buffer v[N];
-    double scalars[1];
-    if (acquire_with_scalars("usdc_partition", args, nargs, specs, N, v, scalar_names, scalars, 1) != 0) return NULL;
-    char message[ERROR_CAPACITY];
-    int status = uvc_usdc_partition(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), scalars[0], message,
-                                    ERROR_CAPACITY);
-    release_all(v, N);
-    if (raise_status("usdc_partition", status, message) != 0) return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *usdc_group_gates(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static const ArgSpec specs[] = {{"logits", 'd', 0}, {"groups", 'q', 0}, {"noise", 'd', 0},
-                                    {"gates_out", 'd', 1}, {"probs_out", 'd', 1}};
-    static const char *const scalar_names[] = {"tau", "straight_through"};
-    enum { N = sizeof specs / sizeof specs[0] };
-    Py_buffer v[N];
-    double scalars[2];
-    if (acquire_with_scalars("usdc_group_gates", args, nargs, specs, N, v, scalar_names, scalars, 2) != 0)
+static PyObject *to_python(int32_t status, const uvc_result *r) {
+    if (status < 0) return NULL;
+    if (status != UVC_OK) {
+        PyErr_SetString(status == UVC_TYPE_ERROR ? PyExc_TypeError : PyExc_ValueError, r->message);
         return NULL;
-    char message[ERROR_CAPACITY];
-    int status = uvc_usdc_group_gates(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), scalars[0],
-                                      scalars[1], message, ERROR_CAPACITY);
-    release_all(v, N);
-    if (raise_status("usdc_group_gates", status, message) != 0) return NULL;
-    Py_RETURN_NONE;
+    }
+    switch (r->kind) {
+    case UVC_RESULT_FLOAT: return PyFloat_FromDouble(r->value);
+    case UVC_RESULT_BYTES: return PyBytes_FromStringAndSize(r->bytes, r->length);
+    case UVC_RESULT_TEXT: return PyUnicode_FromStringAndSize(r->bytes, r->length);
+    default: Py_RETURN_NONE;
+    }
 }
 
-static PyObject *usdc_group_gates_backward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static const ArgSpec specs[] = {{"logits", 'd', 0}, {"groups", 'q', 0}, {"noise", 'd', 0},
-                                    {"gate_grad", 'd', 0}, {"prob_grad", 'd', 0}, {"grad_out", 'd', 1}};
-    static const char *const scalar_names[] = {"tau"};
-    enum { N = sizeof specs / sizeof specs[0] };
-    Py_buffer v[N];
-    double scalars[1];
-    if (acquire_with_scalars("usdc_group_gates_backward", args, nargs, specs, N, v, scalar_names, scalars, 1) != 0)
+static PyObject *call(int32_t fn, PyObject *const *args, Py_ssize_t n) {
+    uvc_result r;
+    int32_t status = invoke(fn, NULL, args, n, &r);
+    return to_python(status, &r);
+}
+
+/* ---- Objects: a core-owned handle, used by one thread at a time ---- */
+
+typedef struct {
+    PyObject_HEAD
+    void *core;
+    int busy;
+} Object;
+
+static PyObject *create(PyTypeObject *type, PyObject *args, PyObject *kwargs, int32_t fn) {
+    if (kwargs && PyDict_Size(kwargs) > 0) {
+        PyErr_SetString(PyExc_TypeError, "takes no keyword arguments");
         return NULL;
-    char message[ERROR_CAPACITY];
-    int status = uvc_usdc_group_gates_backward(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), ARG(v[5]),
-                                               scalars[0], message, ERROR_CAPACITY);
-    release_all(v, N);
-    if (raise_status("usdc_group_gates_backward", status, message) != 0) return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *usdc_resource_loss(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    static const ArgSpec specs[] = {
-        {"spec", 'q', 0}, {"convention", 'd', 0}, {"head_probs", 'd', 0}, {"neuron_probs", 'd', 0},
-        {"part_probs", 'd', 0}, {"rates", 'd', 0}, {"gate_macs", 'd', 0}, {"gate_probs", 'd', 0},
-        {"values_out", 'd', 1}, {"head_grad", 'd', 1}, {"neuron_grad", 'd', 1}, {"part_grad", 'd', 1},
-        {"rate_grad", 'd', 1}, {"gate_macs_grad", 'd', 1}, {"gate_probs_grad", 'd', 1}};
-    static const char *const scalar_names[] = {"target", "gamma", "dual"};
-    enum { N = sizeof specs / sizeof specs[0] };
-    Py_buffer v[N];
-    double scalars[3];
-    if (acquire_with_scalars("usdc_resource_loss", args, nargs, specs, N, v, scalar_names, scalars, 3) != 0)
+    }
+    Py_ssize_t n = PyTuple_Size(args);
+    PyObject *items[MAX_ARGS];
+    for (Py_ssize_t i = 0; i < n && i < MAX_ARGS; i++) items[i] = PyTuple_GetItem(args, i);
+    uvc_result r;
+    PyObject *none = to_python(invoke(fn, NULL, items, n, &r), &r);
+    if (none == NULL) return NULL;
+    Py_DECREF(none);
+    Object *self = (Object *)((allocfunc)PyType_GetSlot(type, Py_tp_alloc))(type, 0);
+    if (self == NULL) {
+        uvc_free(r.object);
         return NULL;
-    char message[ERROR_CAPACITY];
-    int status = uvc_usdc_resource_loss(ARG(v[0]), ARG(v[1]), ARG(v[2]), ARG(v[3]), ARG(v[4]), ARG(v[5]), ARG(v[6]),
-                                        ARG(v[7]), ARG(v[8]), ARG(v[9]), ARG(v[10]), ARG(v[11]), ARG(v[12]),
-                                        ARG(v[13]), ARG(v[14]), scalars[0], scalars[1], scalars[2], message,
-                                        ERROR_CAPACITY);
-    release_all(v, N);
-    if (raise_status("usdc_resource_loss", status, message) != 0) return NULL;
-    Py_RETURN_NONE;
+    }
+    self->core = r.object;
+    self->busy = 0;
+    return (PyObject *)self;
 }
 
-/* ---- end USDC ---- */
+static PyObject *method(PyObject *self, int32_t fn, PyObject *const *args, Py_ssize_t n) {
+    Object *o = (Object *)self;
+    if (o->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "this object is in use by another thread (one call at a time: use one "
+                                            "object per thread, or a lock)");
+        return NULL;
+    }
+    o->busy = 1;
+    uvc_result r;
+    PyObject *out = to_python(invoke(fn, o->core, args, n, &r), &r);
+    o->busy = 0;
+    return out;
+}
 
-static PyMethodDef methods[] = {
-    {"cost_exact", (PyCFunction)(void (*)(void))cost_exact, METH_FASTCALL,
-     "cost_exact(spec, convention, plan, layers_out, globals_out) -> total MACs"},
-    {"cost_expected", (PyCFunction)(void (*)(void))cost_expected, METH_FASTCALL,
-     "cost_expected(spec, convention, x, out) -> expected MACs; writes the gradient to out"},
-    {"solver_sizes", (PyCFunction)(void (*)(void))solver_sizes, METH_FASTCALL,
-     "solver_sizes(spec, convention, config, zlr_schedule, sizes_out): sizes of the state's fields"},
-    {"solver_init", (PyCFunction)(void (*)(void))solver_init, METH_FASTCALL,
-     "solver_init(spec, convention, config, zlr_schedule, seed, state, words, macs_out): initial state"},
-    {"solver_sample_gates", (PyCFunction)(void (*)(void))solver_sample_gates, METH_FASTCALL,
-     "solver_sample_gates(spec, convention, config, zlr_schedule, state, words, gates_out, epoch)"},
-    {"solver_step", (PyCFunction)(void (*)(void))solver_step, METH_FASTCALL,
-     "solver_step(spec, convention, config, zlr_schedule, state, words, head_scores, dim_scores, neuron_scores, "
-     "gate_grad, head_factor, dim_factor, neuron_factor, last_head, last_dim, last_neuron, token_scores, lr, epoch)"},
-    {"solver_masks", (PyCFunction)(void (*)(void))solver_masks, METH_FASTCALL,
-     "solver_masks(spec, convention, config, zlr_schedule, state, words, head_scores, dim_scores, neuron_scores, "
-     "head_mask, dim_mask, neuron_mask)"},
-    {"solver_plan", (PyCFunction)(void (*)(void))solver_plan, METH_FASTCALL,
-     "solver_plan(spec, convention, config, zlr_schedule, state, words, head_scores, dim_scores, neuron_scores, "
-     "counts_out, head_mask, dim_mask, neuron_mask, round_to) -> exact MACs of the plan"},
-    {"solver_summary", (PyCFunction)(void (*)(void))solver_summary, METH_FASTCALL,
-     "solver_summary(spec, convention, config, zlr_schedule, state, words, probs_out, decisions_out, kept_out, "
-     "values_out)"},
-    /* USDC */
-    {"usdc_seed", (PyCFunction)(void (*)(void))usdc_seed, METH_FASTCALL, "usdc_seed(seed, words_out)"},
-    {"usdc_partition", (PyCFunction)(void (*)(void))usdc_partition, METH_FASTCALL,
-     "usdc_partition(words, groups_out, sizes_out, noise_out, grouping): one step's sub-groups and gate noise"},
-    {"usdc_group_gates", (PyCFunction)(void (*)(void))usdc_group_gates, METH_FASTCALL,
-     "usdc_group_gates(logits, groups, noise, gates_out, probs_out, tau, straight_through)"},
-    {"usdc_group_gates_backward", (PyCFunction)(void (*)(void))usdc_group_gates_backward, METH_FASTCALL,
-     "usdc_group_gates_backward(logits, groups, noise, gate_grad, prob_grad, grad_out, tau)"},
-    {"usdc_resource_loss", (PyCFunction)(void (*)(void))usdc_resource_loss, METH_FASTCALL,
-     "usdc_resource_loss(spec, convention, head_probs, neuron_probs, part_probs, rates, gate_macs, gate_probs, "
-     "values_out, head_grad, neuron_grad, part_grad, rate_grad, gate_macs_grad, gate_probs_grad, target, gamma, dual)"},
-    {NULL, NULL, 0, NULL}};
+static void dealloc(PyObject *self) {
+    PyTypeObject *type = Py_TYPE(self);
+    if (((Object *)self)->core) uvc_free(((Object *)self)->core);
+    ((freefunc)PyType_GetSlot(type, Py_tp_free))(self);
+    Py_DECREF(type);
+}
+
+/* ---- Tables: Python names to core function numbers ---- */
+
+#define FUNCTIONS(X) X(layouts, UVC_LAYOUTS) X(cost_exact, UVC_COST_EXACT) X(cost_expected, UVC_COST_EXPECTED) \
+    X(group_gates, UVC_GROUP_GATES) X(group_gates_backward, UVC_GROUP_GATES_BACKWARD) \
+    X(resource_loss, UVC_RESOURCE_LOSS)
+#define SOLVER_METHODS(X) X(layout, UVC_SOLVER_LAYOUT) X(sample_gates, UVC_SOLVER_SAMPLE_GATES) \
+    X(step, UVC_SOLVER_STEP) X(masks, UVC_SOLVER_MASKS) X(plan, UVC_SOLVER_PLAN) X(summary, UVC_SOLVER_SUMMARY) \
+    X(fields, UVC_SOLVER_FIELDS) X(save, UVC_SOLVER_SAVE) X(load, UVC_SOLVER_LOAD)
+#define SAMPLER_METHODS(X) X(group_count, UVC_SAMPLER_GROUP_COUNT) X(sample, UVC_SAMPLER_SAMPLE) \
+    X(save, UVC_SAMPLER_SAVE) X(load, UVC_SAMPLER_LOAD)
+
+#define FUNCTION(name, fn) \
+    static PyObject *f_##name(PyObject *m, PyObject *const *a, Py_ssize_t n) { return call(fn, a, n); }
+#define METHOD(name, fn) \
+    static PyObject *m_##fn(PyObject *s, PyObject *const *a, Py_ssize_t n) { return method(s, fn, a, n); }
+#define F_ENTRY(name, fn) {#name, (PyCFunction)(void (*)(void))f_##name, METH_FASTCALL, NULL},
+#define M_ENTRY(name, fn) {#name, (PyCFunction)(void (*)(void))m_##fn, METH_FASTCALL, NULL},
+FUNCTIONS(FUNCTION)
+SOLVER_METHODS(METHOD)
+SAMPLER_METHODS(METHOD)
+
+static PyObject *solver_new(PyTypeObject *t, PyObject *a, PyObject *k) { return create(t, a, k, UVC_SOLVER_NEW); }
+static PyObject *sampler_new(PyTypeObject *t, PyObject *a, PyObject *k) { return create(t, a, k, UVC_SAMPLER_NEW); }
+static PyMethodDef functions[] = {FUNCTIONS(F_ENTRY) {NULL, NULL, 0, NULL}};
+static PyMethodDef solver_methods[] = {SOLVER_METHODS(M_ENTRY) {NULL, NULL, 0, NULL}};
+static PyMethodDef sampler_methods[] = {SAMPLER_METHODS(M_ENTRY) {NULL, NULL, 0, NULL}};
+
+static PyType_Slot solver_slots[] = {
+    {Py_tp_new, solver_new}, {Py_tp_dealloc, dealloc}, {Py_tp_methods, solver_methods},
+    {Py_tp_doc, "The core's solver: state and last scores (see python/uvc/_native.pyi)."}, {0, NULL}};
+static PyType_Slot sampler_slots[] = {
+    {Py_tp_new, sampler_new}, {Py_tp_dealloc, dealloc}, {Py_tp_methods, sampler_methods},
+    {Py_tp_doc, "The core's USDC group sampler (see python/uvc/_native.pyi)."}, {0, NULL}};
+static PyType_Spec solver_spec = {"uvc._native.Solver", sizeof(Object), 0, Py_TPFLAGS_DEFAULT, solver_slots};
+static PyType_Spec sampler_spec = {"uvc._native.GroupSampler", sizeof(Object), 0, Py_TPFLAGS_DEFAULT, sampler_slots};
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_native", "The Swift core of uvc (cost model, solver, gates).", -1, methods};
+    PyModuleDef_HEAD_INIT, "_native", "The Swift core of uvc (see python/uvc/_native.pyi).", -1, functions};
 
-PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__native(void) {
+    PyObject *m = PyModule_Create(&module);
+    PyType_Spec *specs[] = {&solver_spec, &sampler_spec};
+    for (int i = 0; m != NULL && i < 2; i++) {
+        PyObject *type = PyType_FromSpec(specs[i]);
+        const char *name = strrchr(specs[i]->name, '.') + 1;
+        if (type == NULL || PyModule_AddObjectRef(m, name, type) < 0) Py_CLEAR(m);
+        Py_XDECREF(type);
+    }
+    return m;
+}

@@ -25,9 +25,15 @@ public struct LayerPlan: Hashable, Sendable {
         self.tokens = tokens
     }
 
-    /// Number of integers per layer in the flat encoding
-    /// `[heads, vDim, neurons, attention, mlp, tokens]`.
+    /// Names of the integers per layer in the flat encoding, in order.
+    public static let fieldNames = ["heads", "v_dim", "neurons", "attn", "mlp", "tokens"]
+    /// Number of integers per layer in the flat encoding.
     public static let encodedCount = 6
+
+    /// Writes the flat encoding (`fieldNames`) into `row` (`encodedCount` values).
+    public func encode(into row: UnsafeMutableBufferPointer<Int64>) {
+        for (k, v) in [heads, vDim, neurons, attention ? 1 : 0, mlp ? 1 : 0, tokens].enumerated() { row[k] = Int64(v) }
+    }
 }
 
 /// A discrete architecture inside a `ViTSpec`: one `LayerPlan` per block.

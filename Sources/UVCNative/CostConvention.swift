@@ -32,7 +32,9 @@ public struct CostConvention: Hashable, Sendable {
     /// 5 MACs per element and the classifier head.
     public static let fvcore = CostConvention(layerNormPerElement: 5, head: true)
 
-    /// Number of doubles in the flat encoding `[layerNormPerElement, softmax, gelu, bias, head]`.
+    /// Names of the doubles of the flat encoding, in order.
+    public static let fieldNames = ["layer_norm", "softmax", "gelu", "bias", "head"]
+    /// Number of doubles in the flat encoding.
     public static let encodedCount = 5
 
     public init(encoded e: UnsafeBufferPointer<Double>) throws(UVCError) {

@@ -34,11 +34,17 @@ public struct CostModel: Sendable {
         case qkv, attnQK, attnAV, proj, fc1, fc2, norm1, norm2, softmax, gelu, bias
         /// Token fusion in a block that drops tokens: class-attention row and weighted sum.
         case fuse
+
+        /// The names the Python API uses, in order.
+        public static let names = ["qkv", "attn_qk", "attn_av", "proj", "fc1", "fc2", "norm1", "norm2", "softmax",
+                                   "gelu", "bias", "fuse"]
     }
 
     /// Whole-model components outside the blocks.
     public enum GlobalComponent: Int, CaseIterable, Sendable {
         case patchEmbed, finalNorm, head
+
+        public static let names = ["patch_embed", "final_norm", "head"]
     }
 
     /// One block's continuous inputs. `tokens` enter the block; `tokensOut` leave it (and

@@ -22,7 +22,8 @@ public struct UVCError: Error, Equatable, Sendable, CustomStringConvertible {
     public var description: String { "\(argument): \(message)" }
 }
 
-@inline(__always)
-func require(_ condition: Bool, _ argument: String, _ message: @autoclosure () -> String) throws(UVCError) {
+/// Throws `UVCError(argument, message)` unless `condition` holds.
+@inlinable @inline(__always)
+public func require(_ condition: Bool, _ argument: String, _ message: @autoclosure () -> String) throws(UVCError) {
     if !condition { throw UVCError(argument, message()) }
 }

@@ -22,8 +22,14 @@ public struct ViTSpec: Hashable, Sendable {
     /// Classifier heads applied to one token each: 1, or 2 for distilled DeiT.
     public var classifierHeads: Int
 
-    /// Number of fields in the flat encoding used across the C ABI.
+    /// Names of the fields of the flat encoding used across the C ABI, in order.
+    public static let fieldNames = ["depth", "embed_dim", "num_heads", "qk_head_dim", "v_head_dim", "mlp_hidden",
+                                    "patch_size", "image_height", "image_width", "in_channels", "prefix_tokens",
+                                    "num_classes", "classifier_heads"]
+    /// Number of fields in the flat encoding.
     public static let encodedCount = 13
+    /// The largest size of any field: it keeps every product of the cost model far inside Int64.
+    public static let maxSize = 1 << 20
 
     public init(
         depth: Int, embedDim: Int, numHeads: Int, qkHeadDim: Int, vHeadDim: Int,
@@ -66,16 +72,15 @@ public struct ViTSpec: Hashable, Sendable {
                               ("mlp_hidden", mlpHidden), ("patch_size", patchSize),
                               ("image_height", imageHeight), ("image_width", imageWidth),
                               ("in_channels", inChannels), ("classifier_heads", classifierHeads)] {
-            // The upper bound keeps every product of the cost model far inside Int64.
-            if value < 1 || value > 1 << 20 {
+            if value < 1 || value > ViTSpec.maxSize {
                 throw UVCError("spec.\(name)", value < 1 ? "must be at least 1, got \(value)"
-                                                      : "must be at most \(1 << 20), got \(value)")
+                                                      : "must be at most \(ViTSpec.maxSize), got \(value)")
             }
         }
         try require(prefixTokens >= 0 && prefixTokens <= 64, "spec.prefix_tokens",
                     "must be in 0...64, got \(prefixTokens)")
-        try require(numClasses >= 0 && numClasses <= 1 << 20, "spec.num_classes",
-                    "must be in 0...\(1 << 20), got \(numClasses)")
+        try require(numClasses >= 0 && numClasses <= ViTSpec.maxSize, "spec.num_classes",
+                    "must be in 0...\(ViTSpec.maxSize), got \(numClasses)")
         try require(imageHeight % patchSize == 0 && imageWidth % patchSize == 0, "spec.patch_size",
                     "must divide the image size \(imageHeight)x\(imageWidth), got \(patchSize)")
         try require(classifierHeads <= max(prefixTokens, 1), "spec.classifier_heads",

@@ -1,7 +1,7 @@
 import XCTest
 @testable import UVCNative
 
-/// The generator, the Gumbel-softmax relaxation and the three binary gate samplers.
+/// The generator, Gumbel noise and the three binary gate samplers.
 final class GumbelTests: XCTestCase {
     func testSplitMix64MatchesReferenceOutputs() {
         var mix = SplitMix64(seed: 0)
@@ -46,51 +46,14 @@ final class GumbelTests: XCTestCase {
         XCTAssertEqual(total / 100_000, 0.5, accuracy: 0.004)
     }
 
-    func testForwardIsSoftmaxOfShiftedScaledLogits() {
-        let logits = [0.3, -1.2, 2.0], noise = [0.1, 0.5, -0.4], tau = 0.7
-        var soft = [0.0, 0.0, 0.0]
-        run(logits, noise, tau, &soft)
-        let e = zip(logits, noise).map { expReference(($0 + $1) / tau) }
-        let total = e.reduce(0, +)
-        for i in 0..<3 { XCTAssertEqual(soft[i], e[i] / total, accuracy: 1e-12) }
-    }
-
-    func testBackwardMatchesFiniteDifferences() {
-        let logits = [0.3, -1.2, 2.0], noise = [0.1, 0.5, -0.4], upstream = [0.7, -0.2, 1.3], tau = 0.6
-        var soft = [0.0, 0.0, 0.0], grad = [0.0, 0.0, 0.0]
-        run(logits, noise, tau, &soft)
-        soft.withUnsafeBufferPointer { s in
-            upstream.withUnsafeBufferPointer { u in
-                grad.withUnsafeMutableBufferPointer { GumbelSoftmax.backward(soft: s, tau: tau, upstream: u, into: $0) }
-            }
-        }
-        for i in 0..<3 {
-            var up = logits, down = logits
-            up[i] += 1e-6
-            down[i] -= 1e-6
-            var su = soft, sd = soft
-            run(up, noise, tau, &su)
-            run(down, noise, tau, &sd)
-            let loss = { (y: [Double]) in zip(y, upstream).map(*).reduce(0, +) }
-            XCTAssertEqual(grad[i], (loss(su) - loss(sd)) / 2e-6, accuracy: 1e-8)
-        }
-    }
-
-    func testHardSampleFrequenciesMatchSoftmaxProbabilities() {
-        let logits = [0.5, -0.5, 1.0], n = 40_000
-        var rng = Xoshiro256StarStar(seed: 3)
-        var counts = [0, 0, 0]
-        var soft = [0.0, 0.0, 0.0]
-        for _ in 0..<n {
-            let noise = (0..<3).map { _ in GumbelSoftmax.noise(rng.nextOpenUnit()) }
-            run(logits, noise, 0.5, &soft)
-            counts[soft.indices.max { soft[$0] < soft[$1] }!] += 1
-        }
-        let e = logits.map(expReference), total = e.reduce(0, +)
-        for i in 0..<3 {
-            let p = e[i] / total
-            // Four standard deviations of a binomial frequency.
-            XCTAssertEqual(Double(counts[i]) / Double(n), p, accuracy: 4 * (p * (1 - p) / Double(n)).squareRoot())
+    func testTheGumbelGateIsTheTwoClassSoftmaxOfItsNoise() {
+        for (d, tau) in [(0.3, 0.7), (-1.2, 0.5), (2.0, 1.3)] {
+            var rng = Xoshiro256StarStar(seed: 4), copy = rng
+            let draw = GateSampler.gumbel.sample(logit: d, tau: tau, eps: 0.1, straightThrough: false, rng: &rng)
+            let g0 = GumbelSoftmax.noise(copy.nextOpenUnit()), g1 = GumbelSoftmax.noise(copy.nextOpenUnit())
+            // softmax((0, d) + (g0, g1)) / τ), the run entry.
+            let run = expReference((d + g1) / tau), skip = expReference(g0 / tau)
+            XCTAssertEqual(draw.soft, run / (run + skip), accuracy: 1e-12)
         }
     }
 
@@ -164,14 +127,6 @@ final class GumbelTests: XCTestCase {
         XCTAssertTrue(GateSampler.softL0.decision(logit: 0.51, eps: eps))
         XCTAssertTrue(GateSampler.gumbel.decision(logit: 1e-9, eps: eps))
         XCTAssertFalse(GateSampler.sigmoid.decision(logit: 0, eps: eps))
-    }
-
-    private func run(_ logits: [Double], _ noise: [Double], _ tau: Double, _ soft: inout [Double]) {
-        logits.withUnsafeBufferPointer { l in
-            noise.withUnsafeBufferPointer { g in
-                soft.withUnsafeMutableBufferPointer { GumbelSoftmax.forward(logits: l, noise: g, tau: tau, into: $0) }
-            }
-        }
     }
 }
 

@@ -130,38 +130,40 @@ final class USDCPartitionTests: XCTestCase {
         XCTAssertEqual(variance, Double.pi * Double.pi / 3, accuracy: 0.06)
     }
 
-    func testExportWritesBackTheAdvancedWordsAndRefusesTheZeroState() {
-        var seed: [Int64] = [3]
-        var words = [Int64](repeating: 0, count: 4)
-        var message = [CChar](repeating: 0, count: 256)
-        let shape1 = [1], shape4 = [4]
-        XCTAssertEqual(uvcUsdcSeed(&seed, shape1, 1, &words, shape4, 1, &message, 256), 0)
+    func testTheSamplerDrawsAsTheGeneratorAndRoundTripsItsBytes() throws {
+        var sampler = GroupSampler(seed: 3)
         var expected = Xoshiro256StarStar(seed: 3)
-        let w = expected.words
-        XCTAssertEqual(words, [w.0, w.1, w.2, w.3].map { Int64(bitPattern: $0) })
         var groups = [Int64](repeating: 0, count: 8), sizes = [Int64](repeating: 0, count: 4)
         var noise = [Double](repeating: 0, count: 8)
-        let status = uvcUsdcPartition(&words, shape4, 1, &groups, [8], 1, &sizes, [4], 1, &noise, [4, 2], 2,
-                                      0, &message, 256)
-        XCTAssertEqual(status, 0)
+        let saved = sampler.save()
+        try groups.withUnsafeMutableBufferPointer { g in
+            try sizes.withUnsafeMutableBufferPointer { s in
+                try noise.withUnsafeMutableBufferPointer { try sampler.sample(.halving, groups: g, sizes: s, noise: $0) }
+            }
+        }
         let reference = sample(8, &expected)
         XCTAssertEqual(groups, reference.groups)
         var refNoise = [Double](repeating: 0, count: 8)
         refNoise.withUnsafeMutableBufferPointer { GroupPartition.logisticNoise(into: $0, rng: &expected) }
         XCTAssertEqual(noise, refNoise)
-        let e = expected.words
-        XCTAssertEqual(words, [e.0, e.1, e.2, e.3].map { Int64(bitPattern: $0) })
+        XCTAssertTrue(sampler.rng == expected)
 
-        var zero = [Int64](repeating: 0, count: 4)
-        XCTAssertEqual(uvcUsdcPartition(&zero, shape4, 1, &groups, [8], 1, &sizes, [4], 1, &noise, [4, 2], 2,
-                                        0, &message, 256), UVCError.Kind.value.rawValue)
-        XCTAssertTrue(String(cString: message).hasPrefix("words:"))
-        // Three groups for a batch of 8 is the wrong shape.
-        XCTAssertEqual(uvcUsdcPartition(&words, shape4, 1, &groups, [8], 1, &sizes, [3], 1, &noise, [4, 2], 2,
-                                        0, &message, 256), UVCError.Kind.value.rawValue)
-        XCTAssertTrue(String(cString: message).hasPrefix("sizes_out:"))
-        XCTAssertEqual(uvcUsdcPartition(&words, shape4, 1, &groups, [8], 1, &sizes, [4], 1, &noise, [4, 2], 2,
-                                        4, &message, 256), UVCError.Kind.value.rawValue)
-        XCTAssertTrue(String(cString: message).hasPrefix("grouping:"))
+        // Three groups for a batch of 8 is refused and draws nothing.
+        var three = [Int64](repeating: 0, count: 3)
+        XCTAssertThrowsError(try groups.withUnsafeMutableBufferPointer { g in
+            try three.withUnsafeMutableBufferPointer { s in
+                try noise.withUnsafeMutableBufferPointer { try sampler.sample(.halving, groups: g, sizes: s, noise: $0) }
+            }
+        }) { XCTAssertEqual(($0 as? UVCError)?.argument, "sizes_out") }
+        XCTAssertTrue(sampler.rng == expected)
+
+        try saved.withUnsafeBytes { try sampler.load($0) }
+        XCTAssertTrue(sampler.rng == Xoshiro256StarStar(seed: 3))
+        var zero = Archive.Writer(.sampler, version: GroupSampler.archiveVersion)
+        for _ in 0..<4 { zero.put(UInt64(0)) }
+        XCTAssertThrowsError(try zero.bytes.withUnsafeBytes { try sampler.load($0) }) {
+            XCTAssertTrue(($0 as? UVCError)?.message.contains("all-zero") == true)
+        }
+        XCTAssertTrue(sampler.rng == Xoshiro256StarStar(seed: 3), "a refused load changes nothing")
     }
 }

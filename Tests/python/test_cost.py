@@ -126,19 +126,19 @@ def test_expected_cost_errors():
     spec = uvc.ViTSpec.from_name("deit_tiny_patch16_224")
     x = relaxed_inputs(spec)
     out = np.empty_like(x)
-    with pytest.raises(TypeError, match="'x' must have dtype float64"):
+    with pytest.raises(TypeError, match="x: must be a float64 array"):
         expected_cost(spec, x.astype(np.float32), out)
-    with pytest.raises(TypeError, match="'x' must be a numpy array"):
+    with pytest.raises(TypeError, match="x: must be a float64 array"):
         expected_cost(spec, [[1.0]], out)
     with pytest.raises(ValueError, match=r"x: expected shape \(6, 12\), got \(12, 6\)"):
         expected_cost(spec, np.ascontiguousarray(x.T), np.empty((12, 6)))
-    with pytest.raises(ValueError, match="'x' must be C-contiguous"):
+    with pytest.raises(ValueError, match="x: must be C-contiguous"):
         expected_cost(spec, np.tile(x, (1, 2))[:, ::2], out)
-    with pytest.raises(ValueError, match="'out' must be writable"):
+    with pytest.raises(ValueError, match="out: must be writable"):
         ro = np.empty_like(x)
         ro.flags.writeable = False
         expected_cost(spec, x, ro)
-    with pytest.raises(ValueError, match="shares memory"):
+    with pytest.raises(ValueError, match="out: shares memory with argument 'x'"):
         expected_cost(spec, x, x)
     for row, bad in ((0, np.nan), (1, -1.0), (3, 1.5), (5, 1e9), (2, np.inf)):
         y = x.copy()

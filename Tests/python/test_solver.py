@@ -1,5 +1,6 @@
 """uvc.Solver: convergence on a synthetic problem, formulas against plain-Python references,
 the gate sampler's statistics, exact resume, and argument checking."""
+import base64
 import json
 import math
 
@@ -100,6 +101,26 @@ def _drive(solver, scores, steps, start=0, spe=10):
     return out
 
 
+def _fields(solver):
+    """The solver state by field name, as lists."""
+    return {k: v.tolist() for k, v in solver.state_fields().items()}
+
+
+def _edit_state(d, **changes):
+    """A copy of state dict ``d`` with state fields replaced. Test-only: it writes the core's
+    archive layout (a 16-byte header, a length word, then the float64 fields in order)."""
+    fields = uvc.Solver.from_state_dict(d).state_fields()
+    raw = bytearray(base64.b64decode(d["state"]))
+    at = 24
+    for name, values in fields.items():
+        if name in changes:
+            new = np.asarray(changes[name], dtype="<f8").reshape(-1)
+            assert new.size == values.size, name
+            raw[at:at + 8 * new.size] = new.tobytes()
+        at += 8 * values.size
+    return dict(d, state=base64.b64encode(bytes(raw)).decode("ascii"))
+
+
 def _scores(spec, seed=0):
     rng = np.random.default_rng(seed)
     d = rng.random((spec.depth, spec.num_heads, spec.v_head_dim)) + 0.1
@@ -140,7 +161,7 @@ def test_identical_inputs_give_identical_solvers():
     assert a.state_dict() == b.state_dict()
     c = uvc.Solver(spec, 0.5, seed=8, **HYPER)
     _drive(c, scores, 40)
-    assert c.state_dict()["rng"] != a.state_dict()["rng"]
+    assert c.state_dict()["state"] != a.state_dict()["state"]
 
 
 def test_load_refuses_another_spec_and_corrupt_states_without_changing_anything():
@@ -151,27 +172,30 @@ def test_load_refuses_another_spec_and_corrupt_states_without_changing_anything(
     other = uvc.Solver(uvc.ViTSpec.from_name(SMALL), 0.5)
     with pytest.raises(ValueError, match="different spec"):
         solver.load_state_dict(other.state_dict())
-    bad = json.loads(json.dumps(before))
-    bad["state"]["z"] = [-1.0]
     with pytest.raises(ValueError, match="state.z"):
-        solver.load_state_dict(bad)
-    bad = json.loads(json.dumps(before))
-    bad["state"]["removal"] = bad["state"]["removal"][:-1]
-    with pytest.raises(ValueError, match="removal"):
-        solver.load_state_dict(bad)
+        solver.load_state_dict(_edit_state(before, z=[-1.0]))
+    with pytest.raises(ValueError, match="state.removal"):
+        solver.load_state_dict(_edit_state(before, removal=[np.nan] * (3 * spec.depth)))
+    raw = base64.b64decode(before["state"])
+    for bad, needle in ((raw[:-8], "truncated"), (raw + bytes(8), "past its end"), (raw[:8] + bytes([2]) + raw[9:],
+                        "group sampler"), (raw[:12] + bytes([9]) + raw[13:], "format version 9"), (b"x" * 40, "not a uvc")):
+        with pytest.raises(ValueError, match=needle):
+            solver.load_state_dict(dict(before, state=base64.b64encode(bad).decode("ascii")))
+    with pytest.raises(ValueError, match="uvc 0.1"):
+        solver.load_state_dict(dict(before, format="uvc.solver/2"))
     assert solver.state_dict() == before
 
 
 def test_warmup_keeps_everything_on_and_the_state_still():
     spec = uvc.ViTSpec.from_name(TINY)
     solver = uvc.Solver(spec, 0.5, warmup_epochs=2.0)
-    before = solver.state_dict()["state"]
+    before = _fields(solver)
     for epoch in (0.0, 1.0, 1.99):
         np.testing.assert_array_equal(solver.sample_gates(epoch), np.ones((spec.depth, 2)))
         res = solver.step(*_scores(spec), np.ones((spec.depth, 2)), lr=0.1, epoch=epoch)
         for f in (res.head_factor, res.dim_factor, res.neuron_factor):
             np.testing.assert_array_equal(f, 1.0)
-    after = solver.state_dict()["state"]
+    after = _fields(solver)
     assert after["epoch"] == [1.99]
     assert {k: v for k, v in after.items() if k != "epoch"} == {k: v for k, v in before.items() if k != "epoch"}
     for m in solver.masks():
@@ -245,7 +269,7 @@ def test_proximal_factors_shrink_the_groups_leastsum_covers():
     solver = uvc.Solver(spec, 0.5, warmup_epochs=0.0, lr_counts=(0.3, 0.3, 0.3), dual_lr=0.5)
     scores = _scores(spec, 4)
     _drive(solver, scores, 5)
-    state = solver.state_dict()["state"]
+    state = _fields(solver)
     removal, duals = np.array(state["removal"]).reshape(3, -1), np.array(state["duals"]).reshape(3, -1)
     eta = 0.02
     assert removal[2].max() > 1, "the test needs neurons under shrink"
@@ -268,7 +292,7 @@ def test_expected_macs_is_the_cost_model_on_counts_and_gate_probabilities():
     spec = uvc.ViTSpec.from_name(SMALL)
     solver = uvc.Solver(spec, 0.5, warmup_epochs=0.0, convention="fvcore", lr_counts=0.2)
     _drive(solver, _scores(spec, 2), 20)
-    state = solver.state_dict()["state"]
+    state = _fields(solver)
     removal = np.array(state["removal"]).reshape(3, -1)
     probs = np.array(solver.stats()["gate_probs"])
     x = uvc.relaxed_inputs(spec, heads=spec.num_heads - removal[0], v_dim=spec.v_head_dim - removal[1],
@@ -411,7 +435,9 @@ def test_a_refused_step_keeps_the_last_scores():
     assert solver.state_dict() == before
     for got, want in zip(solver.masks(), masks):
         np.testing.assert_array_equal(got, want)
-    assert solver.state_dict()["last_scores"][1] == d.tolist(), "the dims were copied into a spare"
+    again = uvc.Solver.from_state_dict(before)
+    for got, want in zip(again.masks(), masks):
+        np.testing.assert_array_equal(got, want)
 
 
 # Token pruning: a budgeted dimension of its own, traded against the groups.
@@ -477,7 +503,7 @@ def test_one_token_step_against_a_plain_python_reference():
     for t in range(30):
         solver.step(*scores, None, lr=1e-3, epoch=1.0, token_scores=class_attention(spec, solver.token_keep(),
                                                                                       concentration))
-    state = solver.state_dict()["state"]
+    state = _fields(solver)
     r, y, z = np.array(state["token_removal"]), np.array(state["token_duals"]), state["z"][0]
     assert r.sum() > 10 and z > 0, "the cost gradient moved the token counts"
     keep = solver.token_keep()
@@ -498,7 +524,7 @@ def test_one_token_step_against_a_plain_python_reference():
     expected = np.maximum(r - 0.05 * P / max(1.0, np.abs(g).max()) * g, 0)
     assert expected.sum() <= P - 2
     solver.step(*scores, None, lr=1e-3, epoch=1.0, token_scores=ts)
-    np.testing.assert_allclose(solver.state_dict()["state"]["token_removal"], expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_fields(solver)["token_removal"], expected, rtol=1e-12, atol=1e-12)
 
 
 def test_the_token_removals_never_exceed_their_cap():
@@ -510,7 +536,7 @@ def test_the_token_removals_never_exceed_their_cap():
     totals = []
     for t in range(200):
         solver.step(*_scores(spec), None, lr=1e-3, epoch=1.0)  # no token scores: every token alike
-        r = np.array(solver.state_dict()["state"]["token_removal"])
+        r = np.array(_fields(solver)["token_removal"])
         assert (r >= 0).all()
         totals.append(r.sum())
         valid_schedule(spec, solver.plan())
@@ -522,15 +548,13 @@ def test_the_token_removals_never_exceed_their_cap():
 def test_no_block_drops_tokens_with_its_attention_off():
     spec = uvc.ViTSpec.from_name(TINY)
     solver = uvc.Solver(spec, 0.5, warmup_epochs=0.0, prune_tokens=True, gate_granularity="part")
-    d = solver.state_dict()
-    d["state"]["token_removal"] = [0.0, 20.0, 30.0] + [0.0] * (spec.depth - 4)
-    d["state"]["token_committed"] = [0.0, 20.0, 30.0] + [0.0] * (spec.depth - 4)
+    removal = [0.0, 20.0, 30.0] + [0.0] * (spec.depth - 4)
+    d = _edit_state(solver.state_dict(), token_removal=removal, token_committed=removal)
     solver.load_state_dict(d)
     assert solver.token_keep().tolist() == [197, 197, 177] + [147] * (spec.depth - 3)
-    logits = np.array(d["state"]["logits"]).reshape(spec.depth, 2)
+    logits = solver.state_fields()["logits"].reshape(spec.depth, 2).copy()
     logits[1, 0] = -5.0  # block 1's MHSA is skipped: its 20 tokens stay
-    d["state"]["logits"] = logits.reshape(-1).tolist()
-    solver.load_state_dict(d)
+    solver.load_state_dict(_edit_state(d, logits=logits))
     assert solver.token_keep().tolist() == [197, 197, 197] + [167] * (spec.depth - 3)
     plan = solver.plan()
     assert not plan.layers[1].attn and plan.layers[1].mlp
@@ -541,7 +565,7 @@ def test_no_block_drops_tokens_with_its_attention_off():
 def test_tokens_are_off_by_default_and_resume_bit_identically():
     spec = uvc.ViTSpec.from_name(TINY)
     default = uvc.Solver(spec, 0.5)
-    assert default.state_dict()["state"]["token_removal"] == [] and default.hyper["prune_tokens"] is False
+    assert _fields(default)["token_removal"] == [] and default.hyper["prune_tokens"] is False
     hyper = dict(HYPER, prune_tokens=True)
     concentration = np.linspace(0.5, 1.5, spec.depth)
 

@@ -166,7 +166,7 @@ def test_slim_counts_with_value_width_other_than_qk_width(rng):
 
 def test_spec_from_model_reads_timm_variants():
     model = small_timm("distilled_ls_head_dim5", seed=0)
-    spec = uvc.ViTSpec.from_timm(model)
+    spec = uvc.torch.spec_from_model(model)
     assert (spec.qk_head_dim, spec.v_head_dim, spec.num_heads, spec.embed_dim) == (5, 5, 3, 24)
     assert (spec.prefix_tokens, spec.classifier_heads, spec.num_classes, spec.in_channels) == (2, 2, 7, 1)
     spec = spec_from_model(small_timm("registers_ls_no_qkv_bias", seed=0))

@@ -199,5 +199,9 @@ def test_bad_arguments_raise_naming_them(rng):
         usdc.GroupSampler(0).sample(0, 2)
     with pytest.raises(TypeError, match="seed"):
         usdc.GroupSampler("1")
-    with pytest.raises(ValueError, match="words"):
-        usdc.GroupSampler(0).load_state_dict({"format": usdc.SAMPLER_FORMAT, "words": [0, 0, 0, 0]})
+    zero = uvc._core.encode_state(b"uvc.arch" + bytes([2, 0, 0, 0, 1, 0, 0, 0]) + bytes(32))
+    with pytest.raises(ValueError, match="all-zero"):
+        usdc.GroupSampler(0).load_state_dict({"format": usdc.SAMPLER_FORMAT, "state": zero})
+    with pytest.raises(ValueError, match="group sampler"):
+        usdc.GroupSampler(0).load_state_dict({"format": usdc.SAMPLER_FORMAT, "state": uvc.Solver(
+            uvc.ViTSpec.from_name("deit_tiny_patch16_224")).state_dict()["state"]})

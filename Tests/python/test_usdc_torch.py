@@ -295,14 +295,14 @@ def test_bad_arguments_raise_naming_them():
         USDCSearch(timm_vit(), -0.5)
     with pytest.raises(ValueError, match="kind"):
         GateNet("gru", 8)
-    spec = uvc.ViTSpec.from_timm(timm_vit())
+    spec = uvc.torch.spec_from_model(timm_vit())
     plan = uvc.random_plan(spec, np.random.default_rng(0), skip_prob=0.0, tokens=True, drop_prob=1.0)
     with pytest.raises(ValueError, match="drops tokens"):
         DynamicViT(spec, plan, [{"kind": "linear", "hidden": 4, "kernel": 3}] * 3)
 
 
 def test_static_target_adds_the_static_parts_own_penalty():
-    spec = uvc.ViTSpec.from_timm(timm_vit())
+    spec = uvc.torch.spec_from_model(timm_vit())
     rng = np.random.default_rng(0)
     x = [rng.uniform(0.2, 0.9, s) for s in [(3, 4), (3, 8), (3, 2), (3, 2), (3, 2)]]
     gate = np.full((3, 2), 300.0)

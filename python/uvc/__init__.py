@@ -8,7 +8,7 @@ from .plan import ArchPlan, LayerPlan, random_plan
 from .solver import Solver, StepResult
 from .spec import ViTSpec, spec_names
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["ViTSpec", "spec_names", "ArchPlan", "LayerPlan", "random_plan", "Convention", "CONVENTIONS",
            "CostReport", "count", "expected_cost", "relaxed_cost", "relaxed_inputs",

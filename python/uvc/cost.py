@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import _native
+from ._core import LAYOUTS, native
 
 if TYPE_CHECKING:
     from .plan import ArchPlan
@@ -30,12 +30,12 @@ if TYPE_CHECKING:
 __all__ = ["Convention", "CONVENTIONS", "CostReport", "count", "expected_cost", "relaxed_cost",
            "LAYER_COMPONENTS", "GLOBAL_COMPONENTS", "RELAXED_FIELDS", "relaxed_inputs"]
 
-LAYER_COMPONENTS = ("qkv", "attn_qk", "attn_av", "proj", "fc1", "fc2", "norm1", "norm2", "softmax", "gelu", "bias",
-                    "fuse")
-GLOBAL_COMPONENTS = ("patch_embed", "final_norm", "head")
-# The core's upper bound on every size of a spec (ViTSpec.swift).
-MAX_SIZE = 1 << 20
-RELAXED_FIELDS = ("heads", "v_dim", "neurons", "attn_gate", "mlp_gate", "tokens")
+# The core's names, in its order.
+LAYER_COMPONENTS: tuple[str, ...] = tuple(LAYOUTS["layer_components"])
+GLOBAL_COMPONENTS: tuple[str, ...] = tuple(LAYOUTS["global_components"])
+RELAXED_FIELDS: tuple[str, ...] = tuple(LAYOUTS["relaxed_fields"])
+# The core's upper bound on every size of a spec.
+MAX_SIZE: int = LAYOUTS["max_size"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +73,7 @@ class Convention:
 
     @functools.cached_property
     def encoded(self) -> np.ndarray:
-        e = np.array([self.layer_norm, self.softmax, self.gelu, self.bias, self.head], dtype=np.float64)
+        e = np.array([getattr(self, name) for name in LAYOUTS["convention"]], dtype=np.float64)
         e.flags.writeable = False
         return e
 
@@ -143,7 +143,7 @@ def count(spec: "ViTSpec", plan: "ArchPlan | None" = None, convention: "str | Co
 def _count_counts(spec: "ViTSpec", counts: np.ndarray, conv: Convention) -> CostReport:
     layers = np.empty((spec.depth, len(LAYER_COMPONENTS)), dtype=np.float64)
     glob = np.empty(len(GLOBAL_COMPONENTS), dtype=np.float64)
-    total = _native.cost_exact(spec.encoded, conv.encoded, counts, layers, glob)
+    total = native.cost_exact(spec.encoded, conv.encoded, counts, layers, glob)
     if not math.isfinite(total):
         raise ValueError(f"count: the total MACs overflow float64 (got {total}) under convention {conv}")
     return CostReport(spec, conv, layers, glob, int(round(total)))
@@ -172,7 +172,7 @@ def check_spec(spec: "ViTSpec") -> None:
     try:
         _count_counts(spec, counts, CONVENTIONS["uvc"])
     except ValueError as e:
-        raise ValueError(f"ViTSpec: {str(e).split(': ', 1)[-1]}") from None
+        raise ValueError(f"ViTSpec: {e}") from None
 
 
 def check_plan(plan: "ArchPlan") -> None:
@@ -180,7 +180,7 @@ def check_plan(plan: "ArchPlan") -> None:
     try:
         _count_counts(plan.spec, plan.counts, CONVENTIONS["uvc"])
     except ValueError as e:
-        raise ValueError(f"ArchPlan: {str(e).split(': ', 1)[-1]}") from None
+        raise ValueError(f"ArchPlan: {e}") from None
 
 
 def expected_cost(spec: "ViTSpec", x: np.ndarray, out: np.ndarray | None = None,
@@ -204,7 +204,7 @@ def expected_cost(spec: "ViTSpec", x: np.ndarray, out: np.ndarray | None = None,
     if out is None:  # the core checks x's shape: never allocate after a (maybe huge) wrong one
         out = np.empty((len(RELAXED_FIELDS), spec.depth), dtype=np.float64)
     conv = convention if isinstance(convention, Convention) else as_convention(convention)
-    return _native.cost_expected(spec.encoded, conv.encoded, x, out)
+    return native.cost_expected(spec.encoded, conv.encoded, x, out)
 
 
 def relaxed_inputs(spec: "ViTSpec", *, heads=None, v_dim=None, neurons=None, attn_gate=None,

@@ -10,7 +10,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ._core import LAYOUTS
 from .spec import ViTSpec
+
+# The core's columns of a plan row, and what each holds.
+PLAN_ROW: tuple[str, ...] = tuple(LAYOUTS["plan_row"])
+_ROW = {"heads": lambda l: len(l.heads), "v_dim": lambda l: l.v_dim, "neurons": lambda l: len(l.neurons),
+        "attn": lambda l: int(l.attn), "mlp": lambda l: int(l.mlp), "tokens": lambda l: l.tokens}
 
 __all__ = ["LayerPlan", "ArchPlan", "random_plan", "PLAN_FORMAT"]
 
@@ -109,9 +115,10 @@ class ArchPlan:
 
     @property
     def counts(self) -> np.ndarray:
-        """The (depth, 6) int64 array the core reads: heads, v_dim, neurons, attn, mlp, tokens."""
-        return np.array([[len(l.heads), l.v_dim, len(l.neurons), int(l.attn), int(l.mlp), l.tokens]
-                         for l in self.layers], dtype=np.int64).reshape(self.spec.depth, 6)
+        """The (depth, len(PLAN_ROW)) int64 array the core reads, columns `PLAN_ROW`: kept heads,
+        value dims per head, neurons; whether MHSA and MLP run; tokens entering the block."""
+        rows = [[_ROW[name](l) for name in PLAN_ROW] for l in self.layers]
+        return np.array(rows, dtype=np.int64).reshape(self.spec.depth, len(PLAN_ROW))
 
     def to_dict(self) -> dict:
         return {"format": PLAN_FORMAT, "spec": self.spec.to_dict(), "layers": [l.to_dict() for l in self.layers]}

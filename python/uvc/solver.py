@@ -1,7 +1,9 @@
 """`Solver`: UVC's primal-dual architecture search (REFERENCE.md §2–4) on numpy arrays.
 
-The mathematics runs in the Swift core (`uvc._native`); this module holds the state arrays
-and shapes results. No torch: scores, gate gradients and factors are float64 numpy arrays.
+The mathematics and the state live in the Swift core (`uvc._native.Solver`, which also keeps
+the last step's scores); this module checks types and shapes results. No torch: scores, gate
+gradients and factors are float64 numpy arrays. Field names, orders and defaults come from the
+core (`uvc._core.LAYOUTS`).
 
     solver = uvc.Solver(spec, budget=0.5)
     gates = solver.sample_gates(epoch)            # (depth, 2) keep weights of MHSA / MLP
@@ -49,45 +51,46 @@ What differs from the original code, and why (REFERENCE.md §6):
   overshoots) and makes the primal–dual pair settle, where attention is flat too; giving it to
   one axis only would give that axis a head start over the others.
 """
+
 from __future__ import annotations
 
 import dataclasses
+import json
 import numbers
 from typing import Any, Iterable
 
 import numpy as np
 
-from . import _native
+from ._core import LAYOUTS, check_format, decode_state, encode_state, native
 from .cost import Convention, as_convention, count
-from .plan import ArchPlan, LayerPlan
+from .plan import PLAN_ROW, ArchPlan, LayerPlan
 from .spec import ViTSpec
 
-__all__ = ["Solver", "StepResult", "SOLVER_FORMAT"]
+__all__ = ["Solver", "StepResult", "SOLVER_FORMAT", "DEFAULTS"]
 
-SOLVER_FORMAT = "uvc.solver/2"
+SOLVER_FORMAT = "uvc.solver/3"
+# Formats this version refuses, with what saved them.
+_OLD_FORMATS = {"uvc.solver/2": "uvc 0.1 (the state as named arrays)"}
 
-# Order of SolverConfig.Field in the core (lr_counts fills three slots).
-_CONFIG_FIELDS = ("budget", "prune_heads", "prune_dims", "prune_neurons", "skip_blocks", "gate_granularity",
-                  "gate_sampler", "straight_through", "warmup_epochs", "lr_heads", "lr_dims", "lr_neurons",
-                  "hysteresis", "gate_lr", "gating_weight", "gating_interval", "gate_momentum", "gate_init", "z_lr",
-                  "zlr_gamma", "z_grad_clip", "z_init", "dual_lr", "dual_init", "tau", "tau_decay", "tau_min",
-                  "eps", "eps_decay", "prune_tokens", "lr_tokens", "budget_damping")
-# Order of SolverState.Field in the core.
-_STATE_FIELDS = ("removal", "committed", "duals", "z", "logits", "velocity", "gradient_sum", "accumulated_steps",
-                 "sample_slope", "sample_fresh", "hints", "search_steps", "epoch", "token_removal", "token_committed",
-                 "token_duals")
-_GRANULARITIES = ("block", "part")
-_SAMPLERS = ("gumbel", "sigmoid", "softl0")
-_FLAGS = ("prune_heads", "prune_dims", "prune_neurons", "prune_tokens", "skip_blocks", "straight_through")
+# The core's config fields, in its order: name, kind (flag, choice, int, real), count, default, choices.
+_CONFIG: list[dict] = LAYOUTS["solver_config"]
 
-# The published DeiT-Tiny run where it defines a value (REFERENCE.md §4); see the module docstring.
-DEFAULTS: dict[str, Any] = dict(
-    prune_heads=True, prune_dims=True, prune_neurons=True, prune_tokens=False, skip_blocks=True,
-    gate_granularity="block", gate_sampler="gumbel", straight_through=True, warmup_epochs=5.0, lr_counts=0.02,
-    lr_tokens=0.02, budget_damping=10.0, hysteresis=0.3,
-    gate_lr=0.1, gating_weight=5e-4, gating_interval=50, gate_momentum=0.9, gate_init=2.0, z_lr=1.0,
-    zlr_schedule=(1, 5, 9, 13, 17), zlr_gamma=1.5, z_grad_clip=0.5, z_init=0.0, dual_lr=1e-4, dual_init=1.0,
-    tau=0.5, tau_decay=1.0, tau_min=0.05, eps=0.1, eps_decay=0.92)
+
+def _default(entry: dict) -> Any:
+    values = entry["default"]
+    if entry["kind"] == "flag":
+        return bool(values[0])
+    if entry["kind"] == "choice":
+        return entry["choices"][int(values[0])]
+    if entry["kind"] == "int":
+        return int(values[0])
+    return float(values[0]) if entry["count"] == 1 else tuple(float(v) for v in values)
+
+
+# The core's defaults (the published DeiT-Tiny run where it defines a value, REFERENCE.md §4;
+# see the module docstring). ``budget`` is `Solver`'s own argument.
+DEFAULTS: dict[str, Any] = {e["name"]: _default(e) for e in _CONFIG if e["name"] != "budget"}
+DEFAULTS["zlr_schedule"] = tuple(float(e) for e in LAYOUTS["zlr_schedule"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,50 +117,42 @@ def _number(name: str, value: Any) -> float:
         raise ValueError(f"Solver: {name} must be a number that fits in a float64, got {got}") from None
 
 
-def _require_keys(fn: str, d: dict, keys: tuple[str, ...], what: str = "") -> None:
-    missing = [k for k in keys if k not in d]
-    if missing:
-        raise ValueError(f"{fn}: {what}missing keys {missing}; expected keys {list(keys)}")
-
-
-def _dict_field(fn: str, d: dict, key: str) -> dict:
-    if not isinstance(d[key], dict):
-        raise TypeError(f"{fn}: {key} must be a dict, got {type(d[key]).__name__}")
-    return d[key]
-
-
-_STATE_DICT_KEYS = ("format", "spec", "convention", "hyper", "state", "rng", "last_scores")
-
-
 def _hyper(spec: ViTSpec, budget: Any, budget_macs: Any, convention: Convention, seed: Any,
            options: dict) -> tuple[dict, int]:
-    """Checks types and names (ranges are the core's business); returns (hyper, seed)."""
+    """Checks types and names by the core's field kinds (ranges are the core's business);
+    returns (hyper, seed)."""
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"Solver: unknown hyper-parameters {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     hyper = dict(DEFAULTS, **options)
-    for name in _FLAGS:
-        if not isinstance(hyper[name], (bool, np.bool_)):
-            raise TypeError(f"Solver: {name} must be a bool, got {type(hyper[name]).__name__}")
-        hyper[name] = bool(hyper[name])
-    for name, choices in (("gate_granularity", _GRANULARITIES), ("gate_sampler", _SAMPLERS)):
-        if hyper[name] not in choices:
-            raise ValueError(f"Solver: {name} must be one of {choices}, got {hyper[name]!r}")
-    lr = hyper["lr_counts"]
-    lr = tuple(lr) if isinstance(lr, (tuple, list, np.ndarray)) else (lr,) * 3
-    if len(lr) != 3:
-        raise ValueError(f"Solver: lr_counts must be a number or 3 numbers (heads, dims, neurons), got {len(lr)}")
-    hyper["lr_counts"] = tuple(_number("lr_counts", v) for v in lr)
-    if isinstance(hyper["zlr_schedule"], (str, bytes)) or not isinstance(hyper["zlr_schedule"], Iterable):
-        raise TypeError("Solver: zlr_schedule must be a sequence of epochs")
-    hyper["zlr_schedule"] = tuple(_number("zlr_schedule", e) for e in hyper["zlr_schedule"])
-    interval = hyper["gating_interval"]
-    if isinstance(interval, bool) or not isinstance(interval, numbers.Integral):
-        raise TypeError(f"Solver: gating_interval must be an int, got {type(interval).__name__}")
-    for name, value in hyper.items():
-        if name not in _FLAGS and name not in ("gate_granularity", "gate_sampler", "lr_counts", "zlr_schedule"):
+    for e in _CONFIG:
+        name, kind, n = e["name"], e["kind"], e["count"]
+        if name == "budget":
+            continue
+        value = hyper[name]
+        if kind == "flag":
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"Solver: {name} must be a bool, got {type(value).__name__}")
+            hyper[name] = bool(value)
+        elif kind == "choice":
+            if value not in e["choices"]:
+                raise ValueError(f"Solver: {name} must be one of {tuple(e['choices'])}, got {value!r}")
+        elif kind == "int":
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"Solver: {name} must be an int, got {type(value).__name__}")
+            _number(name, value)  # one that fits in a float64: the core checks the range
+            hyper[name] = int(value)
+        elif n > 1:
+            values = tuple(value) if isinstance(value, (tuple, list, np.ndarray)) else (value,) * n
+            if len(values) != n:
+                raise ValueError(f"Solver: {name} must be a number or {n} numbers, got {len(values)}")
+            hyper[name] = tuple(_number(name, v) for v in values)
+        else:
             hyper[name] = _number(name, value)
-    hyper["gating_interval"] = int(interval)
+    schedule = hyper["zlr_schedule"]
+    if isinstance(schedule, (str, bytes)) or not isinstance(schedule, Iterable):
+        raise TypeError("Solver: zlr_schedule must be a sequence of epochs")
+    hyper["zlr_schedule"] = tuple(_number("zlr_schedule", e) for e in schedule)
     if budget_macs is not None:
         dense = count(spec, None, convention).macs
         budget_macs = _number("budget_macs", budget_macs)
@@ -172,56 +167,29 @@ def _hyper(spec: ViTSpec, budget: Any, budget_macs: Any, convention: Convention,
     return hyper, int(seed)
 
 
-def _encode_config(hyper: dict) -> tuple[np.ndarray, np.ndarray]:
-    values = dict(hyper, gate_granularity=_GRANULARITIES.index(hyper["gate_granularity"]),
-                  gate_sampler=_SAMPLERS.index(hyper["gate_sampler"]))
-    values["lr_heads"], values["lr_dims"], values["lr_neurons"] = hyper["lr_counts"]
-    config = np.array([float(values[name]) for name in _CONFIG_FIELDS], dtype=np.float64)
+def _new(spec: ViTSpec, hyper: dict, convention: Convention, seed: int):
+    """The core's solver for these settings (it checks every range and the budget's reach)."""
+    values: list[float] = []
+    for e in _CONFIG:
+        v = hyper[e["name"]]
+        v = e["choices"].index(v) if e["kind"] == "choice" else v
+        values.extend(v if e["count"] > 1 else (v,))
+    config = np.array(values, dtype=np.float64)
     schedule = np.array(hyper["zlr_schedule"], dtype=np.float64).reshape(-1)
-    return config, schedule
+    try:
+        return native.Solver(spec.encoded, convention.encoded, config, schedule, seed - 2**64 if seed >= 2**63 else seed)
+    except ValueError as e:
+        raise ValueError(f"Solver: {e}") from None
 
 
-class _Arrays:
-    """The arrays of one solver configuration: encoded config, state, and the buffers the hot
-    path reuses (results, last scores)."""
-
-    def __init__(self, spec: ViTSpec, hyper: dict, convention: Convention) -> None:
-        self.hyper, self.convention = hyper, convention
-        config, schedule = _encode_config(hyper)
-        self.fixed = (spec.encoded, convention.encoded, config, schedule)
-        sizes = np.empty(len(_STATE_FIELDS), dtype=np.int64)
-        try:
-            _native.solver_sizes(*self.fixed, sizes)  # the core checks every hyper-parameter's range
-        except ValueError as e:
-            raise ValueError(f"Solver: {str(e).split('(): ', 1)[-1]}") from None
-        self.sizes = dict(zip(_STATE_FIELDS, sizes.tolist()))
-        self.state = np.zeros(int(sizes.sum()), dtype=np.float64)
-        self.words = np.zeros(4, dtype=np.int64)
-        shapes = ((spec.depth, spec.num_heads), (spec.depth, spec.num_heads, spec.v_head_dim),
-                  (spec.depth, spec.mlp_hidden))
-        # The last step's scores, and spares the next step checks and copies its scores into
-        # (they become the last scores only if that step succeeds).
-        self.last = tuple(np.zeros(shape) for shape in shapes)
-        self.spare = tuple(np.zeros(shape) for shape in shapes)
-        self.result = StepResult(*(np.ones(shape) for shape in shapes))
-        self.no_grad = np.empty(0, dtype=np.float64)
-
-    def fields(self) -> dict[str, np.ndarray]:
-        """Views of the state by field name."""
-        out, at = {}, 0
-        for name in _STATE_FIELDS:
-            out[name] = self.state[at:at + self.sizes[name]]
-            at += self.sizes[name]
-        return out
-
-
-def _summary(spec: ViTSpec, arrays: _Arrays) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Gate probabilities and decisions (depth, 2), kept counts (4, depth: heads, value dims,
-    neurons, tokens entering the block), and the expected, plan, dense and budget MACs."""
-    d = spec.depth
-    probs, decisions, kept, values = np.empty((d, 2)), np.empty((d, 2)), np.empty((4, d)), np.empty(4)
-    _native.solver_summary(*arrays.fixed, arrays.state, arrays.words, probs, decisions, kept, values)
-    return probs, decisions, kept, values
+def _unpack(flat: np.ndarray, layout: list) -> dict[str, np.ndarray]:
+    """Views of a flat array by the core's (name, shape) layout."""
+    out, at = {}, 0
+    for name, shape in layout:
+        n = int(np.prod(shape, dtype=np.int64))
+        out[name] = flat[at:at + n].reshape(shape)
+        at += n
+    return out
 
 
 class Solver:
@@ -273,23 +241,17 @@ class Solver:
         self.spec = spec
         conv = as_convention(convention)
         hyper, seed = _hyper(spec, budget, budget_macs, conv, seed, hyper)
-        arrays = _Arrays(spec, hyper, conv)
-        seed_arr = np.array([seed], dtype=np.uint64).view(np.int64)
-        try:
-            _native.solver_init(*arrays.fixed, seed_arr, arrays.state, arrays.words, np.empty(2))
-        except ValueError as e:  # an unreachable budget
-            raise ValueError(f"Solver: {str(e).split('(): ', 1)[-1]}") from None
-        self._adopt(arrays)
+        self._adopt(_new(spec, hyper, conv, seed), hyper, conv)
 
-    def _adopt(self, arrays: "_Arrays") -> None:
-        """Makes ``arrays`` this solver's once the core accepts their state (the hot path
-        reads them through attributes)."""
-        dense = float(_summary(self.spec, arrays)[3][2])
-        self._arrays = arrays
-        self._hyper, self.convention = arrays.hyper, arrays.convention
-        self._fixed, self._state, self._words = arrays.fixed, arrays.state, arrays.words
-        self._last, self._spare, self._result, self._no_grad = arrays.last, arrays.spare, arrays.result, arrays.no_grad
-        self.dense_macs = dense
+    def _adopt(self, core, hyper: dict, convention: Convention) -> None:
+        """Makes ``core`` (a `uvc._native.Solver`) this solver's, with its layouts."""
+        layout = json.loads(core.layout())
+        self._core, self._hyper, self.convention = core, hyper, convention
+        self._groups = [tuple(shape) for _, shape in layout["groups"]]
+        self._gate_shape = (self.spec.depth, 2)
+        self._summary_layout, self._fields_layout = layout["summary"], layout["fields"]
+        self._result = StepResult(*(np.ones(shape) for shape in self._groups))
+        self.dense_macs = float(self._summary()["dense_macs"])
 
     @property
     def hyper(self) -> dict:
@@ -306,8 +268,8 @@ class Solver:
         float64 (depth, 2): a straight-through sample during search (both columns equal with
         ``gate_granularity="block"``), all ones during warm-up or without gates. The next
         `step` backpropagates its ``gate_grad`` through this draw."""
-        gates = np.empty((self.spec.depth, 2), dtype=np.float64)
-        _native.solver_sample_gates(*self._fixed, self._state, self._words, gates, epoch)
+        gates = np.empty(self._gate_shape)
+        self._core.sample_gates(epoch, gates)
         return gates
 
     def step(self, head_scores: np.ndarray, dim_scores: np.ndarray, neuron_scores: np.ndarray,
@@ -329,34 +291,36 @@ class Solver:
         (LeastSum selects by value): per image sorted descending then averaged (what
         `uvc.torch.Compressor` passes: the attention of the j-th most attended token) or raw
         positions both work. None counts every token alike.
+
+        A refused step (bad scores or arguments) raises and changes nothing.
         """
-        r, spare = self._result, self._spare
-        _native.solver_step(*self._fixed, self._state, self._words, head_scores, dim_scores, neuron_scores,
-                            self._no_grad if gate_grad is None else gate_grad, r.head_factor, r.dim_factor,
-                            r.neuron_factor, *spare, self._no_grad if token_scores is None else token_scores,
-                            lr, epoch)
-        self._last, self._spare = spare, self._last
+        r = self._result
+        self._core.step(head_scores, dim_scores, neuron_scores, gate_grad, token_scores, lr, epoch,
+                        r.head_factor, r.dim_factor, r.neuron_factor)
         return r
 
     def masks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Keep masks (1 = kept), float64: heads (depth, heads), value dims (depth, heads,
         v_head_dim; all 0 in a removed head), neurons (depth, mlp_hidden), from the current
         integer counts and the scores of the last step. All ones before the search moves."""
-        out = tuple(np.empty_like(a) for a in self._last)
-        _native.solver_masks(*self._fixed, self._state, self._words, *self._last, *out)
+        out = tuple(np.empty(shape) for shape in self._groups)
+        self._core.masks(*out)
         return out
 
-    def _summary(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        return _summary(self.spec, self._arrays)
+    def _summary(self) -> dict[str, np.ndarray]:
+        """The core's summary by name (gate probabilities and decisions, kept counts, MACs, z)."""
+        flat = np.empty(sum(int(np.prod(shape, dtype=np.int64)) for _, shape in self._summary_layout))
+        self._core.summary(flat)
+        return _unpack(flat, self._summary_layout)
 
     def gate_decisions(self) -> np.ndarray:
         """Hard decisions, bool (depth, 2): whether each block's MHSA / MLP part runs (the run
         logit beats the skip logit). What eval mode and the exported plan use."""
-        return self._summary()[1] == 1
+        return self._summary()["gates_on"] == 1
 
     def expected_macs(self) -> float:
         """Expected MACs under the current state: continuous counts and gate probabilities."""
-        return float(self._summary()[3][0])
+        return float(self._summary()["expected_macs"])
 
     def token_keep(self) -> np.ndarray:
         """Tokens entering each block, int64 (depth,), prefix tokens included: what the masked
@@ -364,7 +328,7 @@ class Solver:
         tokens after its MHSA when ``token_keep()[l + 1] < token_keep()[l]`` (never after a block
         whose MHSA is off by `gate_decisions`, never below prefix + 2). All tokens without
         ``prune_tokens`` or before the search moves."""
-        return self._summary()[2][3].astype(np.int64)
+        return self._summary()["tokens"].astype(np.int64)
 
     def plan(self, round_to: int = 1) -> ArchPlan:
         """The architecture to export: block parts by `gate_decisions`, the kept heads, value
@@ -378,87 +342,68 @@ class Solver:
             raise TypeError(f"Solver.plan: round_to must be an int, got {type(round_to).__name__}")
         if not 1 <= round_to <= 2**20:
             raise ValueError(f"Solver.plan: round_to must be an int in [1, 2**20], got {round_to}")
-        counts = np.empty((self.spec.depth, 6), dtype=np.int64)
-        heads, dims, neurons = (np.empty_like(a) for a in self._last)
-        _native.solver_plan(*self._fixed, self._state, self._words, *self._last, counts, heads, dims, neurons,
-                            float(round_to))
+        counts = np.empty((self.spec.depth, len(PLAN_ROW)), dtype=np.int64)
+        heads, dims, neurons = (np.empty(shape) for shape in self._groups)
+        self._core.plan(int(round_to), counts, heads, dims, neurons)
+        col = {name: k for k, name in enumerate(PLAN_ROW)}
         layers = []
         for l, row in enumerate(counts.tolist()):
             kept = np.flatnonzero(heads[l]).tolist()
             layers.append(LayerPlan(heads=tuple(kept), v_index=tuple(tuple(np.flatnonzero(dims[l, h]).tolist())
                                                                        for h in kept),
-                                    neurons=tuple(np.flatnonzero(neurons[l]).tolist()), tokens=row[5],
-                                    attn=bool(row[3]), mlp=bool(row[4])))
+                                    neurons=tuple(np.flatnonzero(neurons[l]).tolist()), tokens=row[col["tokens"]],
+                                    attn=bool(row[col["attn"]]), mlp=bool(row[col["mlp"]])))
         return ArchPlan(self.spec, tuple(layers))
 
     def stats(self) -> dict:
         """Plain floats and lists for logging: z, expected and plan MACs and their ratios to the
         dense model, the kept heads / value dims / neurons and the tokens entering each layer,
         gate probabilities."""
-        probs, decisions, kept, values = self._summary()
-        state = self._fields()
-        return {
-            "z": float(state["z"][0]),
-            "expected_macs": float(values[0]), "expected_ratio": float(values[0] / values[2]),
-            "plan_macs": float(values[1]), "plan_ratio": float(values[1] / values[2]),
-            "budget_macs": float(values[3]), "budget_ratio": float(values[3] / values[2]),
-            "kept_heads": kept[0].astype(int).tolist(), "kept_v_dims": kept[1].astype(int).tolist(),
-            "kept_neurons": kept[2].astype(int).tolist(), "tokens": kept[3].astype(int).tolist(),
-            "gate_probs": probs.tolist(), "gates_on": decisions.astype(bool).tolist(),
-            "search_steps": int(state["search_steps"][0]),
-        }
+        s = self._summary()
+        dense = float(s["dense_macs"])
+        out = {"z": float(s["z"])}
+        for key in ("expected", "plan", "budget"):
+            macs = float(s[f"{key}_macs"])
+            out[f"{key}_macs"], out[f"{key}_ratio"] = macs, macs / dense
+        out.update({k: s[k].astype(int).tolist() for k in ("kept_heads", "kept_v_dims", "kept_neurons", "tokens")})
+        out.update(gate_probs=s["gate_probs"].tolist(), gates_on=s["gates_on"].astype(bool).tolist(),
+                   search_steps=int(s["search_steps"]))
+        return out
 
-    def _fields(self) -> dict[str, np.ndarray]:
-        return self._arrays.fields()
+    def state_fields(self) -> dict[str, np.ndarray]:
+        """The solver state by the core's field names (removal counts, duals, z, gate logits,
+        …), float64 copies: for inspection only; `state_dict` is what resumes a run."""
+        flat = np.empty(sum(int(np.prod(shape, dtype=np.int64)) for _, shape in self._fields_layout))
+        self._core.fields(flat)
+        return _unpack(flat, self._fields_layout)
 
     def state_dict(self) -> dict:
-        """Everything needed to resume: spec, hyper-parameters, solver state, the generator's
-        words and the last scores. JSON-serialisable (lists, floats, ints, strings)."""
+        """Everything needed to resume: spec, convention, hyper-parameters, and the core's
+        versioned byte string of the solver state and the last scores (base64 text).
+        JSON-serialisable; identical on every rank of a distributed run."""
         return {
             "format": SOLVER_FORMAT, "spec": self.spec.to_dict(), "convention": dataclasses.asdict(self.convention),
             "hyper": {k: list(v) if isinstance(v, tuple) else v for k, v in self._hyper.items()},
-            "state": {k: v.tolist() for k, v in self._fields().items()},
-            "rng": self._words.tolist(),
-            "last_scores": [a.tolist() for a in self._last],
+            "state": encode_state(self._core.save()),
         }
 
     def load_state_dict(self, d: dict) -> None:
-        """Restores a `state_dict` (lists or numpy arrays) bit for bit, hyper-parameters and
-        convention included; the spec must be this solver's. On error nothing changes."""
+        """Restores a `state_dict` bit for bit, hyper-parameters and convention included; the
+        spec must be this solver's. The core checks every value; on error nothing changes."""
         fn = "Solver.load_state_dict"
         _check_state_dict(fn, d)
         if ViTSpec.from_dict(d["spec"]) != self.spec:
-            raise ValueError("Solver.load_state_dict: the state was saved for a different spec")
+            raise ValueError(f"{fn}: the state was saved for a different spec")
         hyper = dict(d["hyper"])
         budget = hyper.pop("budget")
         conv = Convention(**d["convention"])
         hyper, _ = _hyper(self.spec, budget, None, conv, 0, hyper)
-        arrays = _Arrays(self.spec, hyper, conv)
-        state = d["state"]
-        _require_keys(fn, state, _STATE_FIELDS, "state: ")
-        for name, view in arrays.fields().items():
-            values = _float_array(fn, f"state field {name!r}", state[name]).reshape(-1)
-            if values.size != view.size:
-                raise ValueError(f"Solver.load_state_dict: state field {name!r} has {values.size} values, "
-                                 f"expected {view.size}")
-            view[...] = values
-        rng = d["rng"]
-        if (isinstance(rng, (str, bytes)) or not isinstance(rng, (list, tuple, np.ndarray)) or len(rng) != 4
-                or any(isinstance(w, bool) or not isinstance(w, numbers.Integral) or not -2**63 <= w < 2**63
-                       for w in rng)):
-            raise ValueError(f"Solver.load_state_dict: rng must be 4 ints in int64, got {rng!r:.120}")
-        arrays.words[:] = np.asarray(rng, dtype=np.int64).reshape(4)
-        last = d["last_scores"]
-        if isinstance(last, (str, bytes, dict)) or not isinstance(last, (list, tuple)) or len(last) != len(arrays.last):
-            raise ValueError(f"Solver.load_state_dict: last_scores must be a list of {len(arrays.last)} arrays "
-                             "(heads, dims, neurons)")
-        for i, (dst, src) in enumerate(zip(arrays.last, last)):
-            values = _float_array(fn, f"last_scores[{i}]", src)
-            if values.size != dst.size:
-                raise ValueError(f"Solver.load_state_dict: last_scores[{i}] has {values.size} values, "
-                                 f"expected shape {dst.shape}")
-            dst[...] = values.reshape(dst.shape)
-        self._adopt(arrays)
+        core = _new(self.spec, hyper, conv, 0)
+        try:
+            core.load(decode_state(fn, d["state"]))
+        except ValueError as e:
+            raise ValueError(f"{fn}: {e}") from None
+        self._adopt(core, hyper, conv)
 
     @classmethod
     def from_state_dict(cls, d: dict) -> "Solver":
@@ -472,24 +417,17 @@ class Solver:
         return solver
 
 
+_STATE_DICT_KEYS = ("format", "spec", "convention", "hyper", "state")
+
+
 def _check_state_dict(fn: str, d: Any) -> None:
     """The keys and container types of a `Solver.state_dict` (the values are checked where read)."""
-    if not isinstance(d, dict) or d.get("format") != SOLVER_FORMAT:
-        got = f"format {d.get('format')!r}" if isinstance(d, dict) else f"a {type(d).__name__}"
-        raise ValueError(f"{fn}: expected a dict with format {SOLVER_FORMAT!r}, got {got}")
-    _require_keys(fn, d, _STATE_DICT_KEYS)
-    for key in ("spec", "convention", "hyper", "state"):
-        _dict_field(fn, d, key)
+    check_format(fn, d, SOLVER_FORMAT, _OLD_FORMATS)
+    missing = [k for k in _STATE_DICT_KEYS if k not in d]
+    if missing:
+        raise ValueError(f"{fn}: missing keys {missing}; expected keys {list(_STATE_DICT_KEYS)}")
+    for key in ("spec", "convention", "hyper"):
+        if not isinstance(d[key], dict):
+            raise TypeError(f"{fn}: {key} must be a dict, got {type(d[key]).__name__}")
     if "budget" not in d["hyper"]:
         raise ValueError(f"{fn}: hyper: missing key 'budget'; expected keys {['budget', *sorted(DEFAULTS)]}")
-
-
-def _float_array(fn: str, what: str, value: Any) -> np.ndarray:
-    """``value`` (nested lists or an array of numbers) as float64."""
-    if isinstance(value, (str, bytes, dict)):
-        raise TypeError(f"{fn}: {what} must be numbers, got {type(value).__name__}")
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except OverflowError:
-        raise ValueError(f"{fn}: {what} holds a number too large for float64") from None
-    return arr

@@ -1,4 +1,5 @@
-"""`ViTSpec`: the shape of a dense Vision Transformer, by name, by numbers, or from a timm model."""
+"""`ViTSpec`: the shape of a dense Vision Transformer, by name or by numbers (from a timm model:
+`uvc.torch.spec_from_model`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -77,10 +78,9 @@ class ViTSpec:
     @functools.cached_property
     def encoded(self) -> np.ndarray:
         """The int64 array the Swift core reads (read-only)."""
-        e = np.array([self.depth, self.embed_dim, self.num_heads, self.qk_head_dim, self.v_head_dim,
-                      self.mlp_hidden, self.patch_size, self.image_size[0], self.image_size[1],
-                      self.in_channels, self.prefix_tokens, self.num_classes, self.classifier_heads],
-                     dtype=np.int64)
+        from ._core import LAYOUTS
+        values = dict(dataclasses.asdict(self), image_height=self.image_size[0], image_width=self.image_size[1])
+        e = np.array([values[name] for name in LAYOUTS["spec"]], dtype=np.int64)
         e.flags.writeable = False
         return e
 
@@ -126,12 +126,6 @@ class ViTSpec:
         fields = dict(_PRESETS[name], name=name)
         fields.update(overrides)
         return cls(**fields)
-
-    @classmethod
-    def from_timm(cls, model: Any) -> "ViTSpec":
-        """Reads the architecture of a timm ``VisionTransformer`` (or distilled) instance."""
-        from .torch.introspect import spec_from_model
-        return spec_from_model(model)
 
 
 def _vit(depth, dim, heads, patch=16, size=224, prefix=1, heads_out=1):

@@ -6,7 +6,7 @@ tested against `group_gates` here.
 
 * `GroupSampler`: the seeded source of each training step's partition of the batch into
   sub-groups of halving sizes (B = 8: 4, 2, 1, 1; see `group_sizes`), shuffled, and of the
-  logistic noise of each group's gate decisions. Its state (four int64 words) is serialisable.
+  logistic noise of each group's gate decisions. Its state is serialisable.
 * `group_gates` / `group_gates_backward`: every sub-group pools its members' gate log-odds
   (mean) and takes one straight-through Gumbel-sigmoid decision, broadcast back to its members;
   the backward pass hands each member its share of the group's gradient.
@@ -24,25 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from . import _native
+from ._core import LAYOUTS, check_format, decode_state, encode_state, native
 from .cost import Convention, as_convention
 from .spec import ViTSpec
 
 __all__ = ["GroupSampler", "Partition", "group_sizes", "group_gates", "group_gates_backward", "whole_batch",
            "resource_loss", "ResourceLossResult", "SAMPLER_FORMAT", "GROUPINGS"]
 
-SAMPLER_FORMAT = "uvc.usdc_sampler/1"
-# In the core's order.
-GROUPINGS = ("halving", "sample", "batch", "mixed")
-
-
-def _native_call(fn, *args):
-    """Calls the core, dropping the C function name from its error messages (the argument
-    names stay)."""
-    try:
-        return fn(*args)
-    except (ValueError, TypeError) as e:
-        raise type(e)(str(e).split("(): ", 1)[-1]) from None
+SAMPLER_FORMAT = "uvc.usdc_sampler/2"
+# The core's groupings, in its order.
+GROUPINGS: tuple[str, ...] = tuple(LAYOUTS["groupings"])
 
 
 # Bounds checked before anything is allocated: a batch, a number of gate columns, and the
@@ -111,15 +102,15 @@ class GroupSampler:
     """Seeded partitions and gate noise for group-level gate augmentation.
 
     ``seed``: an int in [0, 2**64). Each `sample` advances the generator; `state_dict` /
-    `load_state_dict` save and restore it bit for bit.
+    `load_state_dict` save and restore it bit for bit. The generator lives in the core
+    (`uvc._native.GroupSampler`); one sampler serves one thread at a time.
     """
 
     def __init__(self, seed: int = 0) -> None:
         seed = _int("seed", seed, 0)
         if seed >= 2**64:
             raise ValueError(f"seed must lie in [0, 2**64), got {seed}")
-        self.words = np.zeros(4, dtype=np.int64)
-        _native.usdc_seed(np.array([seed], dtype=np.uint64).view(np.int64), self.words)
+        self._core = native.GroupSampler(seed - 2**64 if seed >= 2**63 else seed)
 
     def sample(self, batch: int, columns: int, grouping: str = "halving") -> Partition:
         """The partition of a batch of ``batch`` samples and the noise of ``columns`` gate
@@ -133,14 +124,14 @@ class GroupSampler:
         batch, columns = _int("batch", batch, 1, MAX_BATCH), _int("columns", columns, 0, MAX_COLUMNS)
         if not isinstance(grouping, str) or grouping not in GROUPINGS:
             raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
-        count = {"halving": batch.bit_length(), "sample": batch, "batch": 1,
-                 "mixed": (batch - batch // 2).bit_length() + batch // 2}[grouping]
+        mode = GROUPINGS.index(grouping)
+        count = int(self._core.group_count(mode, batch))
         if count * columns > MAX_ELEMENTS:
             raise ValueError(f"batch and columns: {count} groups x {columns} columns of noise exceed "
                              f"{MAX_ELEMENTS} values; got batch {batch}, columns {columns}")
         groups, sizes = np.empty(batch, dtype=np.int64), np.empty(count, dtype=np.int64)
         noise = np.empty((count, columns), dtype=np.float64)
-        _native_call(_native.usdc_partition, self.words, groups, sizes, noise, float(GROUPINGS.index(grouping)))
+        self._core.sample(mode, groups, sizes, noise)
         return Partition(groups, sizes, noise)
 
     def noise(self, count: int) -> np.ndarray:
@@ -150,22 +141,16 @@ class GroupSampler:
         return self.sample(1, count, "batch").noise[0]
 
     def state_dict(self) -> dict:
-        """The generator's state, JSON-serialisable."""
-        return {"format": SAMPLER_FORMAT, "words": self.words.tolist()}
+        """The generator's state: the core's versioned byte string, base64 (JSON-serialisable)."""
+        return {"format": SAMPLER_FORMAT, "state": encode_state(self._core.save())}
 
     def load_state_dict(self, d: dict) -> None:
-        if not isinstance(d, dict) or d.get("format") != SAMPLER_FORMAT:
-            raise ValueError(f"GroupSampler.load_state_dict: expected a dict with format {SAMPLER_FORMAT!r}")
-        if "words" not in d:
-            raise ValueError("GroupSampler.load_state_dict: missing key 'words'; expected keys ['format', 'words']")
-        words = d["words"]
-        if isinstance(words, (list, tuple)) and any(isinstance(w, numbers.Integral) and not -2**63 <= w < 2**63
-                                                    for w in words):
-            raise ValueError("GroupSampler.load_state_dict: words must be 4 int64 values, got one out of range")
-        words = _array("words", words, np.int64, 4).reshape(-1)
-        if words.shape != (4,) or not words.any():
-            raise ValueError("GroupSampler.load_state_dict: words must be 4 int64 values, not all zero")
-        self.words[:] = words
+        """Restores a `state_dict`; on error nothing changes."""
+        fn = "GroupSampler.load_state_dict"
+        check_format(fn, d, SAMPLER_FORMAT, {"uvc.usdc_sampler/1": "uvc 0.1 (the generator's words)"})
+        if "state" not in d:
+            raise ValueError(f"{fn}: missing key 'state'; expected keys ['format', 'state']")
+        self._core.load(decode_state(fn, d["state"]))
 
 
 def whole_batch(batch: int, columns: int) -> Partition:
@@ -191,7 +176,7 @@ def group_gates(logits, groups, noise, *, tau: float = 1.0,
     g = _array("groups", groups, np.int64, max(x.shape[:1], default=0))
     n = _array("noise", noise, np.float64, x.size)
     gates, probs = np.empty_like(x), np.empty_like(x)
-    _native_call(_native.usdc_group_gates, x, g, n, gates, probs, _real("tau", tau), float(straight_through))
+    native.group_gates(x, g, n, _real("tau", tau), float(straight_through), gates, probs)
     return gates, probs
 
 
@@ -205,7 +190,7 @@ def group_gates_backward(logits, groups, noise, gate_grad, prob_grad=None, *, ta
     up = _array("gate_grad", gate_grad, np.float64, x.size)
     pg = np.zeros_like(x) if prob_grad is None else _array("prob_grad", prob_grad, np.float64, x.size)
     grad = np.empty_like(x)
-    _native_call(_native.usdc_group_gates_backward, x, g, n, up, pg, grad, _real("tau", tau))
+    native.group_gates_backward(x, g, n, up, pg, _real("tau", tau), grad)
     return grad
 
 
@@ -257,6 +242,6 @@ def resource_loss(spec: ViTSpec, *, head_probs, neuron_probs, part_probs, rates,
     inputs = [_array(name, given[name], np.float64, limits.get(name, MAX_ELEMENTS)) for name in _LOSS_INPUTS]
     grads = [np.empty_like(a) for a in inputs]
     values = np.empty(3)
-    _native_call(_native.usdc_resource_loss, spec.encoded, conv.encoded, *inputs, values, *grads,
-                 _real("target", target), _real("gamma", gamma), _real("dual", dual))
+    native.resource_loss(spec.encoded, conv.encoded, *inputs, _real("target", target), _real("gamma", gamma),
+                         _real("dual", dual), values, *grads)
     return ResourceLossResult(float(values[0]), float(values[1]), float(values[2]), dict(zip(_LOSS_INPUTS, grads)))

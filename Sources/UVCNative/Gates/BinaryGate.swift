@@ -10,6 +10,8 @@ public enum GateSampler: Int, CaseIterable, Sendable {
     /// Deterministic soft-L0 gate `r² / (r² + ε)`, r = max(d, 0) (UVC's `use_gumbel=0` path, whose
     /// ε decays each epoch). A gate driven to d ≤ 0 has zero gradient and stays shut.
     case softL0 = 2
+
+    public var name: String { ["gumbel", "sigmoid", "softl0"][rawValue] }
 }
 
 /// One gate's draw: the value the forward pass uses and the soft surrogate behind its gradient.
@@ -30,17 +32,10 @@ extension GateSampler {
         let slope: Double
         switch self {
         case .gumbel:
+            // softmax((0, d) + (g0, g1)) / τ)₁ in closed form: σ((d + g1 − g0) / τ), slope y(1 − y)/τ.
             let g0 = GumbelSoftmax.noise(rng.nextOpenUnit()), g1 = GumbelSoftmax.noise(rng.nextOpenUnit())
-            (soft, slope) = withUnsafeTemporaryAllocation(of: Double.self, capacity: 10) { b in
-                // b: logits (0, d) | noise | soft sample | upstream (0, 1) | ∂y₁/∂logits.
-                (b[0], b[1], b[2], b[3], b[6], b[7]) = (0, d, g0, g1, 0, 1)
-                let part = { (i: Int) in UnsafeMutableBufferPointer(rebasing: b[i..<(i + 2)]) }
-                GumbelSoftmax.forward(logits: UnsafeBufferPointer(part(0)), noise: UnsafeBufferPointer(part(2)),
-                                      tau: tau, into: part(4))
-                GumbelSoftmax.backward(soft: UnsafeBufferPointer(part(4)), tau: tau,
-                                       upstream: UnsafeBufferPointer(part(6)), into: part(8))
-                return (b[5], b[9])
-            }
+            soft = logistic((d + (g1 - g0)) / tau)
+            slope = soft * (1 - soft) / tau
         case .sigmoid:
             let u = rng.nextOpenUnit()
             soft = logistic((d + naturalLog(u) - naturalLog1p(-u)) / tau)

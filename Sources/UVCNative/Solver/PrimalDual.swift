@@ -22,8 +22,8 @@ extension Solver {
                               tokenScores: UnsafeBufferPointer<Double>? = nil,
                               learningRate eta: Double, epoch: Double, factors: GroupOutputs,
                               scoresCopy: GroupOutputs) throws(UVCError) {
-        // Debug builds (the Swift tests) check every state a step leaves; the C ABI checks it
-        // again before it hands a state out (`writeBack`).
+        // Debug builds (the Swift tests) check every state a step leaves; a state from outside
+        // is checked whole when it is loaded (`SolverSession.load`).
         defer { assert(stateIsValid, "step left an invalid state") }
         let sums = try scores.validate(for: spec, copyingInto: scoresCopy)
         if let t = tokenScores { try validateTokenScores(t) }

@@ -102,6 +102,7 @@ public struct Solver: Sendable {
 
     /// A fresh solver; `seed` seeds the gate sampler's generator (the only random source).
     public init(spec: ViTSpec, convention: CostConvention, config: SolverConfig, seed: UInt64) throws(UVCError) {
+        try Solver.checkSize(spec)  // before the state's buffers are allocated
         try self.init(spec: spec, convention: convention, config: config,
                       state: SolverState(spec: spec, config: config, seed: seed))
     }
@@ -114,6 +115,7 @@ public struct Solver: Sendable {
                         + "attention, down to one kept patch and the fused token); got depth \(spec.depth), "
                         + "\(spec.prefixTokens) prefix tokens, \(spec.numPatches) patches")
         }
+        try Solver.checkSize(spec)
         self.spec = spec
         self.config = config
         self.cost = CostModel(spec: spec, convention: convention)
@@ -127,6 +129,17 @@ public struct Solver: Sendable {
     }
 
     public var budgetMACs: Double { config.budget * denseMACs }
+
+    /// The most groups (heads, value dims and neurons over all layers) a solver takes: far above
+    /// any ViT (ViT-H/14: about 0.2 M), low enough that its buffers always fit in memory.
+    public static let maxGroups = 1 << 24
+
+    private static func checkSize(_ spec: ViTSpec) throws(UVCError) {
+        let n = spec.groupArraySizes
+        try require(n.heads + n.dims + n.neurons <= maxGroups, "spec",
+                    "has \(n.heads + n.dims + n.neurons) prunable groups (heads + value dims + neurons over all layers); "
+                    + "the solver handles at most \(maxGroups)")
+    }
 
     /// MACs of the cheapest architecture the options allow: one head, one value dim and one
     /// neuron per layer for the kinds being pruned, every part skipped if gates are on, else,

@@ -25,6 +25,8 @@ public enum GateGranularity: Int, CaseIterable, Sendable {
     case block = 0
     /// Separate gates for the MHSA and the MLP branch.
     case part = 1
+
+    public var name: String { self == .block ? "block" : "part" }
 }
 
 /// Hyper-parameters of the UVC primal-dual solver. Defaults are the published DeiT-Tiny run
@@ -141,6 +143,25 @@ public struct SolverConfig: Hashable, Sendable {
              gatingInterval, gateMomentum, gateInit, zLR, zLRGamma, zGradClip, zInit, dualLR, dualInit,
              tau, tauDecay, tauMin, eps, epsDecay, pruneTokens, lrTokens, budgetDamping
 
+        /// What the field holds: a switch, one of `choices` (by index), an integer or a real.
+        public var kind: String {
+            switch self {
+            case .pruneHeads, .pruneDims, .pruneNeurons, .skipBlocks, .straightThrough, .pruneTokens: "flag"
+            case .gateGranularity, .gateSampler: "choice"
+            case .gatingInterval: "int"
+            default: "real"
+            }
+        }
+
+        /// The names of a choice field's options, by index.
+        public var choices: [String] {
+            switch self {
+            case .gateGranularity: GateGranularity.allCases.map(\.name)
+            case .gateSampler: GateSampler.allCases.map(\.name)
+            default: []
+            }
+        }
+
         public var name: String {
             switch self {
             case .budget: "budget"
@@ -173,6 +194,42 @@ public struct SolverConfig: Hashable, Sendable {
             case .pruneTokens: "prune_tokens"
             case .lrTokens: "lr_tokens"
             case .budgetDamping: "budget_damping"
+            }
+        }
+    }
+
+    /// The flat encoding, in `Field` order (the z learning-rate schedule is separate).
+    public var encoded: [Double] {
+        Field.allCases.map { f in
+            switch f {
+            case .budget: budget
+            case .pruneHeads, .pruneDims, .pruneNeurons: prune[f.rawValue - Field.pruneHeads.rawValue] ? 1 : 0
+            case .skipBlocks: skipBlocks ? 1 : 0
+            case .gateGranularity: Double(gateGranularity.rawValue)
+            case .gateSampler: Double(gateSampler.rawValue)
+            case .straightThrough: straightThrough ? 1 : 0
+            case .warmupEpochs: warmupEpochs
+            case .lrHeads, .lrDims, .lrNeurons: countLR[f.rawValue - Field.lrHeads.rawValue]
+            case .hysteresis: hysteresis
+            case .gateLR: gateLR
+            case .gatingWeight: gatingWeight
+            case .gatingInterval: Double(gatingInterval)
+            case .gateMomentum: gateMomentum
+            case .gateInit: gateInit
+            case .zLR: zLR
+            case .zLRGamma: zLRGamma
+            case .zGradClip: zGradClip
+            case .zInit: zInit
+            case .dualLR: dualLR
+            case .dualInit: dualInit
+            case .tau: tau
+            case .tauDecay: tauDecay
+            case .tauMin: tauMin
+            case .eps: eps
+            case .epsDecay: epsDecay
+            case .pruneTokens: pruneTokens ? 1 : 0
+            case .lrTokens: tokenLR
+            case .budgetDamping: budgetDamping
             }
         }
     }

@@ -89,7 +89,8 @@ extension Solver {
             state.velocity[i] = bounded(config.gateMomentum * state.velocity[i]
                                         + state.gradientSum[i] / state.accumulatedSteps)
             // Bounded so that probabilities and their slopes stay representable.
-            state.logits[i] = min(max(state.logits[i] - config.gateLR * state.velocity[i], -50), 50)
+            state.logits[i] = min(max(state.logits[i] - config.gateLR * state.velocity[i], -SolverState.logitBound),
+                                 SolverState.logitBound)
             state.gradientSum[i] = 0
         }
         state.accumulatedSteps = 0
@@ -100,4 +101,6 @@ extension Solver {
 /// gate gradient near the largest double, a soft-L0 slope at a tiny ε) never sum to ∞; an
 /// overflowed product times 0 (NaN) counts as 0.
 @inline(__always)
-private func bounded(_ x: Double) -> Double { x.isNaN ? 0 : min(max(x, -1e300), 1e300) }
+private func bounded(_ x: Double) -> Double {
+    x.isNaN ? 0 : min(max(x, -SolverState.gradientBound), SolverState.gradientBound)
+}

@@ -79,6 +79,13 @@ public struct SolverState: Hashable, Sendable {
         case removal, committed, duals, z, logits, velocity, gradientSum, accumulatedSteps,
              sampleSlope, sampleFresh, hints, searchSteps, epoch, tokenRemoval, tokenCommitted, tokenDuals
 
+        /// The name the Python API uses.
+        public var name: String {
+            ["removal", "committed", "duals", "z", "logits", "velocity", "gradient_sum", "accumulated_steps",
+             "sample_slope", "sample_fresh", "hints", "search_steps", "epoch", "token_removal", "token_committed",
+             "token_duals"][rawValue]
+        }
+
         public func count(_ spec: ViTSpec, _ config: SolverConfig) -> Int {
             let l = spec.depth, g = l * config.gatesPerLayer
             switch self {
@@ -95,6 +102,11 @@ public struct SolverState: Hashable, Sendable {
     public static func encodedCount(_ spec: ViTSpec, _ config: SolverConfig) -> Int {
         Field.allCases.reduce(0) { $0 + $1.count(spec, config) }
     }
+
+    /// Largest |gate logit| a step leaves (and a loaded state may hold).
+    public static let logitBound = 50.0
+    /// Largest |entry| of the gate gradient sum and momentum.
+    public static let gradientBound = 1e300
 
     /// Words of the random generator's state, stored as int64 bit patterns.
     public static let rngWordCount = 4
@@ -179,9 +191,14 @@ public struct SolverState: Hashable, Sendable {
                         "entry \(i) = \(tokenDuals[i]), expected a finite value >= 0")
         }
         try require(z.isFinite && z >= 0, "state.z", "expected a finite value >= 0, got \(z)")
-        for (name, values) in [("state.logits", logits), ("state.velocity", velocity),
-                                ("state.gradient_sum", gradientSum), ("state.sample_slope", sampleSlope)] {
-            if let v = values.first(where: { !$0.isFinite }) { throw UVCError(name, "entries must be finite, got \(v)") }
+        // The bounds a step keeps (`SolverGates`): a loaded state past them could overflow a gate.
+        for (name, values, bound) in [("state.logits", logits, SolverState.logitBound),
+                                       ("state.velocity", velocity, SolverState.gradientBound),
+                                       ("state.gradient_sum", gradientSum, SolverState.gradientBound),
+                                       ("state.sample_slope", sampleSlope, Double.greatestFiniteMagnitude)] {
+            if let v = values.first(where: { !(abs($0) <= bound) }) {
+                throw UVCError(name, "entries must be finite with |value| <= \(bound), got \(v)")
+            }
         }
         try require(accumulatedSteps >= 0 && accumulatedSteps < Double(config.gatingInterval)
                     && accumulatedSteps == accumulatedSteps.rounded(), "state.accumulated_steps",

@@ -21,6 +21,8 @@ public enum GroupPartition {
         /// batch 1) are rare in training; this trains both regimes alike.
         case mixed = 3
 
+        public var name: String { ["halving", "sample", "batch", "mixed"][rawValue] }
+
         /// Number of groups of a batch of `batch` ≥ 1 samples.
         public func groupCount(batch: Int) -> Int {
             switch self {

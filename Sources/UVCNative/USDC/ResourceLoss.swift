@@ -39,6 +39,14 @@ public struct ResourceLoss {
             self.gateMACs = gateMACs
             self.gateProbs = gateProbs
         }
+
+        /// The six arrays in `widths` order.
+        /// - Precondition: `all.count == 6`.
+        public init(_ all: [Buffer]) {
+            precondition(all.count == 6)
+            self.init(headProbs: all[0], neuronProbs: all[1], partProbs: all[2], rates: all[3], gateMACs: all[4],
+                      gateProbs: all[5])
+        }
     }
 
     public struct Value: Sendable {
