@@ -201,4 +201,4 @@ def test_cli_flops(tmp_path, rng):
                            capture_output=True, text=True, check=True).stdout
     assert "1.2535 GMACs = 2.5070 GFLOPs" in table
     bad = subprocess.run([sys.executable, "-m", "uvc", "flops", "not_a_model"], capture_output=True, text=True)
-    assert bad.returncode != 0 and "neither a known model" in bad.stderr
+    assert bad.returncode != 0 and "is not a timm model name" in bad.stderr

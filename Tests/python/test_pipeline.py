@@ -11,7 +11,13 @@ import uvc
 from conftest import TINY
 from uvc.torch import export_onnx, load
 from uvc.torch.compress import Compressor
+from uvc.settings import FINETUNE
 from uvc.torch.pipeline import compress, finetune
+
+
+def stage2(s):
+    """The settings of ``s`` that stage 2 takes."""
+    return {k: v for k, v in s.items() if k in FINETUNE.names}
 
 
 def settings(tmp, ckpt, **over):
@@ -37,9 +43,9 @@ def test_stage1_export_reload_stage2(tmp_path, tiny_checkpoint):
     log = [json.loads(l) for l in (tmp_path / "stage1" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3] and all("z" in r for r in log)
     # Stage 2 trains the exported architecture and keeps it.
-    s2 = finetune(**settings(tmp_path, tiny_checkpoint, model=str(tmp_path / "stage1_model"),
-                             teacher="vit_tiny_patch16_224", teacher_checkpoint=tiny_checkpoint, epochs=2,
-                             output_dir=str(tmp_path / "ft")))
+    s2 = finetune(**stage2(settings(tmp_path, tiny_checkpoint, model=str(tmp_path / "stage1_model"),
+                                    teacher="vit_tiny_patch16_224", teacher_checkpoint=tiny_checkpoint, epochs=2,
+                                    output_dir=str(tmp_path / "ft"))))
     final = load(tmp_path / "ft" / "model")
     assert final.plan == exported.plan
     assert 0 <= s2["acc"] <= 100
@@ -107,9 +113,10 @@ def test_cli_axis_flags_reach_the_solver(tmp_path):
     assert (hyper["prune_heads"], hyper["prune_dims"], hyper["prune_neurons"]) == (False, True, True)
     plan = uvc.ArchPlan.load(out / "plan.json")
     assert all(len(layer.heads) == plan.spec.num_heads for layer in plan.layers if layer.attn)
-    args = build_parser().parse_args(["compress"])
-    assert args.enable_patch_gating is False and args.prune_heads and args.prune_dims and args.prune_neurons
-    assert build_parser().parse_args(["demo", "--tokens"]).tokens is True
+    from uvc.cli import _stage_settings
+    s = _stage_settings(build_parser().parse_args(["compress"]))
+    assert s["prune_tokens"] is False and s["prune_heads"] and s["prune_dims"] and s["prune_neurons"]
+    assert _stage_settings(build_parser().parse_args(["demo", "--tokens"]))["tokens"] is True
 
 
 def test_compressor_rejects_non_vit():

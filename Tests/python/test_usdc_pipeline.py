@@ -9,8 +9,14 @@ import torch
 
 from conftest import TINY
 from uvc.cli import main
+from uvc.settings import USDC_FINETUNE
 from uvc.torch.usdc import DynamicViT, load
 from uvc.torch.usdc.pipeline import evaluate_batch_sizes, finetune, latency_on_data, search
+
+
+def stage2(s):
+    """The settings of ``s`` that stage 2 takes."""
+    return {k: v for k, v in s.items() if k in USDC_FINETUNE.names}
 
 
 def settings(tmp, ckpt, **over):
@@ -35,8 +41,8 @@ def test_search_export_reload_finetune_evaluate(tmp_path, tiny_checkpoint):
     assert isinstance(model, DynamicViT)
     arch = json.loads((tmp_path / "plan.json").read_text())
     assert [len(layer["heads"]) for layer in arch["layers"]] == [len(l.heads) for l in model.plan.layers]
-    s2 = finetune(**settings(tmp_path, tiny_checkpoint, model=str(tmp_path / "stage1_model"), teacher="vit_tiny_patch16_224",
-                             teacher_checkpoint=tiny_checkpoint, epochs=1))
+    s2 = finetune(**stage2(settings(tmp_path, tiny_checkpoint, model=str(tmp_path / "stage1_model"),
+                                    teacher="vit_tiny_patch16_224", teacher_checkpoint=tiny_checkpoint, epochs=1)))
     final = load(tmp_path / "model")
     res = evaluate_batch_sizes(final, (1, 8, 128), eval_subset=128, seed=3)
     # Stage 2 evaluated the 128 images as one batch too.

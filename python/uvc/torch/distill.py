@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..settings import DISTILLATION_TYPES
+
 __all__ = ["DistillationLoss"]
 
 
@@ -21,8 +23,8 @@ class DistillationLoss(nn.Module):
     def __init__(self, teacher: nn.Module | None, kind: str = "soft", alpha: float = 0.1, tau: float = 1.0,
                  label_smoothing: float = 0.0):
         super().__init__()
-        if kind not in ("none", "soft", "hard"):
-            raise ValueError(f"DistillationLoss: kind must be 'none', 'soft' or 'hard', got {kind!r}")
+        if kind not in DISTILLATION_TYPES:
+            raise ValueError(f"DistillationLoss: kind must be one of {DISTILLATION_TYPES}, got {kind!r}")
         if kind != "none" and teacher is None:
             raise ValueError(f"DistillationLoss: kind={kind!r} needs a teacher model")
         if not 0.0 <= alpha <= 1.0:

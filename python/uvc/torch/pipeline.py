@@ -1,5 +1,5 @@
-"""The two UVC stages and evaluation as functions of plain keyword settings; the CLI and
-the demo call these.
+"""The two UVC stages and evaluation as functions of keyword settings (defined, with their
+defaults, in `uvc.settings`); the CLI and the demo call these.
 
 Stage 1 (`compress`): joint search of heads, value dims, neurons and block parts (and, with
 ``prune_tokens``, the tokens each block keeps) under the budget, with distillation from the
@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 
 from .. import cost
+from ..settings import COMPRESS, FINETUNE
+from ..solver import DEFAULTS as SOLVER_DEFAULTS
 from .compress import Compressor
 from .data import make_loader
 from .distill import DistillationLoss
@@ -118,11 +120,11 @@ def load_model(source: str, checkpoint: str | None = None, **timm_kwargs) -> tup
 
 def _loaders(spec, settings: dict, rank: int, world: int):
     common = dict(seed=settings["seed"], image_size=spec.image_size, in_chans=spec.in_channels,
-                  data_dir=settings.get("data_dir"))
-    train = make_loader(settings["data"], "train", settings["train_batch_size"], subset=settings.get("subset"),
+                  data_dir=settings["data_dir"])
+    train = make_loader(settings["data"], "train", settings["train_batch_size"], subset=settings["subset"],
                         rank=rank, world_size=world, **common)
-    test = make_loader(settings["data"], "test", settings.get("eval_batch_size", 500),
-                       subset=settings.get("eval_subset"), rank=rank, world_size=world, **common)
+    test = make_loader(settings["data"], "test", settings["eval_batch_size"], subset=settings["eval_subset"],
+                       rank=rank, world_size=world, **common)
     return train, test
 
 
@@ -141,9 +143,8 @@ def _criterion(teacher, settings):
                             settings["distillation_tau"])
 
 
-SOLVER_KEYS = ("convention", "prune_heads", "prune_dims", "prune_neurons", "prune_tokens", "skip_blocks",
-               "gate_granularity", "warmup_epochs", "gate_lr", "gating_weight", "zlr_schedule", "z_grad_clip", "eps",
-               "eps_decay", "lr_counts", "budget_macs")
+# Settings passed through to `uvc.Solver` (all its hyper-parameters).
+SOLVER_KEYS = ("convention", "budget_macs", *SOLVER_DEFAULTS)
 
 # What a checkpoint must share with the run that resumes it (the model and the budget).
 RESUME_KEYS = {"compress": ("model", "model_kwargs", "budget", "budget_macs", "convention"),
@@ -155,29 +156,32 @@ def compress(**settings) -> dict:
     ``stage1_model/`` (the exported model before fine-tuning) and ``summary_stage1.json``. The
     summary says whether the plan meets the budget (``budget_met``, ``plan_ratio`` and
     ``budget_ratio`` as fractions of the dense MACs in the budget's convention); a miss also
-    warns (`BudgetMissWarning`)."""
-    device, rank, world = setup_distributed(settings.get("device"))
+    warns (`BudgetMissWarning`). ``settings``: those of `uvc.settings.COMPRESS` (the rest keep
+    their defaults); the resolved ones are written to ``output_dir``/settings.json."""
+    settings = COMPRESS.resolve(settings, source="compress")
+    if not settings["enable_pruning"]:
+        settings.update(prune_heads=False, prune_dims=False, prune_neurons=False)
+    device, rank, world = setup_distributed(settings["device"])
     torch.manual_seed(settings["seed"])
-    model, meta = load_model(settings["model"], settings.get("checkpoint"), **settings.get("model_kwargs") or {})
+    model, meta = load_model(settings["model"], settings["checkpoint"], **settings["model_kwargs"])
     model.to(device)
     teacher = copy.deepcopy(model).eval()
     spec = spec_from_model(model)
     train, test = _loaders(spec, settings, rank, world)
     epochs = settings["num_epochs"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"],
-                                  weight_decay=settings.get("weight_decay", 0.0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"], weight_decay=settings["weight_decay"])
     scheduler = _schedule(optimizer, epochs * len(train), 0)
-    solver_kwargs = {k: settings[k] for k in SOLVER_KEYS if settings.get(k) is not None}
+    solver_kwargs = {k: settings[k] for k in SOLVER_KEYS if settings[k] is not None}
     comp = Compressor(model, settings["budget"], steps_per_epoch=len(train), optimizer=optimizer,
                       seed=settings["seed"], **solver_kwargs)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     out = Path(settings["output_dir"])
     fit(net, train, epochs=epochs, optimizer=optimizer, scheduler=scheduler, criterion=_criterion(teacher, settings),
-        out_dir=out / "stage1", compressor=comp, eval_loader=test, resume=settings.get("resume", False),
-        checkpoint_every=settings.get("checkpoint_every", 100), stop_after=settings.get("stop_after"),
-        desc="stage 1", config=_jsonable(settings), match=RESUME_KEYS["compress"],
-        progress=settings.get("progress", True))
-    if settings.get("stop_after") is not None and comp.step_count < epochs * len(train):
+        out_dir=out / "stage1", compressor=comp, eval_loader=test, resume=settings["resume"],
+        checkpoint_every=settings["checkpoint_every"], stop_after=settings["stop_after"],
+        desc="stage 1", config=_jsonable(settings), match=RESUME_KEYS["compress"], progress=settings["progress"],
+        on_start=lambda: COMPRESS.save(settings, out))
+    if settings["stop_after"] is not None and comp.step_count < epochs * len(train):
         return {"stopped_at_step": comp.step_count}
     model.eval()
     slim = comp.export().to(device)
@@ -206,31 +210,32 @@ def compress(**settings) -> dict:
 
 def finetune(**settings) -> dict:
     """Stage 2: fine-tune the exported model in ``model`` (a folder) with distillation from
-    the dense ``teacher``. Writes ``stage2/`` and the final ``model/`` to ``output_dir``."""
-    device, rank, world = setup_distributed(settings.get("device"))
+    the dense ``teacher``. Writes ``stage2/``, the final ``model/`` and settings.json to
+    ``output_dir``. ``settings``: those of `uvc.settings.FINETUNE`."""
+    settings = FINETUNE.resolve(settings, source="finetune")
+    device, rank, world = setup_distributed(settings["device"])
     torch.manual_seed(settings["seed"])
     model, meta = load_model(settings["model"])
     if not isinstance(model, SlimViT):
         raise ValueError(f"--model {settings['model']!r}: uvc finetune takes a folder written by uvc compress")
     teacher = None
     if settings["distillation_type"] != "none":
-        teacher, _ = load_model(settings["teacher"], settings.get("teacher_checkpoint"),
-                                **settings.get("model_kwargs") or {})
+        teacher, _ = load_model(settings["teacher"], settings["teacher_checkpoint"], **settings["model_kwargs"])
         teacher.to(device).eval()
     model.to(device)
     spec = model.spec
     train, test = _loaders(spec, settings, rank, world)
     epochs = settings["epochs"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"],
-                                  weight_decay=settings.get("weight_decay", 0.05))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"], weight_decay=settings["weight_decay"])
     scheduler = _schedule(optimizer, epochs * len(train), len(train) // 4)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     out = Path(settings["output_dir"])
     records = fit(net, train, epochs=epochs, optimizer=optimizer, scheduler=scheduler,
                   criterion=_criterion(teacher, settings), out_dir=out / "stage2", eval_loader=test,
-                  resume=settings.get("resume", False), checkpoint_every=settings.get("checkpoint_every", 100),
-                  stop_after=settings.get("stop_after"), desc="stage 2", config=_jsonable(settings),
-                  match=RESUME_KEYS["finetune"], progress=settings.get("progress", True))
+                  resume=settings["resume"], checkpoint_every=settings["checkpoint_every"],
+                  stop_after=settings["stop_after"], desc="stage 2", config=_jsonable(settings),
+                  match=RESUME_KEYS["finetune"], progress=settings["progress"],
+                  on_start=lambda: FINETUNE.save(settings, out))
     summary = {"stage": 2, "acc": evaluate(model, test, device), "epochs": epochs, "records": records}
     if is_main_process():
         save_slim(unwrap(model).eval(), out / "model", meta=meta)

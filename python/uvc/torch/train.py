@@ -119,7 +119,7 @@ def fit(model: nn.Module, loader, *, epochs: int, optimizer: torch.optim.Optimiz
         scheduler, criterion: Callable, out_dir: str | os.PathLike, compressor=None,
         eval_loader=None, resume: bool = False, checkpoint_every: int = 100, stop_after: int | None = None,
         desc: str = "train", config: dict | None = None, match: Sequence[str] = (),
-        progress: bool = True) -> list[dict]:
+        progress: bool = True, on_start: Callable[[], None] | None = None) -> list[dict]:
     """Trains ``model`` for ``epochs`` epochs of ``loader.batches(epoch)``.
 
     Per step: ``loss = criterion(x, model(x), y)``, backward, optimizer and scheduler step,
@@ -132,7 +132,9 @@ def fit(model: nn.Module, loader, *, epochs: int, optimizer: torch.optim.Optimiz
     ``match``: the keys of ``config`` a checkpoint must share to be resumed (the model, the
     budget). ``stop_after``: return after this many optimizer steps of this call (after
     writing a checkpoint, and the epoch's log line when it is the epoch's last step), as if
-    killed there. Returns the epoch records.
+    killed there. ``on_start``: called on the main process once the run is known to start (after
+    a resumed checkpoint passed its checks), e.g. to write the run's settings. Returns the epoch
+    records.
     """
     out = Path(out_dir)
     main = is_main_process()
@@ -166,6 +168,8 @@ def fit(model: nn.Module, loader, *, epochs: int, optimizer: torch.optim.Optimiz
             os.replace(tmp, log_path)
     elif main and log_path.exists():
         log_path.unlink()
+    if main and on_start is not None:
+        on_start()
 
     def checkpoint(epoch: int, step: int, sums: list[float], seconds: float) -> None:
         # Per rank: the sums are reduced only at the epoch end, so a resumed rank must go on from its own.

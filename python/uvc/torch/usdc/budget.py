@@ -8,12 +8,11 @@ import numpy as np
 import torch
 
 from ...cost import Convention, as_convention
+from ...settings import BUDGET_MODES
 from ...spec import ViTSpec
 from ...usdc import resource_loss
 
 __all__ = ["ResourceBudget", "BUDGET_MODES"]
-
-BUDGET_MODES = ("penalty", "dual")
 
 
 class _ResourceLoss(torch.autograd.Function):

@@ -51,7 +51,7 @@ def run_usdc_demo(*, target: float = 0.6, search_epochs: int = 2, finetune_epoch
     common = dict(data="fashion-mnist", subset=subset, eval_subset=eval_subset, seed=seed, device=device or "cpu",
                   train_batch_size=128, distillation_type="soft", distillation_alpha=0.5, distillation_tau=1.0,
                   checkpoint_every=200)
-    usdc = dict(target=target, gamma=gamma, budget_mode=budget_mode, arch_lr=arch_lr, gate_lr=gate_lr)
+    usdc = dict(target=target, gamma=gamma, budget_mode=budget_mode, gate_lr=gate_lr)
     gates = dict(gate_init=gate_init)
     folders = {"dense": "demo"}
     for method in methods:
@@ -64,7 +64,7 @@ def run_usdc_demo(*, target: float = 0.6, search_epochs: int = 2, finetune_epoch
         if method in ("uvc", "static"):
             if method == "static":
                 search(model="demo", num_epochs=search_epochs, learning_rate=5e-4, dynamic=False,
-                       output_dir=str(run), **usdc, **common)
+                       arch_lr=arch_lr, output_dir=str(run), **usdc, **common)
             else:
                 uvc_compress(model="demo", budget=target, num_epochs=search_epochs, learning_rate=5e-4,
                              warmup_epochs=0.25, zlr_schedule=tuple(float(e) for e in range(1, search_epochs)),
@@ -73,7 +73,7 @@ def run_usdc_demo(*, target: float = 0.6, search_epochs: int = 2, finetune_epoch
                          weight_decay=0.05, output_dir=str(run), **common)
         else:
             search(model="demo", num_epochs=search_epochs, learning_rate=5e-4, static=method != "dynamic",
-                   grouping=GROUPING[method], static_target=static_target,
+                   grouping=GROUPING[method], static_target=static_target, arch_lr=arch_lr,
                    output_dir=str(run), **usdc, **gates, **common)
             finetune(model=str(run / "stage1_model"), teacher="demo", epochs=finetune_epochs, learning_rate=5e-4,
                      weight_decay=0.05, output_dir=str(run), **usdc, **common)

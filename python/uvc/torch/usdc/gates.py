@@ -13,11 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...cost import Convention, as_convention
+from ...settings import GATE_KINDS
 
 __all__ = ["GATE_KINDS", "GateNet", "GateChoice", "gate_macs", "group_gates"]
-
-# The menu of seed 002 §3.2: FC; FC+LN+ReLU+FC; Conv1d over tokens; FC+BN+ReLU+FC.
-GATE_KINDS = ("linear", "mlp_ln", "conv1d", "mlp_bn")
 
 
 class GateNet(nn.Module):

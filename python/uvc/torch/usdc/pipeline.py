@@ -1,5 +1,5 @@
-"""The two USDC stages and their evaluation as functions of plain keyword settings (the
-demo and the CLI call these), sharing the UVC pipeline's loaders, schedule, distillation and
+"""The two USDC stages and their evaluation as functions of keyword settings (defined, with
+their defaults, in `uvc.settings`; the demo and the CLI call these), sharing the UVC pipeline's loaders, schedule, distillation and
 training loop (checkpoints, exact resume, logs).
 
 Stage 1 (`search`): static keep probabilities and dynamic group gates searched jointly under
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ... import cost
+from ...settings import USDC_FINETUNE, USDC_SEARCH
 from ..data import make_loader
 from ..introspect import spec_from_model
 from ..pipeline import _criterion, _jsonable, _loaders, _schedule, check_budget, load_model, setup_distributed
@@ -41,16 +42,16 @@ RESUME_KEYS = {"search": ("model", "model_kwargs", "target", "static_target", "c
 def _optimizer(weights, arch, gates, settings) -> torch.optim.Optimizer:
     """AdamW on the weights; Adam without decay on the architecture logits (DARTS's betas)
     and on the gate networks."""
-    groups = [{"params": weights, "lr": settings["learning_rate"], "weight_decay": settings.get("weight_decay", 0.0)}]
+    groups = [{"params": weights, "lr": settings["learning_rate"], "weight_decay": settings["weight_decay"]}]
     if arch:
-        groups.append({"params": arch, "lr": settings.get("arch_lr", 0.1), "weight_decay": 0.0, "betas": (0.5, 0.999)})
+        groups.append({"params": arch, "lr": settings["arch_lr"], "weight_decay": 0.0, "betas": (0.5, 0.999)})
     if gates:
-        groups.append({"params": gates, "lr": settings.get("gate_lr", 0.03), "weight_decay": 0.0})
+        groups.append({"params": gates, "lr": settings["gate_lr"], "weight_decay": 0.0})
     return torch.optim.AdamW(groups)
 
 
 def _single_process(settings: dict) -> torch.device:
-    device, _, world = setup_distributed(settings.get("device"))
+    device, _, world = setup_distributed(settings["device"])
     if world > 1:
         raise ValueError("the USDC stages run in one process; launch them without torchrun")
     return device
@@ -62,16 +63,18 @@ def search(**settings) -> dict:
     ``summary_stage1.json``. ``target``: wanted F (expected MACs over the dense MACs, gate
     networks included). The summary says whether the exported model meets it (``budget_met``,
     ``plan_ratio``: its MACs over the dense MACs, averaged over the test images at the eval batch
-    size when it has gates, ``budget_ratio``); a miss also warns (`BudgetMissWarning`)."""
+    size when it has gates, ``budget_ratio``); a miss also warns (`BudgetMissWarning`).
+    ``settings``: those of `uvc.settings.USDC_SEARCH`; the resolved ones go to settings.json."""
     from .search import USDCSearch
+    settings = USDC_SEARCH.resolve(settings, source="usdc search")
     device = _single_process(settings)
     torch.manual_seed(settings["seed"])
-    model, meta = load_model(settings["model"], settings.get("checkpoint"), **settings.get("model_kwargs") or {})
+    model, meta = load_model(settings["model"], settings["checkpoint"], **settings["model_kwargs"])
     model.to(device)
     teacher = copy.deepcopy(model).eval()
     spec = spec_from_model(model)
     train, test = _loaders(spec, settings, 0, 1)
-    kwargs = {k: settings[k] for k in SEARCH_KEYS if settings.get(k) is not None}
+    kwargs = {k: settings[k] for k in SEARCH_KEYS if settings[k] is not None}
     epochs = settings["num_epochs"]
     usdc = USDCSearch(model, settings["target"], anneal_steps=epochs * len(train), seed=settings["seed"], **kwargs)
     arch = [p for p in (usdc.arch.head_logits, usdc.arch.neuron_logits, usdc.arch.part_logits) if p is not None]
@@ -86,11 +89,10 @@ def search(**settings) -> dict:
     out = Path(settings["output_dir"])
     fit(model, train, epochs=epochs, optimizer=optimizer, scheduler=scheduler,
         criterion=lambda x, outputs, y: base(x, outputs, y) + usdc.resource_loss(), out_dir=out / "stage1",
-        compressor=usdc, eval_loader=test, resume=settings.get("resume", False),
-        checkpoint_every=settings.get("checkpoint_every", 100), stop_after=settings.get("stop_after"),
-        desc="usdc stage 1", config=_jsonable(settings), match=RESUME_KEYS["search"],
-        progress=settings.get("progress", True))
-    if settings.get("stop_after") is not None and usdc.step_count < epochs * len(train):
+        compressor=usdc, eval_loader=test, resume=settings["resume"], checkpoint_every=settings["checkpoint_every"],
+        stop_after=settings["stop_after"], desc="usdc stage 1", config=_jsonable(settings),
+        match=RESUME_KEYS["search"], progress=settings["progress"], on_start=lambda: USDC_SEARCH.save(settings, out))
+    if settings["stop_after"] is not None and usdc.step_count < epochs * len(train):
         return {"stopped_at_step": usdc.step_count}
     model.eval()
     exported = usdc.export().to(device).eval()
@@ -125,19 +127,20 @@ def finetune(**settings) -> dict:
     """Stage 2: fine-tune the `DynamicViT` in ``model`` (a folder written by `search`) with its
     group gates under the budget ``target`` and distillation from the dense ``teacher``.
     Writes ``stage2/`` and the final ``model/`` to ``output_dir``. The summary says whether the
-    model's average MACs on the test images meet ``target`` (``budget_met``, as in `search`)."""
+    model's average MACs on the test images meet ``target`` (``budget_met``, as in `search`).
+    ``settings``: those of `uvc.settings.USDC_FINETUNE`."""
+    settings = USDC_FINETUNE.resolve(settings, source="usdc finetune")
     device = _single_process(settings)
     torch.manual_seed(settings["seed"])
     model = load_dynamic(settings["model"], device)
     meta = dict(model.slim.meta)
     teacher = None
     if settings["distillation_type"] != "none":
-        teacher, _ = load_model(settings["teacher"], settings.get("teacher_checkpoint"),
-                                **settings.get("model_kwargs") or {})
+        teacher, _ = load_model(settings["teacher"], settings["teacher_checkpoint"], **settings["model_kwargs"])
         teacher.to(device).eval()
     train, test = _loaders(model.spec, settings, 0, 1)
     keys = ("gamma", "budget_mode", "dual_lr", "convention")
-    ft = USDCFinetune(model, settings["target"], **{k: settings[k] for k in keys if settings.get(k) is not None})
+    ft = USDCFinetune(model, settings["target"], **{k: settings[k] for k in keys if settings[k] is not None})
     gate_params = list(model.gates.parameters())
     optimizer = _optimizer(list(model.slim.parameters()), [], gate_params, settings)
     epochs = settings["epochs"]
@@ -146,14 +149,14 @@ def finetune(**settings) -> dict:
     out = Path(settings["output_dir"])
     records = fit(model, train, epochs=epochs, optimizer=optimizer, scheduler=scheduler,
                   criterion=lambda x, outputs, y: base(x, outputs, y) + ft.resource_loss(), out_dir=out / "stage2",
-                  compressor=ft, eval_loader=test, resume=settings.get("resume", False),
-                  checkpoint_every=settings.get("checkpoint_every", 100), stop_after=settings.get("stop_after"),
+                  compressor=ft, eval_loader=test, resume=settings["resume"],
+                  checkpoint_every=settings["checkpoint_every"], stop_after=settings["stop_after"],
                   desc="usdc stage 2", config=_jsonable(settings), match=RESUME_KEYS["finetune"],
-                  progress=settings.get("progress", True))
+                  progress=settings["progress"], on_start=lambda: USDC_FINETUNE.save(settings, out))
     model.eval()
     model.reset_stats()
     summary = {"stage": 2, "acc": evaluate(model, test, device), "epochs": epochs, "records": records,
-               **model.average_macs(settings.get("convention") or "uvc")}
+               **model.average_macs(settings["convention"])}
     summary.update(check_budget(summary["ratio"], settings["target"], "uvc usdc-finetune",
                                 "train longer (more --epochs) or allow more MACs (--target)"))
     save_dynamic(model.eval(), out / "model", meta=meta)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ...plan import ArchPlan, LayerPlan
+from ...settings import STATIC_MODES
 from ...usdc import GROUPINGS, GroupSampler
 from ..introspect import check_supported, spec_from_model
 from ..slim import SlimViT
@@ -29,9 +30,6 @@ from .budget import ResourceBudget
 from .gates import GATE_KINDS, GateChoice, gate_macs, group_gates
 
 __all__ = ["USDCSearch", "USDCArch", "STATIC_MODES"]
-
-
-STATIC_MODES = ("sample", "softmax")
 
 
 class USDCArch(nn.Module):
@@ -141,7 +139,7 @@ class USDCSearch:
 
     def __init__(self, model: nn.Module, target: float = 0.6, *, static: bool = True, dynamic: bool = True,
                  neuron_group_size: int = 8, gate_kinds: tuple[str, ...] = GATE_KINDS, gate_hidden: int = 16,
-                 gate_kernel: int = 3, gate_init: float = 3.0, keep_init: float = 0.95, tau: float = 1.0,
+                 gate_kernel: int = 3, gate_init: float = 2.0, keep_init: float = 0.95, tau: float = 1.0,
                  grouping: str = "mixed", static_mode: str = "sample", gamma: float = 100.0,
                  budget_mode: str = "penalty", dual_lr: float = 1.0, static_target: float | None = None,
                  static_tau: tuple[float, float] = (1.0, 0.05), anneal_steps: int | None = None,
