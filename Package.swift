@@ -14,8 +14,15 @@ let package = Package(
             pkgConfig: "python3",
             providers: [.apt(["python3-dev"])]
         ),
-        // The mathematics: cost model, solver, gates, USDC. No C ABI, no Python.
-        .target(name: "UVCNative", path: "Sources/UVCNative"),
+        .systemLibrary(
+            name: "COpenBLAS",
+            path: "Sources/COpenBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+        // The mathematics: cost model, solver, gates, USDC, least-squares reconstruction (OpenBLAS
+        // and its LAPACK). No C ABI, no Python.
+        .target(name: "UVCNative", dependencies: ["COpenBLAS"], path: "Sources/UVCNative"),
         // What crosses the boundary: the C declarations (a header only) ...
         .target(name: "UVCABI", path: "Sources/UVCABI"),
         // ... the core's entry points behind them ...

@@ -41,6 +41,8 @@ def check_toolchain(env: dict) -> str:
              "Install Swift 6.1 or newer from https://swift.org/install and put its bin/ on PATH.")
     if shutil.which("pkg-config") is None:
         fail("pkg-config is not installed", "apt-get install pkg-config")
+    if subprocess.run(["pkg-config", "--exists", "openblas"], env=env).returncode != 0:
+        fail("OpenBLAS was not found by pkg-config", "apt-get install libopenblas-dev (or run scripts/setup.sh)")
     return swift
 
 

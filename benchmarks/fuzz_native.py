@@ -106,6 +106,9 @@ NATIVE_SIGS: dict[str, list[tuple[str, str, bool]]] = {
                      + [("target", "s", False), ("gamma", "s", False), ("dual", "s", False), ("values_out", "d", True)]
                      + [(n, "d", True) for n in ("head_grad", "neuron_grad", "part_grad", "rate_grad", "gate_macs_grad",
                                                  "gate_probs_grad")],
+    "gram_accumulate": [("x", "d", False), ("y", "d", False), ("xtx", "d", True), ("xty", "d", True)],
+    "ridge_solve": [("xtx", "d", False), ("xty", "d", False), ("kept", "q", False), ("ridge", "s", False),
+                    ("out", "d", True)],
     "Solver": _COST_MODEL + [("config", "d", False), ("zlr_schedule", "d", False), ("seed", "i", False)],
     "Solver.layout": [],
     "Solver.sample_gates": [("epoch", "s", False), ("gates_out", "d", True)],
@@ -421,6 +424,32 @@ def b_cost_expected(r, c, edge):
         x = x.copy()
         x[r.randrange(6)] = r.choice([0.0, 5e-324, 1.0])
     return _native_call("cost_expected", [sc.enc, r.choice(c.conventions), x, np.empty((6, d))])
+
+
+def _least_squares(r, edge):
+    """A random regression problem: inputs x (n, d), targets y (n, m)."""
+    n = r.choice([0, 1, 2, 300]) if edge else r.choice([3, 17, 64])
+    d, m = (r.choice([1, 2, 33]), r.choice([0, 1, 7])) if edge else (r.choice([1, 4, 9]), r.choice([1, 3]))
+    rng = np.random.default_rng(r.randrange(2**32))
+    x = rng.standard_normal((n, d))
+    if edge and d > 1 and r.random() < 0.5:
+        x[:, -1] = x[:, 0]  # a repeated column: singular without the ridge
+    return x, x @ rng.standard_normal((d, m)) + 0.1 * rng.standard_normal((n, m))
+
+
+def b_gram_accumulate(r, c, edge):
+    x, y = _least_squares(r, edge)
+    if r.random() < 0.3:
+        x, y = x.astype(np.float32), y.astype(np.float32)
+    return _native_call("gram_accumulate", [x, y, np.zeros((x.shape[1],) * 2), np.zeros((x.shape[1], y.shape[1]))])
+
+
+def b_ridge_solve(r, c, edge):
+    x, y = _least_squares(r, edge)
+    d = x.shape[1]
+    kept = np.array(sorted(r.sample(range(d), r.randint(1, d))), dtype=np.int64)
+    ridge = r.choice([0.0, 1e-12, 1e-3, 1.0, 1e6] if edge else [1e-3, 1e-2])
+    return _native_call("ridge_solve", [x.T @ x, x.T @ y, kept, ridge, np.empty((kept.size, y.shape[1]))])
 
 
 def _snap(r, c, tokens=False) -> Snapshot:
@@ -1176,6 +1205,7 @@ TARGETS: dict[str, tuple[Callable, float]] = {
     "native.cost_exact": (b_cost_exact, 3), "native.cost_expected": (b_cost_expected, 3),
     "native.group_gates": (b_group_gates, 3), "native.group_gates_backward": (b_group_gates_backward, 3),
     "native.resource_loss": (b_resource_loss, 4),
+    "native.gram_accumulate": (b_gram_accumulate, 2), "native.ridge_solve": (b_ridge_solve, 2),
     "native.Solver": (b_solver_new, 3), "native.Solver.layout": (b_solver_layout, 0.5),
     "native.Solver.sample_gates": (b_solver_sample_gates, 3), "native.Solver.step": (b_solver_step, 5),
     "native.Solver.masks": (b_solver_masks, 2), "native.Solver.plan": (b_solver_plan, 3),

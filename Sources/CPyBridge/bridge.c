@@ -21,6 +21,7 @@ static int32_t kind_of(const Py_buffer *v) {
     if (*f == '@' || *f == '=' || *f == '<') f++;
     if (f[0] == '\0' || f[1] != '\0') return UVC_OTHER;
     if (v->itemsize == 8 && f[0] == 'd') return UVC_FLOAT64;
+    if (v->itemsize == 4 && f[0] == 'f') return UVC_FLOAT32;
     if (v->itemsize == 8 && (f[0] == 'q' || f[0] == 'l')) return UVC_INT64;
     if (v->itemsize == 1 && f[0] == 'B') return UVC_BYTES;
     return UVC_OTHER;
@@ -153,7 +154,7 @@ static void dealloc(PyObject *self) {
 
 #define FUNCTIONS(X) X(layouts, UVC_LAYOUTS) X(cost_exact, UVC_COST_EXACT) X(cost_expected, UVC_COST_EXPECTED) \
     X(group_gates, UVC_GROUP_GATES) X(group_gates_backward, UVC_GROUP_GATES_BACKWARD) \
-    X(resource_loss, UVC_RESOURCE_LOSS)
+    X(resource_loss, UVC_RESOURCE_LOSS) X(gram_accumulate, UVC_GRAM_ACCUMULATE) X(ridge_solve, UVC_RIDGE_SOLVE)
 #define SOLVER_METHODS(X) X(layout, UVC_SOLVER_LAYOUT) X(sample_gates, UVC_SOLVER_SAMPLE_GATES) \
     X(step, UVC_SOLVER_STEP) X(masks, UVC_SOLVER_MASKS) X(plan, UVC_SOLVER_PLAN) X(summary, UVC_SOLVER_SUMMARY) \
     X(fields, UVC_SOLVER_FIELDS) X(save, UVC_SOLVER_SAVE) X(load, UVC_SOLVER_LOAD)

@@ -74,7 +74,7 @@ struct Arguments {
         for j in 0..<names.count where j != i {
             let b = base[j]
             guard let other = b.data, b.kind != Int32(UVC_NONE), b.flags & Int32(UVC_CONTIGUOUS) != 0 else { continue }
-            var n = b.kind == Int32(UVC_BYTES) ? 1 : 8
+            var n = b.kind == Int32(UVC_BYTES) ? 1 : b.kind == Int32(UVC_FLOAT32) ? 4 : 8
             for d in 0..<Int(b.rank) { n = n.multipliedReportingOverflow(by: Int(b.shape[d])).partialValue }
             if n > 0 && start < other + n && other < start + length {
                 throw UVCError(names[i], "shares memory with argument '\(names[j])'")

@@ -178,6 +178,8 @@ private enum Names {
     static let costExpected = ["spec", "convention", "x", "out"]
     static let gates = ["logits", "groups", "noise", "tau", "straight_through", "gates_out", "probs_out"]
     static let gatesBackward = ["logits", "groups", "noise", "gate_grad", "prob_grad", "tau", "grad_out"]
+    static let gram = ["x", "y", "xtx", "xty"]
+    static let ridge = ["xtx", "xty", "kept", "ridge", "out"]
     static let loss = ["spec", "convention", "head_probs", "neuron_probs", "part_probs", "rates", "gate_macs",
                        "gate_probs", "target", "gamma", "dual", "values_out", "head_grad", "neuron_grad", "part_grad",
                        "rate_grad", "gate_macs_grad", "gate_probs_grad"]
@@ -220,7 +222,28 @@ private func functions(_ function: Int32, _ call: Call) throws(UVCError) {
             gates.backward(logits: logits.input, noise: noise.input, tau: tau, gateGradient: up, probGradient: probGrad,
                            into: try a.output(6, b, c))
         }
-    default:  // UVC_RESOURCE_LOSS
+    case Int32(UVC_GRAM_ACCUMULATE):
+        try gramAccumulate(try call.arguments(Names.gram))
+    case Int32(UVC_RIDGE_SOLVE):
+        let a = try call.arguments(Names.ridge)
+        let xtx = try a.doubles(0)
+        try require(xtx.shape.count == 2 && xtx.extent(0) == xtx.extent(1), "xtx", "expected a square (d, d) array")
+        let (d, xty) = (xtx.extent(0), try a.doubles(1))
+        try require(xty.shape.count == 2 && xty.extent(0) == d, "xty", "expected shape (\(d), outputs)")
+        try require(d <= LeastSquares.maxWidth && xty.extent(1) <= LeastSquares.maxWidth, "xtx",
+                    "at most \(LeastSquares.maxWidth) inputs and outputs, got \(d) and \(xty.extent(1))")
+        let kept = try a.ints(2).input.map(Int.init)
+        try require(kept.count >= 1 && zip(kept, kept.dropFirst()).allSatisfy(<) && kept.first! >= 0 && kept.last! < d,
+                    "kept", "expected increasing column indices in [0, \(d)), at least one")
+        let ridge = try a.real(3)
+        try require(ridge.isFinite && ridge >= 0, "ridge", "must be finite and >= 0, got \(ridge)")
+        let out = try a.output(4, kept.count, xty.extent(1))
+        for v in [xtx, xty] where !v.input.allSatisfy({ $0.isFinite }) {
+            throw UVCError(v.name, "must be finite (a NaN or infinite activation reached the Gram matrix)")
+        }
+        call.float(Double(LeastSquares.solve(xtx: xtx.input, xty: xty.input, d: d, m: xty.extent(1), kept: kept,
+                                             ridge: ridge, into: out).rawValue))
+    case Int32(UVC_RESOURCE_LOSS):
         let a = try call.arguments(Names.loss)
         let model = try costModel(a, 0, 1), d = model.spec.depth
         let (neurons, options) = (try a.doubles(3), try a.doubles(6))
@@ -238,7 +261,28 @@ private func functions(_ function: Int32, _ call: Call) throws(UVCError) {
         try loss.validate(inputs, target: target, gamma: gamma, dual: dual)
         let v = loss.evaluate(inputs, target: target, gamma: gamma, dual: dual, gradient: ResourceLoss.Arrays(g))
         (values[0], values[1], values[2]) = (v.loss, v.ratio, v.macs)
+    default: throw UVCError("function", "unknown function \(function)", kind: .type)
     }
+}
+
+/// XᵀX and XᵀY of a batch added to `xtx` and `xty` (float32 or float64 batches, float64 sums).
+private func gramAccumulate(_ a: Arguments) throws(UVCError) {
+    let kind = a.base[0].kind == Int32(UVC_FLOAT32) ? Int32(UVC_FLOAT32) : Int32(UVC_FLOAT64)
+    func run<T: BinaryFloatingPoint>(_: T.Type) throws(UVCError) {
+        let what = kind == Int32(UVC_FLOAT32) ? "a float32 array (as x)" : "a float64 array (as x)"
+        let x = try a.view(0, T.self, kind, what), y = try a.view(1, T.self, kind, what)
+        try require(x.shape.count == 2, "x", "expected shape (rows, inputs)")
+        try require(y.shape.count == 2 && y.extent(0) == x.extent(0), "y", "expected shape (\(x.extent(0)), outputs)")
+        let (d, m) = (x.extent(1), y.extent(1))
+        try require(d <= LeastSquares.maxWidth && m <= LeastSquares.maxWidth, "x",
+                    "at most \(LeastSquares.maxWidth) inputs and outputs, got \(d) and \(m)")
+        let xtx = try a.output(2, d, d), xty = try a.output(3, d, m)
+        for v in [x, y] where !v.input.allSatisfy({ $0.isFinite }) {
+            throw UVCError(v.name, "must be finite; a NaN or infinite activation came in")
+        }
+        LeastSquares.accumulate(x: x.input, y: y.input, rows: x.extent(0), inputs: d, outputs: m, xtx: xtx, xty: xty)
+    }
+    if kind == Int32(UVC_FLOAT32) { try run(Float.self) } else { try run(Double.self) }
 }
 
 /// The spec and convention at arguments `i` and `j`.

@@ -40,6 +40,14 @@ def resource_loss(spec: I, convention: F, head_probs: F, neuron_probs: F, part_p
                   gate_macs_grad: F, gate_probs_grad: F) -> None:
     """USDC's resource loss; values_out (3,): loss, F, expected MACs; each grad its input's shape."""
 
+def gram_accumulate(x: npt.NDArray[np.floating], y: npt.NDArray[np.floating], xtx: F, xty: F) -> None:
+    """Adds XᵀX to xtx (d, d) and XᵀY to xty (d, m) for x (n, d), y (n, m), both float32 or both
+    float64 (summed in float64, OpenBLAS)."""
+
+def ridge_solve(xtx: F, xty: F, kept: I, ridge: float, out: F) -> float:
+    """(X_SᵀX_S + λI)⁻¹ X_SᵀY for the increasing column indices ``kept`` into out (len(kept), m),
+    λ = ridge × mean diag(X_SᵀX_S); returns 0 (Cholesky) or 1 (eigen fallback: minimum norm)."""
+
 class Solver:
     """UVC's solver, its state and the scores of its last step, owned by the core."""
 

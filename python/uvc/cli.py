@@ -9,7 +9,7 @@ from pathlib import Path
 from . import cost as cost_mod
 from .plan import ArchPlan
 from .report import cost_table
-from .settings import COMPRESS, DEMO, FINETUNE, SETTINGS_FILE, USDC_FINETUNE, USDC_SEARCH, Stage, load_config
+from .settings import COMPRESS, DEMO, FINETUNE, PRUNE, SETTINGS_FILE, USDC_FINETUNE, USDC_SEARCH, Stage, load_config
 from .spec import ViTSpec, spec_names
 
 __all__ = ["main"]
@@ -141,9 +141,9 @@ def _stage_settings(args: argparse.Namespace) -> dict:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     """Runs a training stage with its settings and prints its summary."""
-    from .torch.pipeline import compress, finetune
+    from .torch.pipeline import compress, finetune, prune
     from .torch.usdc import pipeline as usdc_pipeline
-    run = {"compress": compress, "finetune": finetune, "usdc-search": usdc_pipeline.search,
+    run = {"compress": compress, "finetune": finetune, "prune": prune, "usdc-search": usdc_pipeline.search,
            "usdc-finetune": usdc_pipeline.finetune}[args.stage.name]
     summary = run(**_stage_settings(args))
     print(json.dumps({k: v for k, v in summary.items() if k != "records"}, indent=1))
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_flops)
 
-    for stage in (COMPRESS, FINETUNE, USDC_SEARCH, USDC_FINETUNE):
+    for stage in (COMPRESS, FINETUNE, PRUNE, USDC_SEARCH, USDC_FINETUNE):
         _add_stage(sub, stage, cmd_stage)
     _add_stage(sub, DEMO, cmd_demo)
 

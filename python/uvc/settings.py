@@ -23,13 +23,15 @@ from .solver import _CONFIG, DEFAULTS as SOLVER_DEFAULTS
 from .usdc import GROUPINGS
 
 __all__ = ["Setting", "Stage", "STAGES", "COMPRESS", "FINETUNE", "USDC_SEARCH", "USDC_FINETUNE", "DEMO",
-           "REQUIRED", "GATE_KINDS", "STATIC_MODES", "BUDGET_MODES", "DISTILLATION_TYPES", "SETTINGS_FILE",
+           "PRUNE", "REQUIRED", "GATE_KINDS", "PRUNE_CRITERIA", "STATIC_MODES", "BUDGET_MODES", "DISTILLATION_TYPES", "SETTINGS_FILE",
            "load_config"]
 
 # Choices the torch adapter implements (it imports them from here). The gate menu of seed 002
 # §3.2: FC; FC+LN+ReLU+FC; Conv1d over tokens; FC+BN+ReLU+FC.
 GATE_KINDS = ("linear", "mlp_ln", "conv1d", "mlp_bn")
 STATIC_MODES = ("sample", "softmax")
+# Importance criteria of one-shot pruning (`uvc.torch.prune`).
+PRUNE_CRITERIA = ("activation", "magnitude", "taylor")
 BUDGET_MODES = ("penalty", "dual")
 DISTILLATION_TYPES = ("none", "soft", "hard")
 # Where a stage writes the settings it ran with (pass it back with --config to reproduce the run).
@@ -352,6 +354,9 @@ COMPRESS = Stage("compress", "stage 1: search the architecture under the budget 
     Setting("enable_pruning", bool, True, "0: remove no heads, value dims or neurons (whatever --prune-* say)",
             flags=("--enable_pruning",), binary=True),
     *_solver(),
+    Setting("reconstruct", bool, False, "refit the exported model's proj / fc2 columns by least squares against the "
+            "dense model on --calibration training images (the start of stage 2)"),
+    Setting("calibration", int, 1024, "training images the reconstruction fits on", "images"),
     *_training(1, "runs/uvc"),
 ))
 
@@ -394,6 +399,28 @@ USDC_FINETUNE = Stage("usdc-finetune", "USDC stage 2: fine-tune the pruned model
     *_training(2, "runs/usdc"),
 ))
 
+PRUNE = Stage("prune", "one-shot: score, allocate the budget with the cost model, export and refit by least "
+              "squares, no training", (
+    *_model(),
+    Setting("budget", float, 0.5, "fraction of the dense MACs to keep, in (0, 1]", "fraction of MACs"),
+    Setting("convention", str, "uvc", "what the budget counts", choices=tuple(sorted(CONVENTIONS))),
+    Setting("criterion", str, "activation", "importance of each head, value dim and neuron: activation energy (no "
+            "labels), weight magnitude, or first-order Taylor (labels)", choices=PRUNE_CRITERIA),
+    Setting("calibration", int, 1024, "training images to score and fit on", "images"),
+    Setting("reconstruct", bool, True, "refit the kept proj / fc2 columns and biases by ridge least squares"),
+    Setting("ridge", float, 1e-3, "ridge of the fits, relative to the mean diagonal of each Gram matrix"),
+    Setting("data", str, "fashion-mnist", "'fashion-mnist' or an ImageFolder root with train/ and val/"),
+    Setting("data_dir", str, None, "folder with the Fashion-MNIST IDX files (default: the Debian package's)"),
+    Setting("batch_size", int, 256, "images per calibration batch", "images"),
+    Setting("eval_subset", int, None, "evaluate on this many test images (default: all)", "images"),
+    Setting("eval_batch_size", int, 500, "images per evaluation batch", "images"),
+    Setting("evaluate", bool, True, "measure the dense and the pruned model's accuracy on the test split"),
+    Setting("seed", int, 0, "every random choice flows from this seed"),
+    Setting("output_dir", str, "runs/prune", "where the pruned model, plan, summary and settings go"),
+    Setting("device", str, None, "cpu, cuda, cuda:1 ... (default: cuda if available)"),
+    Setting("progress", bool, True, "progress bars"),
+))
+
 DEMO = Stage("demo", "compress the shipped Fashion-MNIST ViT end to end (UVC to a budget, or USDC's comparison)", (
     Setting("method", str, "uvc", "uvc: UVC to the budget; usdc: static, dynamic and static + dynamic at the same "
             "average MACs", choices=("uvc", "usdc")),
@@ -415,4 +442,4 @@ DEMO = Stage("demo", "compress the shipped Fashion-MNIST ViT end to end (UVC to 
             "runs (0.75)", "fraction of MACs"),
 ))
 
-STAGES: dict[str, Stage] = {s.name: s for s in (COMPRESS, FINETUNE, USDC_SEARCH, USDC_FINETUNE, DEMO)}
+STAGES: dict[str, Stage] = {s.name: s for s in (COMPRESS, FINETUNE, PRUNE, USDC_SEARCH, USDC_FINETUNE, DEMO)}

@@ -2,7 +2,8 @@
 export, count.
 
 Imported only when used: ``import uvc`` never imports torch. The training parts
-(`Compressor`, `DistillationLoss`, `BudgetMissWarning`) load on first access, so loading an
+(`Compressor`, `DistillationLoss`, `BudgetMissWarning`, `prune`: one-shot pruning with
+least-squares reconstruction) load on first access, so loading an
 exported model pulls in none of them.
 """
 from .counter import count_macs, fvcore_macs
@@ -13,9 +14,9 @@ from .slim import SlimViT, reduce_tokens
 
 __all__ = ["SlimViT", "reduce_tokens", "save", "load", "export_onnx", "spec_from_model", "check_supported", "blocks",
            "UnsupportedModelError", "count_macs", "fvcore_macs", "measure_latency", "compare_latency",
-           "Compressor", "DistillationLoss", "BudgetMissWarning"]
+           "Compressor", "DistillationLoss", "BudgetMissWarning", "prune"]
 
-_LAZY = {"Compressor": "compress", "DistillationLoss": "distill", "BudgetMissWarning": "pipeline"}
+_LAZY = {"Compressor": "compress", "DistillationLoss": "distill", "BudgetMissWarning": "pipeline", "prune": "oneshot"}
 
 
 def __getattr__(name: str):

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .. import cost
-from ..settings import COMPRESS, FINETUNE
+from ..settings import COMPRESS, FINETUNE, PRUNE
 from ..solver import DEFAULTS as SOLVER_DEFAULTS
 from .compress import Compressor
 from .data import make_loader
@@ -31,7 +31,7 @@ from .introspect import spec_from_model
 from .slim import SlimViT
 from .train import evaluate, fit, is_main_process, unwrap
 
-__all__ = ["load_model", "compress", "finetune", "describe", "setup_distributed", "check_budget",
+__all__ = ["load_model", "compress", "finetune", "prune", "describe", "setup_distributed", "check_budget",
            "BudgetMissWarning", "BUDGET_TOLERANCE", "ASSETS"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -185,10 +185,16 @@ def compress(**settings) -> dict:
         return {"stopped_at_step": comp.step_count}
     model.eval()
     slim = comp.export().to(device)
+    if settings["reconstruct"]:
+        from .oneshot import _batches, reconstruct
+        # The search changed `model` in place; the copy taken before it is the dense model.
+        reconstruct(slim, teacher, _batches(train.batches(0), settings["calibration"], device),
+                    progress=settings["progress"])
     x, _ = next(test.batches(0))
     with torch.no_grad():
         masked, exported = model(x.to(device)), slim(x.to(device))
     plan = comp.solver.plan()
+    # After a reconstruction the exported model differs from the masked one on purpose.
     summary = {
         "stage": 1, "budget": settings["budget"],
         "masked_acc": evaluate(model, test, device), "exported_acc": evaluate(slim, test, device),
@@ -240,6 +246,44 @@ def finetune(**settings) -> dict:
     if is_main_process():
         save_slim(unwrap(model).eval(), out / "model", meta=meta)
         (out / "summary_stage2.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def prune(**settings) -> dict:
+    """One-shot compression (`uvc.torch.prune.prune`): no training. Scores and refits on the
+    first ``calibration`` images of the training split, evaluates the dense and the pruned
+    model on the test split, and writes ``model/`` (the `SlimViT`), ``plan.json``,
+    ``summary_prune.json`` and settings.json to ``output_dir``. ``settings``: those of
+    `uvc.settings.PRUNE`."""
+    from .oneshot import prune as prune_model
+    settings = PRUNE.resolve(settings, source="prune")
+    device, _, world = setup_distributed(settings["device"])
+    if world > 1:
+        raise ValueError("uvc prune runs in one process; launch it without torchrun")
+    torch.manual_seed(settings["seed"])
+    model, meta = load_model(settings["model"], settings["checkpoint"], **settings["model_kwargs"])
+    model.to(device).eval()
+    spec = spec_from_model(model)
+    common = dict(seed=settings["seed"], image_size=spec.image_size, in_chans=spec.in_channels,
+                  data_dir=settings["data_dir"])
+    calibration = make_loader(settings["data"], "train", min(settings["batch_size"], settings["calibration"]),
+                              subset=settings["calibration"], **common)
+    out = Path(settings["output_dir"])
+    PRUNE.save(settings, out)
+    slim = prune_model(model, settings["budget"], calibration.batches(0), criterion=settings["criterion"],
+                       images=settings["calibration"], reconstruct_weights=settings["reconstruct"],
+                       ridge=settings["ridge"], convention=settings["convention"], progress=settings["progress"])
+    report = slim.prune_report
+    summary = {"stage": "prune", **{k: report[k] for k in ("criterion", "budget", "ratio", "images", "seconds")},
+               "macs": cost.count(spec, slim.plan).macs, "dense_macs": cost.count(spec).macs}
+    if settings["evaluate"]:
+        test = make_loader(settings["data"], "test", settings["eval_batch_size"], subset=settings["eval_subset"],
+                           **common)
+        summary.update(dense_acc=evaluate(model, test, device), acc=evaluate(slim, test, device))
+    summary.update(check_budget(report["ratio"], settings["budget"], "uvc prune", "allow more MACs (--budget)"))
+    slim.plan.save(out / "plan.json")
+    save_slim(slim, out / "model", meta=meta)
+    (out / "summary_prune.json").write_text(json.dumps({**summary, "layers": report["layers"]}, indent=1))
     return summary
 
 
