@@ -241,8 +241,10 @@ private func functions(_ function: Int32, _ call: Call) throws(UVCError) {
         for v in [xtx, xty] where !v.input.allSatisfy({ $0.isFinite }) {
             throw UVCError(v.name, "must be finite (a NaN or infinite activation reached the Gram matrix)")
         }
-        call.float(Double(LeastSquares.solve(xtx: xtx.input, xty: xty.input, d: d, m: xty.extent(1), kept: kept,
-                                             ridge: ridge, into: out).rawValue))
+        let method = LeastSquares.solve(xtx: xtx.input, xty: xty.input, d: d, m: xty.extent(1), kept: kept, ridge: ridge,
+                                        into: out)
+        try require(out.allSatisfy({ $0.isFinite }), "out", "the solution overflows float64: scale xtx and xty down")
+        call.float(Double(method.rawValue))
     case Int32(UVC_RESOURCE_LOSS):
         let a = try call.arguments(Names.loss)
         let model = try costModel(a, 0, 1), d = model.spec.depth
@@ -281,6 +283,9 @@ private func gramAccumulate(_ a: Arguments) throws(UVCError) {
             throw UVCError(v.name, "must be finite; a NaN or infinite activation came in")
         }
         LeastSquares.accumulate(x: x.input, y: y.input, rows: x.extent(0), inputs: d, outputs: m, xtx: xtx, xty: xty)
+        for (name, sums) in [("xtx", xtx), ("xty", xty)] where !sums.allSatisfy({ $0.isFinite }) {
+            throw UVCError(name, "the sums overflow float64 (activations near 1e154 or larger): scale x and y down")
+        }
     }
     if kind == Int32(UVC_FLOAT32) { try run(Float.self) } else { try run(Double.self) }
 }

@@ -37,6 +37,8 @@ def test_bad_arrays_are_refused_naming_them(rng):
     bad[2, 1] = np.nan
     with pytest.raises(ValueError, match="x: must be finite"):
         gram(bad, y)
+    with pytest.raises(ValueError, match="xtx: the sums overflow float64"):
+        gram(np.full((3, 2), 1e200), np.ones((3, 1)))
     with pytest.raises(TypeError, match="x must be a float32 or float64"):
         gram(x.astype(np.int64), y)
     with pytest.raises(TypeError, match="same dtype"):
