@@ -235,8 +235,10 @@ def _model(default: Any = "demo") -> tuple[Setting, ...]:
                 "pretrained=False) or a folder written by an earlier stage", flags=("--model_type",)),
         Setting("checkpoint", str, None, "weights for --model (safetensors or a torch state dict)",
                 flags=("--model_path",)),
-        Setting("model_kwargs", dict, {}, "keyword arguments for timm.create_model (JSON), e.g. "
-                '{"num_classes": 2, "img_size": 96}'),
+        Setting("model_kwargs", dict, {}, "more keyword arguments for timm.create_model (JSON), e.g. "
+                '{"drop_path_rate": 0.1}'),
+        Setting("num_classes", int, None, "classes of the model's head (default: the checkpoint's, else timm's)"),
+        Setting("img_size", int, None, "input image size (default: the checkpoint's, else timm's)", "pixels"),
     )
 
 
@@ -245,7 +247,9 @@ def _teacher() -> tuple[Setting, ...]:
         Setting("model", str, REQUIRED, "the folder written by the search stage (its stage1_model/)"),
         Setting("teacher", str, "demo", "the dense teacher: 'demo' or a timm model name"),
         Setting("teacher_checkpoint", str, None, "weights of --teacher"),
-        Setting("model_kwargs", dict, {}, "keyword arguments for timm.create_model of the teacher (JSON)"),
+        Setting("model_kwargs", dict, {}, "more keyword arguments for timm.create_model of the teacher (JSON)"),
+        Setting("num_classes", int, None, "classes of the teacher's head (default: its checkpoint's, else timm's)"),
+        Setting("img_size", int, None, "the teacher's image size (default: its checkpoint's, else timm's)", "pixels"),
     )
 
 

@@ -87,35 +87,101 @@ def load_model(source: str, checkpoint: str | None = None, **timm_kwargs) -> tup
     - a folder written by `uvc.torch.save` (an exported, compressed model);
     - a timm model name, built with ``pretrained=False`` and ``timm_kwargs``, with weights
       from ``checkpoint`` (a safetensors file or a torch state dict, optionally under 'model').
+      The class count, image size, input channels and patch size not given in ``timm_kwargs``
+      are read from the checkpoint's tensors (a 2-class fine-tune of a 1000-class model loads
+      as is); a checkpoint that still does not fit says which keys and shapes differ.
     """
     import timm
     if source == "demo":
         meta = json.loads((ASSETS / "fmnist_vit.json").read_text())
         model = timm.create_model(meta["timm_model"], pretrained=False, **meta["kwargs"])
-        checkpoint = str(ASSETS / "fmnist_vit.safetensors")
-    elif Path(source).is_dir():
+        _load_weights(model, _read_checkpoint(str(ASSETS / "fmnist_vit.safetensors")), "the demo weights")
+        return model, _with_normalisation(meta)
+    path = Path(source)
+    if path.is_dir():
         model = load_slim(source)
         return model, dict(model.meta)
-    else:
-        meta = {"timm_model": source, "kwargs": timm_kwargs}
-        try:
-            model = timm.create_model(source, pretrained=False, **timm_kwargs)
-        except RuntimeError as e:
-            raise ValueError(f"--model {source!r}: not 'demo', an exported folder, or a timm model ({e})") from None
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.exists():
-            raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("model", state)
-        model.load_state_dict(state)
+    if not timm.is_model(source):
+        if path.suffix or "/" in source or path.exists():
+            raise FileNotFoundError(f"--model {source}: no such folder (expected a folder written by uvc, 'demo' or a "
+                                    "timm model name)")
+        raise ValueError(f"--model {source!r}: not 'demo', an exported folder, or a timm model name")
+    state = _read_checkpoint(checkpoint) if checkpoint is not None else None
+    kwargs = dict(_shape_from_checkpoint(state), **timm_kwargs) if state is not None else dict(timm_kwargs)
+    try:
+        model = timm.create_model(source, pretrained=False, **kwargs)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"--model {source!r} with {kwargs}: timm cannot build it ({e})") from None
+    if state is not None:
+        _load_weights(model, state, f"--checkpoint {checkpoint}")
+    return model, _with_normalisation({"timm_model": source, "kwargs": kwargs})
+
+
+def _with_normalisation(meta: dict) -> dict:
     meta.setdefault("mean", 0.2860)
     meta.setdefault("std", 0.3530)
-    return model, meta
+    return meta
+
+
+def _read_checkpoint(checkpoint: str) -> dict:
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise ValueError(f"--checkpoint {checkpoint}: expected a state dict (optionally under 'model'), "
+                         f"got {type(state).__name__}")
+    return state
+
+
+def _shape_from_checkpoint(state: dict) -> dict:
+    """timm keywords a ViT checkpoint implies: class count, image size, input channels, patch size."""
+    out = {}
+    head, proj, pos = state.get("head.weight"), state.get("patch_embed.proj.weight"), state.get("pos_embed")
+    if head is not None and head.dim() == 2:
+        out["num_classes"] = int(head.shape[0])
+    if proj is not None and proj.dim() == 4:
+        out["in_chans"], out["patch_size"] = int(proj.shape[1]), int(proj.shape[2])
+        if pos is not None and pos.dim() == 3:
+            prefix = sum(int(state[k].shape[1]) for k in ("cls_token", "dist_token", "reg_token") if k in state)
+            for patches in (pos.shape[1] - prefix, pos.shape[1]):  # pos_embed with or without the prefix tokens
+                side = int(round(patches ** 0.5))
+                if side * side == patches and patches > 0:
+                    out["img_size"] = side * out["patch_size"]
+                    break
+    return out
+
+
+def _load_weights(model: torch.nn.Module, state: dict, name: str) -> None:
+    """Loads ``state`` strictly; a mismatch lists each key and shape that differs, one per line."""
+    own = model.state_dict()
+    lines = [f"  missing from the checkpoint: {k} {tuple(v.shape)}" for k, v in own.items() if k not in state]
+    lines += [f"  not in the model: {k} {tuple(v.shape)}" for k, v in state.items() if k not in own]
+    lines += [f"  shape of {k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
+              for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if lines:
+        raise ValueError(f"{name} does not fit the model ({len(lines)} differences; give the model's shape with "
+                         "--num-classes, --img-size or --model-kwargs):\n" + "\n".join(lines[:20])
+                         + (f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""))
+    model.load_state_dict(state)
+
+
+def timm_kwargs(settings: dict, prefix: str = "") -> dict:
+    """``model_kwargs`` with ``num_classes`` / ``img_size`` given as their own settings."""
+    kwargs = dict(settings["model_kwargs"])
+    for key in ("num_classes", "img_size"):
+        value = settings[prefix + key]
+        if value is None:
+            continue
+        if key in kwargs and kwargs[key] != value:
+            raise ValueError(f"--{(prefix + key).replace('_', '-')} {value} and --model-kwargs {key}={kwargs[key]} "
+                             "disagree; give one")
+        kwargs[key] = value
+    return kwargs
 
 
 def _loaders(spec, settings: dict, rank: int, world: int):
@@ -147,8 +213,8 @@ def _criterion(teacher, settings):
 SOLVER_KEYS = ("convention", "budget_macs", *SOLVER_DEFAULTS)
 
 # What a checkpoint must share with the run that resumes it (the model and the budget).
-RESUME_KEYS = {"compress": ("model", "model_kwargs", "budget", "budget_macs", "convention"),
-               "finetune": ("model", "teacher", "model_kwargs")}
+RESUME_KEYS = {"compress": ("model", "model_kwargs", "num_classes", "img_size", "budget", "budget_macs", "convention"),
+               "finetune": ("model", "teacher", "model_kwargs", "num_classes", "img_size")}
 
 
 def compress(**settings) -> dict:
@@ -163,7 +229,7 @@ def compress(**settings) -> dict:
         settings.update(prune_heads=False, prune_dims=False, prune_neurons=False)
     device, rank, world = setup_distributed(settings["device"])
     torch.manual_seed(settings["seed"])
-    model, meta = load_model(settings["model"], settings["checkpoint"], **settings["model_kwargs"])
+    model, meta = load_model(settings["model"], settings["checkpoint"], **timm_kwargs(settings))
     model.to(device)
     teacher = copy.deepcopy(model).eval()
     spec = spec_from_model(model)
@@ -226,7 +292,7 @@ def finetune(**settings) -> dict:
         raise ValueError(f"--model {settings['model']!r}: uvc finetune takes a folder written by uvc compress")
     teacher = None
     if settings["distillation_type"] != "none":
-        teacher, _ = load_model(settings["teacher"], settings["teacher_checkpoint"], **settings["model_kwargs"])
+        teacher, _ = load_model(settings["teacher"], settings["teacher_checkpoint"], **timm_kwargs(settings))
         teacher.to(device).eval()
     model.to(device)
     spec = model.spec
@@ -261,7 +327,7 @@ def prune(**settings) -> dict:
     if world > 1:
         raise ValueError("uvc prune runs in one process; launch it without torchrun")
     torch.manual_seed(settings["seed"])
-    model, meta = load_model(settings["model"], settings["checkpoint"], **settings["model_kwargs"])
+    model, meta = load_model(settings["model"], settings["checkpoint"], **timm_kwargs(settings))
     model.to(device).eval()
     spec = spec_from_model(model)
     common = dict(seed=settings["seed"], image_size=spec.image_size, in_chans=spec.in_channels,

@@ -21,7 +21,8 @@ from ... import cost
 from ...settings import USDC_FINETUNE, USDC_SEARCH
 from ..data import make_loader
 from ..introspect import spec_from_model
-from ..pipeline import _criterion, _jsonable, _loaders, _schedule, check_budget, load_model, setup_distributed
+from ..pipeline import (_criterion, _jsonable, _loaders, _schedule, check_budget, load_model, setup_distributed,
+                        timm_kwargs)
 from ..slim import SlimViT
 from ..train import evaluate, fit
 from .dynamic import DynamicViT, USDCFinetune
@@ -35,8 +36,8 @@ SEARCH_KEYS = ("static", "dynamic", "neuron_group_size", "gate_kinds", "gate_hid
                "static_tau", "convention")
 
 # What a checkpoint must share with the run that resumes it (the model and the budget).
-RESUME_KEYS = {"search": ("model", "model_kwargs", "target", "static_target", "convention"),
-               "finetune": ("model", "teacher", "model_kwargs", "target", "convention")}
+RESUME_KEYS = {"search": ("model", "model_kwargs", "num_classes", "img_size", "target", "static_target", "convention"),
+               "finetune": ("model", "teacher", "model_kwargs", "num_classes", "img_size", "target", "convention")}
 
 
 def _optimizer(weights, arch, gates, settings) -> torch.optim.Optimizer:
@@ -69,7 +70,7 @@ def search(**settings) -> dict:
     settings = USDC_SEARCH.resolve(settings, source="usdc search")
     device = _single_process(settings)
     torch.manual_seed(settings["seed"])
-    model, meta = load_model(settings["model"], settings["checkpoint"], **settings["model_kwargs"])
+    model, meta = load_model(settings["model"], settings["checkpoint"], **timm_kwargs(settings))
     model.to(device)
     teacher = copy.deepcopy(model).eval()
     spec = spec_from_model(model)
@@ -136,7 +137,7 @@ def finetune(**settings) -> dict:
     meta = dict(model.slim.meta)
     teacher = None
     if settings["distillation_type"] != "none":
-        teacher, _ = load_model(settings["teacher"], settings["teacher_checkpoint"], **settings["model_kwargs"])
+        teacher, _ = load_model(settings["teacher"], settings["teacher_checkpoint"], **timm_kwargs(settings))
         teacher.to(device).eval()
     train, test = _loaders(model.spec, settings, 0, 1)
     keys = ("gamma", "budget_mode", "dual_lr", "convention")
