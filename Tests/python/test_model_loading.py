@@ -5,11 +5,10 @@ import json
 
 import numpy as np
 import pytest
-import timm
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
+from conftest import random_vit_checkpoint
 from uvc.cli import main
 from uvc.torch import load
 from uvc.torch.pipeline import load_model
@@ -20,11 +19,7 @@ OWN = dict(img_size=28, patch_size=7, in_chans=3, num_classes=2, embed_dim=32, d
 
 @pytest.fixture(scope="module")
 def own_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **OWN)
-    path = tmp_path_factory.mktemp("own") / "my_vit.safetensors"
-    save_file(model.state_dict(), str(path))
-    return str(path), model
+    return random_vit_checkpoint(tmp_path_factory.mktemp("own"), "my_vit", **OWN)
 
 
 def test_the_checkpoint_gives_the_class_count_and_image_size(own_checkpoint):
