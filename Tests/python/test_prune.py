@@ -104,6 +104,19 @@ def test_pruned_models_meet_the_budget_by_the_cost_model_and_the_torch_counter(b
     x = torch.rand(1, 1, 28, 28)
     assert count_macs(slim, x)["macs"] == uvc.count(spec, slim.plan, convention="fvcore").macs
     assert all(r["rel_error_after"] <= r["rel_error_before"] + 1e-6 for r in report["layers"])
+    # The errors come from the Gram matrices: they equal the layer's error measured directly.
+    from uvc.torch.oneshot import _capture
+    entry = report["layers"][-1]
+    j = slim.block_index.index(entry["layer"])
+    layer = slim.blocks[j].mlp.fc2 if entry["part"] == "mlp" else slim.blocks[j].attn.proj
+    target = model.blocks[entry["layer"]].mlp.fc2 if entry["part"] == "mlp" else model.blocks[entry["layer"]].attn.proj
+    error = total = 0.0
+    with torch.no_grad():
+        for x, _ in _images(64):
+            a, y = _capture(slim, layer, x, output=False), _capture(model, target, x, output=True)
+            error += (layer(a) - y).double().pow(2).sum().item()
+            total += y.double().pow(2).sum().item()
+    assert error / total == pytest.approx(entry["rel_error_after"], rel=1e-4, abs=1e-12)
 
 
 def test_the_allocation_spends_the_price_where_the_scores_are():
