@@ -77,7 +77,7 @@ import numpy as np
 
 import uvc
 from uvc import _core, _native, usdc
-from uvc.cost import LAYER_COMPONENTS, RELAXED_FIELDS
+from uvc.cost import GLOBAL_COMPONENTS, LAYER_COMPONENTS, RELAXED_FIELDS
 from uvc.plan import ArchPlan
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -387,7 +387,8 @@ def _edge_spec(r: random.Random) -> np.ndarray:
     gh, gw = r.choice([1, 2, 3, 1 << 10, big]), r.choice([1, 2, 3, 1 << 10, big])
     prefix = r.choice([0, 1, 2, 64, 65])
     e = [r.choice([1, 2, 3]), size(), size(), size(), size(), size(), patch, patch * gh, patch * gw,
-         size(), prefix, r.choice([0, 1, 1000, big, big + 1]), r.choice([1, 2, max(prefix, 1)])]
+         size(), prefix, r.choice([0, 1, 1000, big, big + 1]), r.choice([1, 2, max(prefix, 1)]),
+         r.choice([0, 1, 0, 1, 2, -1])]  # pre_norm: 0 or 1, now and then out of range
     return np.array(e, dtype=np.int64)
 
 
@@ -404,9 +405,10 @@ def b_cost_exact(r, c, edge):
         n_tok = (int(enc[7]) // max(int(enc[6]), 1)) * (int(enc[8]) // max(int(enc[6]), 1)) + int(enc[10])
         row = [enc[2], enc[4], enc[5], 1, 1, n_tok] if r.random() < 0.7 else [0, 0, 0, 0, 0, n_tok]
         plan = np.tile(np.array(row, dtype=np.int64), (d, 1))
-        return _native_call("cost_exact", [enc, r.choice(c.conventions), plan, np.empty((d, 12)), np.empty(3)])
+        return _native_call("cost_exact", [enc, r.choice(c.conventions), plan, np.empty((d, len(LAYER_COMPONENTS))),
+                                           np.empty(len(GLOBAL_COMPONENTS))])
     return _native_call("cost_exact", [sc.enc, r.choice(c.conventions), r.choice(sc.plans),
-                                       np.empty((d, len(LAYER_COMPONENTS))), np.empty(3)])
+                                       np.empty((d, len(LAYER_COMPONENTS))), np.empty(len(GLOBAL_COMPONENTS))])
 
 
 def b_cost_expected(r, c, edge):

@@ -43,8 +43,10 @@ public struct CostModel: Sendable {
     /// Whole-model components outside the blocks.
     public enum GlobalComponent: Int, CaseIterable, Sendable {
         case patchEmbed, finalNorm, head
+        /// The LayerNorm before the first block (`ViTSpec.preNorm`).
+        case preNorm
 
-        public static let names = ["patch_embed", "final_norm", "head"]
+        public static let names = ["patch_embed", "final_norm", "head", "pre_norm"]
     }
 
     /// One block's continuous inputs. `tokens` enter the block; `tokensOut` leave it (and
@@ -74,13 +76,19 @@ public struct CostModel: Sendable {
     public var patchEmbedMACs: Double {
         let patches = Double(spec.numPatches), d = Double(spec.embedDim)
         let kernel = Double(spec.inChannels * spec.patchSize * spec.patchSize)
-        return patches * d * kernel + (convention.bias ? patches * d : 0)
+        // A pre-norm model's patch embedding has no bias (timm's CLIP layout, see `ViTSpec.preNorm`).
+        return patches * d * kernel + (convention.bias && !spec.preNorm ? patches * d : 0)
     }
 
     public var headMACs: Double {
         guard convention.head else { return 0 }
         let d = Double(spec.embedDim), k = Double(spec.numClasses)
         return Double(spec.classifierHeads) * (d * k + (convention.bias ? k : 0))
+    }
+
+    /// The pre-norm over all tokens entering the first block (none without `spec.preNorm`).
+    public var preNormMACs: Double {
+        spec.preNorm ? convention.layerNormPerElement * Double(spec.numTokens * spec.embedDim) : 0
     }
 
     /// The final LayerNorm over the tokens leaving the last block.
@@ -112,7 +120,7 @@ public struct CostModel: Sendable {
     }
 
     /// Exact MACs of `plan`: per-layer components into `layers` (depth × 12, row-major)
-    /// and the global ones into `globals` (3). Returns the total.
+    /// and the global ones into `globals` (`GlobalComponent`). Returns the total.
     ///
     /// Precondition: `plan` was validated for `spec`; buffer sizes match.
     @discardableResult
@@ -130,6 +138,7 @@ public struct CostModel: Sendable {
         globals[GlobalComponent.patchEmbed.rawValue] = patchEmbedMACs
         globals[GlobalComponent.finalNorm.rawValue] = finalNormMACs(tokens: Double(plan.layers.last?.tokens ?? spec.numTokens))
         globals[GlobalComponent.head.rawValue] = headMACs
+        globals[GlobalComponent.preNorm.rawValue] = preNormMACs
         for c in globals { total += c }
         return total
     }
@@ -164,7 +173,7 @@ public struct CostModel: Sendable {
         let sm: Double = convention.softmax ? 1 : 0
         let ge: Double = convention.gelu ? 1 : 0
         let b: Double = convention.bias ? 1 : 0
-        var total = patchEmbedMACs + headMACs
+        var total = patchEmbedMACs + headMACs + preNormMACs
         let tokenRow = RelaxedField.tokens.rawValue * depth
         // Block l's cost depends on tokens[l] and tokens[l + 1]: that row accumulates.
         for l in 0..<depth { gradient[tokenRow + l] = 0 }

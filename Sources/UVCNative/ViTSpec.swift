@@ -21,13 +21,16 @@ public struct ViTSpec: Hashable, Sendable {
     public var numClasses: Int
     /// Classifier heads applied to one token each: 1, or 2 for distilled DeiT.
     public var classifierHeads: Int
+    /// A LayerNorm on the tokens after the position embedding, before the first block (timm's
+    /// `pre_norm`, as in CLIP ViTs); timm then builds the patch embedding without a bias.
+    public var preNorm: Bool
 
     /// Names of the fields of the flat encoding used across the C ABI, in order.
     public static let fieldNames = ["depth", "embed_dim", "num_heads", "qk_head_dim", "v_head_dim", "mlp_hidden",
                                     "patch_size", "image_height", "image_width", "in_channels", "prefix_tokens",
-                                    "num_classes", "classifier_heads"]
+                                    "num_classes", "classifier_heads", "pre_norm"]
     /// Number of fields in the flat encoding.
-    public static let encodedCount = 13
+    public static let encodedCount = 14
     /// The largest size of any field: it keeps every product of the cost model far inside Int64.
     public static let maxSize = 1 << 20
 
@@ -35,7 +38,7 @@ public struct ViTSpec: Hashable, Sendable {
         depth: Int, embedDim: Int, numHeads: Int, qkHeadDim: Int, vHeadDim: Int,
         mlpHidden: Int, patchSize: Int, imageHeight: Int, imageWidth: Int,
         inChannels: Int = 3, prefixTokens: Int = 1, numClasses: Int = 1000,
-        classifierHeads: Int = 1
+        classifierHeads: Int = 1, preNorm: Bool = false
     ) throws(UVCError) {
         self.depth = depth
         self.embedDim = embedDim
@@ -50,12 +53,11 @@ public struct ViTSpec: Hashable, Sendable {
         self.prefixTokens = prefixTokens
         self.numClasses = numClasses
         self.classifierHeads = classifierHeads
+        self.preNorm = preNorm
         try validate()
     }
 
-    /// Decodes the flat encoding `[depth, embedDim, numHeads, qkHeadDim, vHeadDim,
-    /// mlpHidden, patchSize, imageHeight, imageWidth, inChannels, prefixTokens,
-    /// numClasses, classifierHeads]`.
+    /// Decodes the flat encoding (`fieldNames`; `pre_norm` 0 or 1).
     public init(encoded e: UnsafeBufferPointer<Int64>) throws(UVCError) {
         try require(e.count == ViTSpec.encodedCount, "spec",
                     "expected \(ViTSpec.encodedCount) integers, got \(e.count)")
@@ -63,7 +65,13 @@ public struct ViTSpec: Hashable, Sendable {
             depth: Int(e[0]), embedDim: Int(e[1]), numHeads: Int(e[2]), qkHeadDim: Int(e[3]),
             vHeadDim: Int(e[4]), mlpHidden: Int(e[5]), patchSize: Int(e[6]),
             imageHeight: Int(e[7]), imageWidth: Int(e[8]), inChannels: Int(e[9]),
-            prefixTokens: Int(e[10]), numClasses: Int(e[11]), classifierHeads: Int(e[12]))
+            prefixTokens: Int(e[10]), numClasses: Int(e[11]), classifierHeads: Int(e[12]),
+            preNorm: try ViTSpec.flag(e[13], "spec.pre_norm"))
+    }
+
+    private static func flag(_ v: Int64, _ name: String) throws(UVCError) -> Bool {
+        try require(v == 0 || v == 1, name, "must be 0 or 1, got \(v)")
+        return v == 1
     }
 
     func validate() throws(UVCError) {

@@ -101,13 +101,26 @@ final class CostModelTests: XCTestCase {
         XCTAssertEqual(distilled.numTokens, 198)
         let model = CostModel(spec: distilled, convention: .fvcore)
         var layers = [Double](repeating: 0, count: 12 * CostModel.Component.allCases.count)
-        var globals = [Double](repeating: 0, count: 3)
+        var globals = [Double](repeating: 0, count: CostModel.GlobalComponent.allCases.count)
         layers.withUnsafeMutableBufferPointer { lb in
             globals.withUnsafeMutableBufferPointer { gb in _ = model.exact(.dense(distilled), layers: lb, globals: gb) }
         }
         XCTAssertEqual(globals[CostModel.GlobalComponent.head.rawValue], 2 * 192 * 1000)
         XCTAssertGreaterThan(model.exactTotal(.dense(distilled)),
                              CostModel(spec: plain, convention: .fvcore).exactTotal(.dense(plain)))
+    }
+
+    func testThePreNormCountsOneNormOverTheTokensEnteringBlockZero() throws {
+        let plain = try deit(192, 3)
+        var pre = plain
+        pre.preNorm = true
+        let fvcore = CostModel(spec: pre, convention: .fvcore), full = CostModel(spec: pre, convention: CostConvention(layerNormPerElement: 5, bias: true))
+        XCTAssertEqual(fvcore.preNormMACs, 5 * 197 * 192)
+        XCTAssertEqual(fvcore.exactTotal(.dense(pre)) - CostModel(spec: plain, convention: .fvcore).exactTotal(.dense(plain)),
+                       5 * 197 * 192)
+        // Without a patch-embedding bias (timm's pre-norm layout) the full convention counts no bias there.
+        XCTAssertEqual(full.patchEmbedMACs, CostModel(spec: plain, convention: CostConvention(layerNormPerElement: 5, bias: true)).patchEmbedMACs - 196 * 192)
+        XCTAssertEqual(CostModel(spec: plain, convention: .fvcore).preNormMACs, 0)
     }
 
     func testSkippedPartsCostNothing() throws {
@@ -136,7 +149,7 @@ final class CostModelTests: XCTestCase {
         XCTAssertEqual(model.exactTotal(plan), analytic)
         let width = CostModel.Component.allCases.count
         var layers = [Double](repeating: 0, count: 12 * width)
-        var globals = [Double](repeating: 0, count: 3)
+        var globals = [Double](repeating: 0, count: CostModel.GlobalComponent.allCases.count)
         layers.withUnsafeMutableBufferPointer { lb in
             globals.withUnsafeMutableBufferPointer { gb in _ = model.exact(plan, layers: lb, globals: gb) }
         }

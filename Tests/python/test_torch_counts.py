@@ -73,6 +73,9 @@ CONFIGS = {
                                      no_embed_class=True, init_values=0.3, act_layer="gelu_tanh", num_classes=4),
     "one_head_no_proj_bias": dict(cls=VisionTransformer, img_size=8, patch_size=2, in_chans=2, embed_dim=16,
                                   depth=5, num_heads=1, proj_bias=False, num_classes=3),
+    # CLIP's layout: a LayerNorm on the tokens before the first block.
+    "pre_norm": dict(cls=VisionTransformer, img_size=16, patch_size=4, embed_dim=24, depth=3, num_heads=3,
+                     pre_norm=True, num_classes=6),
 }
 
 
@@ -123,7 +126,7 @@ def test_random_plans_counts_and_logits(config):
     spec = spec_from_model(model)
     rng = np.random.default_rng(len(config))
     x = torch.randn(2, spec.in_channels, *spec.image_size, generator=torch.Generator().manual_seed(0))
-    for _ in range(13):  # 4 configs x 13 = 52 plans
+    for _ in range(13):  # 5 configs x 13 = 65 plans
         plan = uvc.random_plan(spec, rng, tokens=False)
         slim = SlimViT.from_timm(model, plan)
         expected = uvc.count(spec, plan, convention="fvcore").macs
@@ -170,7 +173,12 @@ def test_spec_from_model_reads_timm_variants():
     assert (spec.qk_head_dim, spec.v_head_dim, spec.num_heads, spec.embed_dim) == (5, 5, 3, 24)
     assert (spec.prefix_tokens, spec.classifier_heads, spec.num_classes, spec.in_channels) == (2, 2, 7, 1)
     spec = spec_from_model(small_timm("registers_ls_no_qkv_bias", seed=0))
-    assert spec.prefix_tokens == 3 and spec.num_tokens == 7 and spec.mlp_hidden == 36
+    assert spec.prefix_tokens == 3 and spec.num_tokens == 7 and spec.mlp_hidden == 36 and not spec.pre_norm
+    spec = spec_from_model(small_timm("pre_norm", seed=0))
+    assert spec.pre_norm
+    # fvcore counts the pre-norm at 5 MACs per element of the 17 tokens entering block 0.
+    assert uvc.count(spec, convention="fvcore").macs - uvc.count(spec.replace(pre_norm=False), convention="fvcore").macs \
+        == 5 * spec.num_tokens * spec.embed_dim
     model = small_timm("plain", seed=0)
     parts = blocks(model)
     assert [p.index for p in parts] == [0, 1, 2]
@@ -189,7 +197,6 @@ def tiny_vit(**kw):
     (lambda: tiny_vit(global_pool="avg"), "model.global_pool: 'avg'"),
     (lambda: tiny_vit(qk_norm=True), "model.blocks.0.attn: qk_norm"),
     (lambda: tiny_vit(act_layer=nn.ReLU), "model.blocks.0.mlp.act: activation ReLU is not GELU"),
-    (lambda: tiny_vit(pre_norm=True), "model.norm_pre"),
     (lambda: tiny_vit(final_norm=False), "model.norm"),
     (lambda: tiny_vit(pos_embed="none"), "model.pos_embed"),
     (lambda: tiny_vit(dynamic_img_size=True), "dynamic_img_size"),

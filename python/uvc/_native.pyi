@@ -21,7 +21,7 @@ def layouts() -> str:
     components, relaxed fields, groupings, solver config fields with kinds and defaults)."""
 
 def cost_exact(spec: I, convention: F, plan: I, layers_out: F, globals_out: F) -> float:
-    """Exact MACs of a plan (d, len(plan_row)); writes the (d, 12) and (3,) breakdown."""
+    """Exact MACs of a plan (d, len(plan_row)); writes the (d, len(layer_components)) and (len(global_components),) breakdown."""
 
 def cost_expected(spec: I, convention: F, x: F, out: F) -> float:
     """Expected MACs of the relaxed (6, d) input ``x``; writes d(MACs)/dx into ``out``."""

@@ -99,7 +99,7 @@ def as_convention(convention: "str | Convention") -> Convention:
 @dataclasses.dataclass(frozen=True)
 class CostReport:
     """Exact MACs of one plan. ``layers``: (depth, 12) MACs per `LAYER_COMPONENTS`;
-    ``globals``: (3,) MACs per `GLOBAL_COMPONENTS`."""
+    ``globals``: (len(GLOBAL_COMPONENTS),) MACs per `GLOBAL_COMPONENTS`."""
 
     spec: "ViTSpec"
     convention: Convention

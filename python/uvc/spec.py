@@ -19,7 +19,8 @@ class ViTSpec:
 
     Sizes are counts. ``qk_head_dim`` and ``v_head_dim`` are the widths of one head's
     queries/keys and values; in timm both equal ``embed_dim // num_heads`` unless the model
-    was built with ``attn_dim`` or ``head_dim``.
+    was built with ``attn_dim`` or ``head_dim``. ``pre_norm``: a LayerNorm on the tokens before
+    the first block (timm's ``pre_norm=True``, CLIP ViTs).
     """
 
     depth: int
@@ -32,6 +33,7 @@ class ViTSpec:
     prefix_tokens: int = 1
     num_classes: int = 1000
     classifier_heads: int = 1
+    pre_norm: bool = False
     qk_head_dim: int | None = None
     v_head_dim: int | None = None
     name: str | None = None
@@ -46,6 +48,9 @@ class ViTSpec:
             raise (ValueError if isinstance(size, (tuple, list)) else TypeError)(
                 f"ViTSpec: image_size must be an int or a pair of ints (height, width), got {got}")
         object.__setattr__(self, "image_size", tuple(int(s) for s in size))
+        if not isinstance(self.pre_norm, (bool, np.bool_)):
+            raise TypeError(f"ViTSpec: pre_norm must be a bool, got {type(self.pre_norm).__name__}")
+        object.__setattr__(self, "pre_norm", bool(self.pre_norm))
         for field in ("depth", "embed_dim", "num_heads", "mlp_hidden", "patch_size", "in_channels",
                       "prefix_tokens", "num_classes", "classifier_heads", "qk_head_dim", "v_head_dim"):
             value = getattr(self, field)

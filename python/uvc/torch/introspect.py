@@ -87,8 +87,8 @@ def check_supported(model: Any) -> None:
         _fail("model.pos_embed", "absent; a learned position embedding is required")
     if _is_distilled(model) and model.reg_token is not None:
         _fail("model.reg_token", "register tokens in a distilled model are ignored by timm itself")
-    if not isinstance(model.norm_pre, nn.Identity):
-        _fail("model.norm_pre", "a pre-norm after the embedding (pre_norm=True) is not supported")
+    if not isinstance(model.norm_pre, nn.Identity) and _layer_norm(model.norm_pre, "model.norm_pre") != model.norm.eps:
+        _fail("model.norm_pre", "its LayerNorm eps differs from the final norm's")
     if not isinstance(model.fc_norm, nn.Identity):
         _fail("model.fc_norm", "a norm after pooling (fc_norm) is not supported")
     if isinstance(model.norm, nn.Identity):
@@ -107,9 +107,12 @@ def check_supported(model: Any) -> None:
     if type(pe) is not t["PatchEmbed"]:
         _fail("model.patch_embed", f"{type(pe).__name__} is not timm's PatchEmbed")
     conv = pe.proj
+    # timm drops the patch-embedding bias exactly when it adds the pre-norm (CLIP's layout).
+    biased = isinstance(model.norm_pre, nn.Identity)
     if type(conv) is not nn.Conv2d or conv.kernel_size != pe.patch_size or conv.stride != pe.patch_size \
-            or conv.padding != (0, 0) or conv.dilation != (1, 1) or conv.groups != 1 or conv.bias is None:
-        _fail("model.patch_embed.proj", "expected a biased Conv2d with kernel = stride = patch size, no padding")
+            or conv.padding != (0, 0) or conv.dilation != (1, 1) or conv.groups != 1 or (conv.bias is not None) != biased:
+        _fail("model.patch_embed.proj", f"expected a Conv2d {'with' if biased else 'without'} bias ({'no ' if biased else ''}"
+                                        "pre-norm), kernel = stride = patch size, no padding")
     if pe.patch_size[0] != pe.patch_size[1]:
         _fail("model.patch_embed", f"non-square patches {pe.patch_size} are not supported")
     if not isinstance(pe.norm, nn.Identity) or not pe.flatten or pe.dynamic_img_pad or pe.img_size is None:
@@ -176,7 +179,7 @@ def spec_from_model(model: Any) -> ViTSpec:
                    mlp_hidden=mlp.fc1.out_features, patch_size=model.patch_embed.patch_size[0],
                    image_size=tuple(model.patch_embed.img_size), in_channels=model.patch_embed.proj.in_channels,
                    prefix_tokens=model.num_prefix_tokens, num_classes=model.num_classes,
-                   classifier_heads=2 if _is_distilled(model) else 1,
+                   classifier_heads=2 if _is_distilled(model) else 1, pre_norm=not isinstance(model.norm_pre, nn.Identity),
                    qk_head_dim=attn.head_dim, v_head_dim=attn.head_dim, name=cfg.get("architecture"))
 
 

@@ -78,10 +78,11 @@ class PatchEmbed(nn.Module):
     """Non-overlapping patches to tokens: Conv2d with kernel = stride = patch size."""
 
     def __init__(self, image_size: tuple[int, int], patch_size: int, in_channels: int, embed_dim: int, *,
-                 device=None, dtype=None) -> None:
+                 bias: bool = True, device=None, dtype=None) -> None:
         super().__init__()
         self.image_size = tuple(image_size)
-        self.proj = nn.Conv2d(in_channels, embed_dim, patch_size, stride=patch_size, device=device, dtype=dtype)
+        self.proj = nn.Conv2d(in_channels, embed_dim, patch_size, stride=patch_size, bias=bias, device=device,
+                              dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Shapes are constants while tracing (ONNX export); checking them there only warns.
@@ -232,7 +233,9 @@ class SlimViT(nn.Module):
         # Free-form metadata (e.g. preprocessing) that `uvc.torch.save` writes into arch.json.
         self.meta: dict[str, Any] = {}
 
-        self.patch_embed = PatchEmbed(spec.image_size, spec.patch_size, spec.in_channels, d, **dd)
+        # timm drops the patch-embedding bias exactly when it adds the pre-norm (CLIP's layout).
+        self.patch_embed = PatchEmbed(spec.image_size, spec.patch_size, spec.in_channels, d, bias=not spec.pre_norm,
+                                      **dd)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d, **dd))
         self.dist_token = nn.Parameter(torch.zeros(1, 1, d, **dd)) if self.distilled else None
         n_reg = spec.prefix_tokens - spec.classifier_heads
@@ -258,6 +261,7 @@ class SlimViT(nn.Module):
             index.append(i)
         self.blocks = nn.Sequential(*kept)
         self.block_index: tuple[int, ...] = tuple(index)
+        self.norm_pre = nn.LayerNorm(d, eps=norm_eps, **dd) if spec.pre_norm else nn.Identity()
         self.norm = nn.LayerNorm(d, eps=norm_eps, **dd)
 
         def head() -> nn.Module:
@@ -274,7 +278,7 @@ class SlimViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) → normalised tokens (B, N, D)."""
-        x = self._pos_embed(self.patch_embed(x))
+        x = self.norm_pre(self._pos_embed(self.patch_embed(x)))
         return self.norm(self.blocks(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):

@@ -77,7 +77,7 @@ class DynamicViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.slim
-        x = s._pos_embed(s.patch_embed(x))
+        x = s.norm_pre(s._pos_embed(s.patch_embed(x)))
         b = x.shape[0]
         if self.training:
             p = self.sampler.sample(b, 2 * len(s.blocks), self.grouping)
