@@ -9,10 +9,15 @@ from typing import Any
 
 from . import _native
 
-__all__ = ["LAYOUTS", "native", "encode_state", "decode_state", "check_format"]
+__all__ = ["LAYOUTS", "native", "encode_state", "decode_state", "check_format", "seed_bits"]
 
 native = _native
 LAYOUTS: dict = json.loads(_native.layouts())
+
+
+def seed_bits(seed: int) -> int:
+    """A seed in [0, 2**64) as the int64 with its bit pattern (how the core takes a uint64)."""
+    return seed - 2**64 if seed >= 2**63 else seed
 
 
 def encode_state(data: bytes) -> str:

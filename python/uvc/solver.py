@@ -61,7 +61,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ._core import LAYOUTS, check_format, decode_state, encode_state, native
+from ._core import LAYOUTS, check_format, decode_state, encode_state, native, seed_bits
 from .cost import Convention, as_convention, count
 from .plan import PLAN_ROW, ArchPlan, LayerPlan
 from .spec import ViTSpec
@@ -177,7 +177,7 @@ def _new(spec: ViTSpec, hyper: dict, convention: Convention, seed: int):
     config = np.array(values, dtype=np.float64)
     schedule = np.array(hyper["zlr_schedule"], dtype=np.float64).reshape(-1)
     try:
-        return native.Solver(spec.encoded, convention.encoded, config, schedule, seed - 2**64 if seed >= 2**63 else seed)
+        return native.Solver(spec.encoded, convention.encoded, config, schedule, seed_bits(seed))
     except ValueError as e:
         raise ValueError(f"Solver: {e}") from None
 
@@ -250,6 +250,8 @@ class Solver:
         self._groups = [tuple(shape) for _, shape in layout["groups"]]
         self._gate_shape = (self.spec.depth, 2)
         self._summary_layout, self._fields_layout = layout["summary"], layout["fields"]
+        self._summary_size, self._fields_size = (sum(int(np.prod(shape, dtype=np.int64)) for _, shape in part)
+                                                 for part in (layout["summary"], layout["fields"]))
         self._result = StepResult(*(np.ones(shape) for shape in self._groups))
         self.dense_macs = float(self._summary()["dense_macs"])
 
@@ -309,7 +311,7 @@ class Solver:
 
     def _summary(self) -> dict[str, np.ndarray]:
         """The core's summary by name (gate probabilities and decisions, kept counts, MACs, z)."""
-        flat = np.empty(sum(int(np.prod(shape, dtype=np.int64)) for _, shape in self._summary_layout))
+        flat = np.empty(self._summary_size)
         self._core.summary(flat)
         return _unpack(flat, self._summary_layout)
 
@@ -373,7 +375,7 @@ class Solver:
     def state_fields(self) -> dict[str, np.ndarray]:
         """The solver state by the core's field names (removal counts, duals, z, gate logits,
         …), float64 copies: for inspection only; `state_dict` is what resumes a run."""
-        flat = np.empty(sum(int(np.prod(shape, dtype=np.int64)) for _, shape in self._fields_layout))
+        flat = np.empty(self._fields_size)
         self._core.fields(flat)
         return _unpack(flat, self._fields_layout)
 

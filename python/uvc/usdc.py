@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ._core import LAYOUTS, check_format, decode_state, encode_state, native
+from ._core import LAYOUTS, check_format, decode_state, encode_state, native, seed_bits
 from .cost import Convention, as_convention
 from .spec import ViTSpec
 
@@ -110,7 +110,7 @@ class GroupSampler:
         seed = _int("seed", seed, 0)
         if seed >= 2**64:
             raise ValueError(f"seed must lie in [0, 2**64), got {seed}")
-        self._core = native.GroupSampler(seed - 2**64 if seed >= 2**63 else seed)
+        self._core = native.GroupSampler(seed_bits(seed))
 
     def sample(self, batch: int, columns: int, grouping: str = "halving") -> Partition:
         """The partition of a batch of ``batch`` samples and the noise of ``columns`` gate

@@ -170,15 +170,15 @@ def _load_weights(model: torch.nn.Module, state: dict, name: str) -> None:
     model.load_state_dict(state)
 
 
-def timm_kwargs(settings: dict, prefix: str = "") -> dict:
+def timm_kwargs(settings: dict) -> dict:
     """``model_kwargs`` with ``num_classes`` / ``img_size`` given as their own settings."""
     kwargs = dict(settings["model_kwargs"])
     for key in ("num_classes", "img_size"):
-        value = settings[prefix + key]
+        value = settings[key]
         if value is None:
             continue
         if key in kwargs and kwargs[key] != value:
-            raise ValueError(f"--{(prefix + key).replace('_', '-')} {value} and --model-kwargs {key}={kwargs[key]} "
+            raise ValueError(f"--{key.replace('_', '-')} {value} and --model-kwargs {key}={kwargs[key]} "
                              "disagree; give one")
         kwargs[key] = value
     return kwargs
