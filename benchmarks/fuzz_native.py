@@ -388,7 +388,9 @@ def _edge_spec(r: random.Random) -> np.ndarray:
     prefix = r.choice([0, 1, 2, 64, 65])
     e = [r.choice([1, 2, 3]), size(), size(), size(), size(), size(), patch, patch * gh, patch * gw,
          size(), prefix, r.choice([0, 1, 1000, big, big + 1]), r.choice([1, 2, max(prefix, 1)]),
-         r.choice([0, 1, 0, 1, 2, -1])]  # pre_norm: 0 or 1, now and then out of range
+         r.choice([0, 1, 0, 1, 2, -1]),  # pre_norm: 0 or 1, now and then out of range
+         r.choice([0, 1, 2, 0, 3, -1])]  # pool: an index of the pools, now and then out of range
+    e += [r.choice([0, 1, 0, 1, 2, -1]) for _ in range(3)]  # fc_norm, qk_norm, gated_mlp
     return np.array(e, dtype=np.int64)
 
 

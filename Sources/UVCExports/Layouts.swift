@@ -28,7 +28,7 @@ enum Layouts {
             f += n
         }
         return object([
-            ("spec", strings(ViTSpec.fieldNames)), ("convention", strings(CostConvention.fieldNames)),
+            ("spec", strings(ViTSpec.fieldNames)), ("pools", strings(ViTSpec.Pool.names)), ("convention", strings(CostConvention.fieldNames)),
             ("plan_row", strings(LayerPlan.fieldNames)), ("layer_components", strings(CostModel.Component.names)),
             ("global_components", strings(CostModel.GlobalComponent.names)),
             ("relaxed_fields", strings(RelaxedField.allCases.map(\.name))),

@@ -9,20 +9,23 @@ public struct CostConvention: Hashable, Sendable {
     public var layerNormPerElement: Double
     /// One MAC per element of every attention softmax.
     public var softmax: Bool
-    /// One MAC per element of every GELU.
+    /// One MAC per element of every MLP activation (GELU, QuickGELU, SiLU).
     public var gelu: Bool
     /// One MAC per output element of every layer with a bias.
     public var bias: Bool
-    /// The classifier head(s) on the prefix token(s).
+    /// The classifier head(s) on the pooled token(s).
     public var head: Bool
+    /// One MAC per element averaged by average pooling (adds no counter sees as a product).
+    public var pool: Bool
 
     public init(layerNormPerElement: Double = 0, softmax: Bool = false, gelu: Bool = false,
-                bias: Bool = false, head: Bool = false) {
+                bias: Bool = false, head: Bool = false, pool: Bool = false) {
         self.layerNormPerElement = layerNormPerElement
         self.softmax = softmax
         self.gelu = gelu
         self.bias = bias
         self.head = head
+        self.pool = pool
     }
 
     /// The UVC paper's convention (its `flops_with_mhsa=1` path): linear layers, attention
@@ -33,9 +36,9 @@ public struct CostConvention: Hashable, Sendable {
     public static let fvcore = CostConvention(layerNormPerElement: 5, head: true)
 
     /// Names of the doubles of the flat encoding, in order.
-    public static let fieldNames = ["layer_norm", "softmax", "gelu", "bias", "head"]
+    public static let fieldNames = ["layer_norm", "softmax", "gelu", "bias", "head", "pool"]
     /// Number of doubles in the flat encoding.
-    public static let encodedCount = 5
+    public static let encodedCount = 6
 
     public init(encoded e: UnsafeBufferPointer<Double>) throws(UVCError) {
         try require(e.count == CostConvention.encodedCount, "convention",
@@ -46,6 +49,6 @@ public struct CostConvention: Hashable, Sendable {
             try require(e[k] == 0 || e[k] == 1, "convention", "switch \(k) must be 0 or 1, got \(e[k])")
         }
         self.init(layerNormPerElement: e[0], softmax: e[1] == 1, gelu: e[2] == 1,
-                  bias: e[3] == 1, head: e[4] == 1)
+                  bias: e[3] == 1, head: e[4] == 1, pool: e[5] == 1)
     }
 }

@@ -6,20 +6,28 @@
 /// gradient `expected(_:gradient:)` returns. Costs are in MACs; FLOPs are 2 × MACs.
 ///
 /// Per block with N tokens in (`tokens[l]`), N' tokens out (`tokens[l+1]`, N for the last
-/// block), width D, h heads of qk width q and value width v, m MLP neurons, MHSA gate a,
-/// MLP gate g and r = [N' < N] (the block drops tokens):
+/// block), width D, h heads of qk width q and value width v, m MLP units, MHSA gate a,
+/// MLP gate g, r = [N' < N] (the block drops tokens), u = 2 for a gated MLP (two fc1 rows
+/// per unit) and 1 otherwise, and k = [qk_norm]:
 ///
-///     a · [ N·D·h·(2q+v) + h·N²·q + h·N²·v + N·h·v·D + ln·N·D + sm·h·N² + b·(N·h·(2q+v) + N·D) ]
+///     a · [ N·D·h·(2q+v) + h·N²·q + h·N²·v + N·h·v·D + ln·N·D + sm·h·N² + b·(N·h·(2q+v) + N·D)
+///           + k·ln·2·N·h·q ]
 ///   + a · r · [ h·N·q + (N − N' + 1)·D + sm·h·N ]
-///   + g · [ 2·N'·D·m + ln·N'·D + ge·N'·m + b·(N'·m + N'·D) ]
+///   + g · [ (u+1)·N'·D·m + ln·N'·D + ge·N'·m + b·(u·N'·m + N'·D) ]
 ///
-/// (qkv, QKᵀ, AV, proj, norm1, softmax, biases | token fusion: the class token's attention
-/// row q_cls·Kᵀ, the weighted sum of the N − N' + 1 dropped tokens, the row's softmax |
-/// fc1 + fc2, norm2, GELU, biases: the MLP runs after the drop, on N' tokens), plus the
-/// patch embedding P·D·C·p² (+ b·P·D), the final norm ln·N_last·D and the classifier
-/// head(s) c·(D·K + b·K), where ln, sm, ge, b, c come from the `CostConvention`. The fusion
-/// matmuls count under every convention; ranking, head averaging and renormalising the
-/// weights are element-wise and count under none.
+/// (qkv, QKᵀ, AV, proj, norm1, softmax, biases, the q and k norms | token fusion: the class
+/// token's attention row q_cls·Kᵀ, the weighted sum of the N − N' + 1 dropped tokens, the
+/// row's softmax | fc1 + fc2, norm2, activation, biases: the MLP runs after the drop, on N'
+/// tokens; a gated MLP's product of gate and value is element-wise and counts under no
+/// convention), plus the patch embedding P·D·C·p² (+ b·P·D), the pre-norm ln·N₀·D, the final
+/// norm (ln·N_last·D over the tokens, or ln·c·D on the c pooled vectors with fc_norm), the
+/// pooling and the classifier head(s) c·(D·K + b·K), where ln, sm, ge, b, c come from the
+/// `CostConvention`. Pooling: none for the class token; pl·(N_last − prefix)·D adds for the
+/// average; for the attention-pool head with H = numHeads heads and M = mlpHidden, one
+/// latent query: D·D (q) + 2·N_last·D² (kv) + 2·N_last·D (QKᵀ, AV) + D·D (proj) + 2·D·M (MLP)
+/// + ln·D + sm·H·N_last + ge·M + b·(3·D + 2·N_last·D + M). The fusion matmuls count under
+/// every convention; ranking, head averaging and renormalising the weights are element-wise
+/// and count under none.
 public struct CostModel: Sendable {
     public let spec: ViTSpec
     public let convention: CostConvention
@@ -34,10 +42,12 @@ public struct CostModel: Sendable {
         case qkv, attnQK, attnAV, proj, fc1, fc2, norm1, norm2, softmax, gelu, bias
         /// Token fusion in a block that drops tokens: class-attention row and weighted sum.
         case fuse
+        /// The LayerNorms over each head's queries and keys (`ViTSpec.qkNorm`).
+        case qkNorm
 
         /// The names the Python API uses, in order.
         public static let names = ["qkv", "attn_qk", "attn_av", "proj", "fc1", "fc2", "norm1", "norm2", "softmax",
-                                   "gelu", "bias", "fuse"]
+                                   "gelu", "bias", "fuse", "qk_norm"]
     }
 
     /// Whole-model components outside the blocks.
@@ -45,8 +55,10 @@ public struct CostModel: Sendable {
         case patchEmbed, finalNorm, head
         /// The LayerNorm before the first block (`ViTSpec.preNorm`).
         case preNorm
+        /// Average pooling or the attention-pool head (`ViTSpec.pool`).
+        case pool
 
-        public static let names = ["patch_embed", "final_norm", "head", "pre_norm"]
+        public static let names = ["patch_embed", "final_norm", "head", "pre_norm", "pool"]
     }
 
     /// One block's continuous inputs. `tokens` enter the block; `tokensOut` leave it (and
@@ -91,12 +103,35 @@ public struct CostModel: Sendable {
         spec.preNorm ? convention.layerNormPerElement * Double(spec.numTokens * spec.embedDim) : 0
     }
 
-    /// The final LayerNorm over the tokens leaving the last block.
-    public func finalNormMACs(tokens: Double) -> Double {
-        convention.layerNormPerElement * tokens * Double(spec.embedDim)
+    /// The final LayerNorm: over the `tokens` leaving the last block, or with `spec.fcNorm`
+    /// over the pooled vector(s). Returns the MACs and their derivative in `tokens`.
+    public func finalNormMACs(tokens: Double) -> (macs: Double, perToken: Double) {
+        let ln = convention.layerNormPerElement, d = Double(spec.embedDim)
+        return spec.fcNorm ? (ln * Double(spec.classifierHeads) * d, 0) : (ln * tokens * d, ln * d)
     }
 
-    /// Writes the 12 components of one block into `out` (indexed by `Component`). The
+    /// The pooling of the `tokens` leaving the last block (see the type's documentation).
+    /// Returns the MACs and their derivative in `tokens`.
+    public func poolMACs(tokens n: Double) -> (macs: Double, perToken: Double) {
+        let d = Double(spec.embedDim)
+        switch spec.pool {
+        case .token:
+            return (0, 0)
+        case .avg:
+            let pl: Double = convention.pool ? 1 : 0
+            return (pl * (n - Double(spec.prefixTokens)) * d, pl * d)
+        case .map:
+            let ln = convention.layerNormPerElement, m = Double(spec.mlpHidden), h = Double(spec.numHeads)
+            let sm: Double = convention.softmax ? 1 : 0
+            let ge: Double = convention.gelu ? 1 : 0
+            let b: Double = convention.bias ? 1 : 0
+            let fixed = 2 * d * d + 2 * d * m + ln * d + ge * m + b * (3 * d + m)
+            let perToken = 2 * d * d + 2 * d + sm * h + b * 2 * d
+            return (fixed + perToken * n, perToken)
+        }
+    }
+
+    /// Writes the components of one block into `out` (indexed by `Component`). The
     /// softmax of the class-attention row of a dropping block counts under `softmax`.
     public func layerBreakdown(_ x: LayerInputs, into out: UnsafeMutableBufferPointer<Double>) {
         let d = Double(spec.embedDim), q = Double(spec.qkHeadDim)
@@ -104,22 +139,24 @@ public struct CostModel: Sendable {
         let n = x.tokens, n2 = x.tokensOut, h = x.heads, v = x.vDim, m = x.neurons
         let a = x.attentionGate, g = x.mlpGate
         let r: Double = n2 < n ? 1 : 0
+        let u: Double = spec.gatedMLP ? 2 : 1
         out[Component.qkv.rawValue] = a * n * d * h * (2 * q + v)
         out[Component.attnQK.rawValue] = a * h * n * n * q
         out[Component.attnAV.rawValue] = a * h * n * n * v
         out[Component.proj.rawValue] = a * n * h * v * d
-        out[Component.fc1.rawValue] = g * n2 * d * m
+        out[Component.fc1.rawValue] = g * u * n2 * d * m
         out[Component.fc2.rawValue] = g * n2 * m * d
         out[Component.norm1.rawValue] = a * ln * n * d
         out[Component.norm2.rawValue] = g * ln * n2 * d
         out[Component.softmax.rawValue] = convention.softmax ? a * h * n * (n + r) : 0
         out[Component.gelu.rawValue] = convention.gelu ? g * n2 * m : 0
         out[Component.bias.rawValue] = convention.bias
-            ? a * (n * h * (2 * q + v) + n * d) + g * (n2 * m + n2 * d) : 0
+            ? a * (n * h * (2 * q + v) + n * d) + g * (u * n2 * m + n2 * d) : 0
         out[Component.fuse.rawValue] = a * r * (h * n * q + (n - n2 + 1) * d)
+        out[Component.qkNorm.rawValue] = spec.qkNorm ? a * ln * 2 * n * h * q : 0
     }
 
-    /// Exact MACs of `plan`: per-layer components into `layers` (depth × 12, row-major)
+    /// Exact MACs of `plan`: per-layer components into `layers` (depth × `Component` count, row-major)
     /// and the global ones into `globals` (`GlobalComponent`). Returns the total.
     ///
     /// Precondition: `plan` was validated for `spec`; buffer sizes match.
@@ -136,9 +173,11 @@ public struct CostModel: Sendable {
             for c in row { total += c }
         }
         globals[GlobalComponent.patchEmbed.rawValue] = patchEmbedMACs
-        globals[GlobalComponent.finalNorm.rawValue] = finalNormMACs(tokens: Double(plan.layers.last?.tokens ?? spec.numTokens))
+        let last = Double(plan.layers.last?.tokens ?? spec.numTokens)
+        globals[GlobalComponent.finalNorm.rawValue] = finalNormMACs(tokens: last).macs
         globals[GlobalComponent.head.rawValue] = headMACs
         globals[GlobalComponent.preNorm.rawValue] = preNormMACs
+        globals[GlobalComponent.pool.rawValue] = poolMACs(tokens: last).macs
         for c in globals { total += c }
         return total
     }
@@ -173,6 +212,8 @@ public struct CostModel: Sendable {
         let sm: Double = convention.softmax ? 1 : 0
         let ge: Double = convention.gelu ? 1 : 0
         let b: Double = convention.bias ? 1 : 0
+        let u: Double = spec.gatedMLP ? 2 : 1
+        let k: Double = spec.qkNorm ? 2 * ln : 0
         var total = patchEmbedMACs + headMACs + preNormMACs
         let tokenRow = RelaxedField.tokens.rawValue * depth
         // Block l's cost depends on tokens[l] and tokens[l + 1]: that row accumulates.
@@ -189,25 +230,26 @@ public struct CostModel: Sendable {
             let r: Double = n2 < n ? 1 : 0
             let qkvWidth = 2 * q + v
             let attn = n * d * h * qkvWidth + h * n * n * (q + v) + n * h * v * d + ln * n * d
-                + sm * h * n * n + b * (n * h * qkvWidth + n * d)
+                + sm * h * n * n + b * (n * h * qkvWidth + n * d) + k * n * h * q
             let fuse = r * (h * n * q + (n - n2 + 1) * d + sm * h * n)
-            let mlp = 2 * n2 * d * m + ln * n2 * d + ge * n2 * m + b * (n2 * m + n2 * d)
+            let mlp = (u + 1) * n2 * d * m + ln * n2 * d + ge * n2 * m + b * (u * n2 * m + n2 * d)
             total += a * (attn + fuse) + g * mlp
             gradient[RelaxedField.heads.rawValue * depth + l] =
-                a * (n * d * qkvWidth + n * n * (q + v) + n * v * d + sm * n * n + b * n * qkvWidth
+                a * (n * d * qkvWidth + n * n * (q + v) + n * v * d + sm * n * n + b * n * qkvWidth + k * n * q
                      + r * (n * q + sm * n))
             gradient[RelaxedField.vDim.rawValue * depth + l] = a * (n * d * h + h * n * n + n * h * d + b * n * h)
-            gradient[RelaxedField.neurons.rawValue * depth + l] = g * (2 * n2 * d + ge * n2 + b * n2)
+            gradient[RelaxedField.neurons.rawValue * depth + l] = g * ((u + 1) * n2 * d + ge * n2 + b * u * n2)
             gradient[RelaxedField.attentionGate.rawValue * depth + l] = attn + fuse
             gradient[RelaxedField.mlpGate.rawValue * depth + l] = mlp
             gradient[tokenRow + l] +=
                 a * (d * h * qkvWidth + 2 * h * n * (q + v) + h * v * d + ln * d + 2 * sm * h * n
-                     + b * (h * qkvWidth + d) + r * (h * q + d + sm * h))
-            gradient[out] += g * (2 * d * m + ln * d + ge * m + b * (m + d)) - a * r * d
+                     + b * (h * qkvWidth + d) + k * h * q + r * (h * q + d + sm * h))
+            gradient[out] += g * ((u + 1) * d * m + ln * d + ge * m + b * (u * m + d)) - a * r * d
         }
         let last = tokenRow + depth - 1
-        total += finalNormMACs(tokens: inputs[last])
-        gradient[last] += ln * d
+        let norm = finalNormMACs(tokens: inputs[last]), pool = poolMACs(tokens: inputs[last])
+        total += norm.macs + pool.macs
+        gradient[last] += norm.perToken + pool.perToken
         return total
     }
 

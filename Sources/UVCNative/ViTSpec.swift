@@ -24,13 +24,38 @@ public struct ViTSpec: Hashable, Sendable {
     /// A LayerNorm on the tokens after the position embedding, before the first block (timm's
     /// `pre_norm`, as in CLIP ViTs); timm then builds the patch embedding without a bias.
     public var preNorm: Bool
+    /// How the classifier reads the tokens leaving the last block.
+    public var pool: Pool
+    /// A LayerNorm on the pooled vector(s) instead of over all tokens (timm's `fc_norm`):
+    /// the final norm then normalises `classifierHeads` vectors, not every token.
+    public var fcNorm: Bool
+    /// A LayerNorm over each head's queries and keys (timm's `qk_norm`; one norm shared by all
+    /// heads, so a removed head takes nothing of it with it).
+    public var qkNorm: Bool
+    /// A gated MLP (timm's `SwiGLU` / `GluMlp`): each hidden unit is a pair of fc1 rows, one
+    /// gate and one value, multiplied after the activation. `mlpHidden` counts the units.
+    public var gatedMLP: Bool
+
+    /// The classifier's pooling (timm's `global_pool`).
+    public enum Pool: Int, CaseIterable, Sendable {
+        /// The prefix token(s): class (and distillation) token.
+        case token
+        /// The mean over the non-prefix tokens.
+        case avg
+        /// timm's attention-pool head (`AttentionPoolLatent`, SigLIP): one learned query attends
+        /// to every token with `numHeads` heads, then an MLP of `mlpHidden` units. Never pruned.
+        case map
+
+        public static let names = ["token", "avg", "map"]
+    }
 
     /// Names of the fields of the flat encoding used across the C ABI, in order.
     public static let fieldNames = ["depth", "embed_dim", "num_heads", "qk_head_dim", "v_head_dim", "mlp_hidden",
                                     "patch_size", "image_height", "image_width", "in_channels", "prefix_tokens",
-                                    "num_classes", "classifier_heads", "pre_norm"]
+                                    "num_classes", "classifier_heads", "pre_norm", "pool", "fc_norm",
+                                    "qk_norm", "gated_mlp"]
     /// Number of fields in the flat encoding.
-    public static let encodedCount = 14
+    public static let encodedCount = 18
     /// The largest size of any field: it keeps every product of the cost model far inside Int64.
     public static let maxSize = 1 << 20
 
@@ -38,7 +63,8 @@ public struct ViTSpec: Hashable, Sendable {
         depth: Int, embedDim: Int, numHeads: Int, qkHeadDim: Int, vHeadDim: Int,
         mlpHidden: Int, patchSize: Int, imageHeight: Int, imageWidth: Int,
         inChannels: Int = 3, prefixTokens: Int = 1, numClasses: Int = 1000,
-        classifierHeads: Int = 1, preNorm: Bool = false
+        classifierHeads: Int = 1, preNorm: Bool = false, pool: Pool = .token, fcNorm: Bool = false,
+        qkNorm: Bool = false, gatedMLP: Bool = false
     ) throws(UVCError) {
         self.depth = depth
         self.embedDim = embedDim
@@ -54,10 +80,14 @@ public struct ViTSpec: Hashable, Sendable {
         self.numClasses = numClasses
         self.classifierHeads = classifierHeads
         self.preNorm = preNorm
+        self.pool = pool
+        self.fcNorm = fcNorm
+        self.qkNorm = qkNorm
+        self.gatedMLP = gatedMLP
         try validate()
     }
 
-    /// Decodes the flat encoding (`fieldNames`; `pre_norm` 0 or 1).
+    /// Decodes the flat encoding (`fieldNames`; switches 0 or 1, `pool` an index of `Pool.names`).
     public init(encoded e: UnsafeBufferPointer<Int64>) throws(UVCError) {
         try require(e.count == ViTSpec.encodedCount, "spec",
                     "expected \(ViTSpec.encodedCount) integers, got \(e.count)")
@@ -66,7 +96,16 @@ public struct ViTSpec: Hashable, Sendable {
             vHeadDim: Int(e[4]), mlpHidden: Int(e[5]), patchSize: Int(e[6]),
             imageHeight: Int(e[7]), imageWidth: Int(e[8]), inChannels: Int(e[9]),
             prefixTokens: Int(e[10]), numClasses: Int(e[11]), classifierHeads: Int(e[12]),
-            preNorm: try ViTSpec.flag(e[13], "spec.pre_norm"))
+            preNorm: try ViTSpec.flag(e[13], "spec.pre_norm"), pool: try ViTSpec.pool(e[14]),
+            fcNorm: try ViTSpec.flag(e[15], "spec.fc_norm"), qkNorm: try ViTSpec.flag(e[16], "spec.qk_norm"),
+            gatedMLP: try ViTSpec.flag(e[17], "spec.gated_mlp"))
+    }
+
+    private static func pool(_ v: Int64) throws(UVCError) -> Pool {
+        guard v >= 0, v < Int64(Pool.allCases.count), let p = Pool(rawValue: Int(v)) else {
+            throw UVCError("spec.pool", "must be an index of \(Pool.names), got \(v)")
+        }
+        return p
     }
 
     private static func flag(_ v: Int64, _ name: String) throws(UVCError) -> Bool {
@@ -91,8 +130,15 @@ public struct ViTSpec: Hashable, Sendable {
                     "must be in 0...\(ViTSpec.maxSize), got \(numClasses)")
         try require(imageHeight % patchSize == 0 && imageWidth % patchSize == 0, "spec.patch_size",
                     "must divide the image size \(imageHeight)x\(imageWidth), got \(patchSize)")
-        try require(classifierHeads <= max(prefixTokens, 1), "spec.classifier_heads",
-                    "each classifier head reads one prefix token; got \(classifierHeads) heads for \(prefixTokens) prefix tokens")
+        switch pool {
+        case .token:
+            try require(classifierHeads <= max(prefixTokens, 1), "spec.classifier_heads",
+                        "each classifier head reads one prefix token; got \(classifierHeads) heads for \(prefixTokens) prefix tokens")
+        case .avg, .map:
+            try require(classifierHeads == 1, "spec.classifier_heads",
+                        "\(Pool.names[pool.rawValue]) pooling feeds one classifier head, got \(classifierHeads)")
+        }
+        try require(!(pool == .map && fcNorm), "spec.fc_norm", "the attention-pool head has its own norm; fc_norm must be 0")
     }
 
     /// Patches per image.

@@ -23,14 +23,19 @@ func deit(_ dim: Int, _ heads: Int, distilled: Bool = false) throws -> ViTSpec {
                 prefixTokens: distilled ? 2 : 1, classifierHeads: distilled ? 2 : 1)
 }
 
-func randomSpec(_ rng: inout TestRNG) throws -> ViTSpec {
+/// A random spec; with `variants` also random pooling, norms and MLP kind (every layout the
+/// cost model knows).
+func randomSpec(_ rng: inout TestRNG, variants: Bool = false) throws -> ViTSpec {
     let heads = rng.int(1...6)
     let patch = [2, 4, 7].randomElement(using: &rng)!
+    let pool = variants ? ViTSpec.Pool.allCases.randomElement(using: &rng)! : .token
     return try ViTSpec(depth: rng.int(1...5), embedDim: rng.int(4...48), numHeads: heads,
                        qkHeadDim: rng.int(1...12), vHeadDim: rng.int(1...12), mlpHidden: rng.int(1...96),
                        patchSize: patch, imageHeight: 28, imageWidth: 28, inChannels: rng.int(1...3),
                        prefixTokens: rng.int(0...2) == 2 ? 2 : 1, numClasses: rng.int(2...20),
-                       classifierHeads: 1)
+                       classifierHeads: 1, preNorm: variants && rng.int(0...1) == 1, pool: pool,
+                       fcNorm: variants && pool != .map && rng.int(0...1) == 1, qkNorm: variants && rng.int(0...1) == 1,
+                       gatedMLP: variants && rng.int(0...1) == 1)
 }
 
 /// A random valid plan; a block whose MHSA runs drops tokens with probability 1/2 (when it can).
@@ -123,6 +128,48 @@ final class CostModelTests: XCTestCase {
         XCTAssertEqual(CostModel(spec: plain, convention: .fvcore).preNormMACs, 0)
     }
 
+    /// Pooling, fc_norm, qk_norm and gated MLPs, written out on DeiT-Tiny's shape (D 192, 3 heads
+    /// of 64, MLP 768, 197 tokens, 1000 classes), each against the plain model.
+    func testLayoutVariantsAnalytic() throws {
+        let plain = try deit(192, 3)
+        let d = 192.0, n = 197.0, m = 768.0
+        let fvcore = CostModel(spec: plain, convention: .fvcore).exactTotal(.dense(plain))
+        let uvc = CostModel(spec: plain, convention: .uvc).exactTotal(.dense(plain))
+        func total(_ change: (inout ViTSpec) -> Void, _ convention: CostConvention) throws -> Double {
+            var spec = plain
+            change(&spec)
+            try spec.validate()
+            return CostModel(spec: spec, convention: convention).exactTotal(.dense(spec))
+        }
+        // Average pooling adds (n - 1)·D only where the convention counts pooling.
+        XCTAssertEqual(try total({ $0.pool = .avg }, .fvcore), fvcore)
+        let pooled = CostConvention(layerNormPerElement: 5, head: true, pool: true)
+        XCTAssertEqual(try total({ $0.pool = .avg }, pooled) - CostModel(spec: plain, convention: pooled).exactTotal(.dense(plain)),
+                       (n - 1) * d)
+        // fc_norm normalises one pooled vector instead of every token.
+        XCTAssertEqual(try total({ $0.pool = .avg; $0.fcNorm = true }, .fvcore), fvcore - 5 * n * d + 5 * d)
+        // The attention-pool head over all n tokens: q, kv, QKᵀ, AV, proj, its norm and MLP.
+        let map = d * d + 2 * n * d * d + 2 * n * d + d * d + 2 * d * m
+        XCTAssertEqual(try total({ $0.pool = .map }, .fvcore), fvcore + map + 5 * d)
+        XCTAssertEqual(try total({ $0.pool = .map }, .uvc), uvc + map)
+        // qk_norm: 2 norms of 3 × 64 per token in each of 12 blocks.
+        XCTAssertEqual(try total({ $0.qkNorm = true }, .fvcore), fvcore + 12 * 5 * 2 * n * 3 * 64)
+        XCTAssertEqual(try total({ $0.qkNorm = true }, .uvc), uvc)
+        // A gated MLP of 768 units has 2 × 768 fc1 rows.
+        XCTAssertEqual(try total({ $0.gatedMLP = true }, .uvc), uvc + 12 * n * d * m)
+        let full = CostConvention(layerNormPerElement: 5, softmax: true, gelu: true, bias: true, head: true)
+        XCTAssertEqual(try total({ $0.gatedMLP = true }, full) - CostModel(spec: plain, convention: full).exactTotal(.dense(plain)),
+                       12 * (n * d * m + n * m))
+        // Pooling layouts refuse what timm cannot build.
+        var bad = plain
+        bad.pool = .map
+        bad.fcNorm = true
+        XCTAssertThrowsError(try bad.validate())
+        bad = try deit(192, 3, distilled: true)
+        bad.pool = .avg
+        XCTAssertThrowsError(try bad.validate())
+    }
+
     func testSkippedPartsCostNothing() throws {
         let spec = try deit(192, 3)
         let model = CostModel(spec: spec, convention: CostConvention(layerNormPerElement: 5, softmax: true,
@@ -130,7 +177,7 @@ final class CostModelTests: XCTestCase {
         var plan = ArchPlan.dense(spec)
         let dense = model.exactTotal(plan)
         for l in 0..<12 { plan.layers[l].attention = false; plan.layers[l].mlp = false }
-        let embedOnly = model.patchEmbedMACs + model.headMACs + model.finalNormMACs(tokens: 197)
+        let embedOnly = model.patchEmbedMACs + model.headMACs + model.finalNormMACs(tokens: 197).macs
         XCTAssertEqual(model.exactTotal(plan), embedOnly)
         XCTAssertLessThan(embedOnly, dense)
     }
@@ -154,7 +201,6 @@ final class CostModelTests: XCTestCase {
             globals.withUnsafeMutableBufferPointer { gb in _ = model.exact(plan, layers: lb, globals: gb) }
         }
         let fuseColumn = CostModel.Component.fuse.rawValue
-        XCTAssertEqual(fuseColumn, width - 1, "fuse is the last breakdown column")
         XCTAssertEqual((0..<12).map { layers[$0 * width + fuseColumn] }, (0..<12).map { $0 == 3 ? fuse : 0 })
         XCTAssertEqual(layers[3 * width + CostModel.Component.fc1.rawValue], 120 * d * 4 * d)
         XCTAssertEqual(layers[3 * width + CostModel.Component.qkv.rawValue], 197 * d * 3 * d)
@@ -173,12 +219,12 @@ final class CostModelTests: XCTestCase {
     func testRelaxedAtIntegersEqualsExact() throws {
         var rng = TestRNG(state: 7)
         var drops = 0
-        for _ in 0..<200 {
-            let spec = try randomSpec(&rng)
+        for trial in 0..<400 {
+            let spec = try randomSpec(&rng, variants: trial % 2 == 1)
             let plan = randomPlan(spec, &rng)
             try plan.validate(for: spec)
             drops += zip(plan.layers, plan.layers.dropFirst()).filter { $0.tokens > $1.tokens }.count
-            for convention in [CostConvention.uvc, .fvcore, CostConvention(layerNormPerElement: 2.5, softmax: true, gelu: true, bias: true, head: true)] {
+            for convention in [CostConvention.uvc, .fvcore, CostConvention(layerNormPerElement: 2.5, softmax: true, gelu: true, bias: true, head: true, pool: true)] {
                 let model = CostModel(spec: spec, convention: convention)
                 XCTAssertEqual(expected(model, relaxedInputs(plan)).0, model.exactTotal(plan))
             }
@@ -191,9 +237,9 @@ final class CostModelTests: XCTestCase {
     func testGradientMatchesFiniteDifferences() throws {
         var rng = TestRNG(state: 11)
         let conventions = [CostConvention.uvc, .fvcore,
-                           CostConvention(layerNormPerElement: 5, softmax: true, gelu: true, bias: true, head: true)]
-        for trial in 0..<60 {
-            let spec = trial == 0 ? try deit(768, 12) : try randomSpec(&rng)
+                           CostConvention(layerNormPerElement: 5, softmax: true, gelu: true, bias: true, head: true, pool: true)]
+        for trial in 0..<120 {
+            let spec = trial == 0 ? try deit(768, 12) : try randomSpec(&rng, variants: trial % 2 == 1)
             let model = CostModel(spec: spec, convention: conventions[trial % 3])
             var x = [Double](repeating: 0, count: RelaxedField.allCases.count * spec.depth)
             for field in RelaxedField.allCases {

@@ -37,12 +37,12 @@ def test_the_stub_lists_exactly_what_the_extension_exports():
 
 
 def test_layouts_name_every_encoding_the_numpy_layer_reads():
-    assert LAYOUTS["spec"][:3] == ["depth", "embed_dim", "num_heads"] and LAYOUTS["spec"][-1] == "pre_norm"
+    assert LAYOUTS["spec"][:3] == ["depth", "embed_dim", "num_heads"] and LAYOUTS["spec"][-1] == "gated_mlp"
     spec = uvc.ViTSpec.from_name(TINY)
-    values = dict(spec.to_dict(), image_height=224, image_width=224)
+    values = dict(spec.to_dict(), image_height=224, image_width=224, pool=LAYOUTS["pools"].index("token"))
     assert spec.encoded.tolist() == [values[n] for n in LAYOUTS["spec"]]
     assert uvc.plan.PLAN_ROW == ("heads", "v_dim", "neurons", "attn", "mlp", "tokens")
-    assert uvc.cost.LAYER_COMPONENTS[-1] == "fuse" and uvc.cost.RELAXED_FIELDS[0] == "heads"
+    assert uvc.cost.LAYER_COMPONENTS[-2:] == ("fuse", "qk_norm") and uvc.cost.RELAXED_FIELDS[0] == "heads"
     assert usdc.GROUPINGS == ("halving", "sample", "batch", "mixed")
     config = {e["name"]: e for e in LAYOUTS["solver_config"]}
     assert config["lr_counts"]["count"] == 3 and config["gate_sampler"]["choices"] == ["gumbel", "sigmoid", "softl0"]

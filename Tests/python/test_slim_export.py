@@ -89,8 +89,10 @@ def test_from_timm_refusals(timm_model):
         SlimViT.from_timm(timm_model, dense.to_dict())
     with pytest.raises(TypeError, match="spec must be a ViTSpec"):
         SlimViT("deit", dense)
-    with pytest.raises(ValueError, match="gelu_approximate"):
-        SlimViT(spec, dense, gelu_approximate="erf")
+    with pytest.raises(ValueError, match="act must be one of"):
+        SlimViT(spec, dense, act="erf")
+    with pytest.raises(ValueError, match="class_token=False needs pool"):
+        SlimViT(spec, dense, class_token=False)
     with pytest.raises(ValueError, match=r"input size \(16, 16\) != model image size \(12, 12\)"):
         SlimViT(spec, dense)(torch.zeros(1, 3, 16, 16))
 
@@ -102,7 +104,7 @@ def test_save_load_roundtrip(slim, tmp_path):
     arch = json.loads((tmp_path / "m" / "arch.json").read_text())
     assert arch["format"] == "uvc.slim/1" and arch["meta"]["classes"] == ["a", "b"]
     assert arch["config"] == dict(qkv_bias=True, proj_bias=True, norm_eps=1e-6, init_values=0.5,
-                                  gelu_approximate="none", no_embed_class=False, fused_attn=True)
+                                  act="gelu", no_embed_class=False, class_token=True, fused_attn=True)
     assert uvc.ViTSpec.from_dict(arch["spec"]) == slim.spec
     loaded = load(tmp_path / "m")
     assert not loaded.training and loaded.plan == slim.plan and loaded.meta == slim.meta
@@ -115,6 +117,19 @@ def test_save_load_roundtrip(slim, tmp_path):
     assert loaded.meta == {"note": 1} and loaded.cls_token.dtype == torch.float64
     with torch.no_grad():
         assert torch.equal(loaded(x.double()), slim(x.double()))
+
+
+def test_a_folder_saved_by_uvc_0_2_0_loads(slim, tmp_path):
+    """0.2.0 wrote the activation as ``gelu_approximate``; such a folder still loads."""
+    save(slim, tmp_path / "m")
+    arch = json.loads((tmp_path / "m" / "arch.json").read_text())
+    arch["config"].pop("act"), arch["config"].pop("class_token")
+    arch["config"]["gelu_approximate"] = "none"
+    (tmp_path / "m" / "arch.json").write_text(json.dumps(arch))
+    loaded = load(tmp_path / "m")
+    assert loaded.config["act"] == "gelu"
+    with torch.no_grad():
+        assert torch.equal(loaded(images()), slim(images()))
 
 
 def test_load_in_fresh_process_without_training_code(slim, tmp_path):

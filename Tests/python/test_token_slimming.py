@@ -53,7 +53,7 @@ def test_random_token_plans_count_exactly(rng):
         assert fvcore_macs(slim, x) == report.macs
         assert count_macs(slim, x)["macs"] == report.macs
         dropping = drops(slim.plan)
-        assert [l for l in range(spec.depth) if report.layers[l, -1] > 0] == dropping
+        assert [l for l in range(spec.depth) if report.layers[l, uvc.cost.LAYER_COMPONENTS.index('fuse')] > 0] == dropping
         reducing = [i for i, b in zip(slim.block_index, slim.blocks) if b.tokens_out is not None]
         assert reducing == dropping
 
@@ -221,13 +221,16 @@ def test_reduce_tokens_argument_errors():
 TINY4 = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=3, num_heads=4)
 
 
-@pytest.fixture(scope="module")
-def token_search():
+@pytest.fixture(scope="module", params=[{}, dict(qk_norm=True, global_pool="avg", fc_norm=True)],
+                ids=["plain", "qk_norm_avg_fc_norm"])
+def token_search(request):
     """A tiny timm ViT (50 tokens) after 4 epochs of search with tokens, heads, dims, neurons and
-    block gates under one budget, and the output shapes of each block in its last training step."""
+    block gates under one budget, and the output shapes of each block in its last training step;
+    plain, and with qk_norm (the class attention reads normalised queries and keys) and average
+    pooling with fc_norm."""
     import timm
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY4)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY4, **request.param)
     loader = make_loader("fashion-mnist", "train", 64, subset=640, seed=0, image_size=(28, 28), in_chans=1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     comp = Compressor(model, 0.5, steps_per_epoch=len(loader), optimizer=opt, seed=0, prune_tokens=True,
@@ -288,3 +291,18 @@ def test_gradients_reach_the_dropped_tokens_through_the_fused_one(token_search):
     assert grad.shape[1] == keep[l] > keep[l + 1]
     # Every token entering the dropping block, kept or fused, receives a gradient.
     assert (grad.abs().sum(-1) > 0).all()
+
+
+def test_token_pruning_without_a_class_token_is_refused():
+    import timm
+    # Register tokens but no class token: the core sees prefix tokens; the adapter knows none is a class token.
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY4, class_token=False, reg_tokens=2,
+                              global_pool="avg")
+    with pytest.raises(ValueError, match="prune_tokens=True ranks tokens by the class token's attention"):
+        Compressor(model, 0.5, steps_per_epoch=10, prune_tokens=True)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules()), "no hook is left behind"
+    spec = spec_from_model(model)
+    plan = uvc.ArchPlan(spec, uvc.ArchPlan.dense(spec).layers[:1] + tuple(
+        dataclasses.replace(l, tokens=10) for l in uvc.ArchPlan.dense(spec).layers[1:]))
+    with pytest.raises(ValueError, match="without a class token"):
+        SlimViT.from_timm(model, plan)

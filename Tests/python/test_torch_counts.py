@@ -183,7 +183,7 @@ def test_spec_from_model_reads_timm_variants():
     parts = blocks(model)
     assert [p.index for p in parts] == [0, 1, 2]
     assert parts[1].qkv is model.blocks[1].attn.qkv and parts[1].fc2 is model.blocks[1].mlp.fc2
-    assert parts[2].proj is model.blocks[2].attn.proj and parts[2].fc1 is model.blocks[2].mlp.fc1
+    assert parts[2].proj is model.blocks[2].attn.proj and parts[2].mlp is model.blocks[2].mlp
 
 
 def tiny_vit(**kw):
@@ -194,8 +194,10 @@ def tiny_vit(**kw):
     (lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()),
      "model: Sequential is not a timm VisionTransformer"),
     (lambda: "vit", "model: expected a torch nn.Module"),
-    (lambda: tiny_vit(global_pool="avg"), "model.global_pool: 'avg'"),
-    (lambda: tiny_vit(qk_norm=True), "model.blocks.0.attn: qk_norm"),
+    (lambda: tiny_vit(global_pool="avgmax"), "model.global_pool: 'avgmax'"),
+    (lambda: timm.models.eva.Eva(img_size=8, patch_size=4, embed_dim=8, depth=2, num_heads=2, num_classes=3),
+     "model: Eva is not a timm VisionTransformer"),
+    (lambda: tiny_vit(fc_norm=True, global_pool="map"), "model.fc_norm"),
     (lambda: tiny_vit(act_layer=nn.ReLU), "model.blocks.0.mlp.act: activation ReLU is not GELU"),
     (lambda: tiny_vit(final_norm=False), "model.norm"),
     (lambda: tiny_vit(pos_embed="none"), "model.pos_embed"),

@@ -43,8 +43,9 @@ class Convention:
     """What is counted besides matrix products (attention matmuls are always counted).
 
     ``layer_norm``: MACs per LayerNorm input element (0 = not counted; fvcore uses 5).
-    ``softmax`` / ``gelu``: one MAC per element. ``bias``: one MAC per output element of a
-    layer with a bias. ``head``: the classifier head(s).
+    ``softmax`` / ``gelu``: one MAC per element (``gelu``: of every MLP activation, GELU,
+    QuickGELU or SiLU). ``bias``: one MAC per output element of a layer with a bias. ``head``:
+    the classifier head(s). ``pool``: one MAC per element averaged by average pooling.
     """
 
     layer_norm: float = 0.0
@@ -52,6 +53,7 @@ class Convention:
     gelu: bool = False
     bias: bool = False
     head: bool = False
+    pool: bool = False
 
     def __post_init__(self) -> None:
         ln = self.layer_norm
@@ -64,7 +66,7 @@ class Convention:
         if not (math.isfinite(ln) and ln >= 0):
             raise ValueError(f"Convention: layer_norm must be a finite number >= 0, got {ln}")
         object.__setattr__(self, "layer_norm", ln)
-        for field in ("softmax", "gelu", "bias", "head"):
+        for field in ("softmax", "gelu", "bias", "head", "pool"):
             value = getattr(self, field)
             if not isinstance(value, (bool, np.bool_)) and not (isinstance(value, numbers.Integral)
                                                                  and value in (0, 1)):
@@ -83,8 +85,8 @@ CONVENTIONS = {
     "uvc": Convention(),
     # fvcore on timm with fused attention off: adds affine LayerNorm (5/element) and the head.
     "fvcore": Convention(layer_norm=5.0, head=True),
-    # Everything: what Torch-Pruning-style counters add on top (bias, softmax, GELU).
-    "full": Convention(layer_norm=5.0, softmax=True, gelu=True, bias=True, head=True),
+    # Everything: what Torch-Pruning-style counters add on top (bias, softmax, GELU, pooling).
+    "full": Convention(layer_norm=5.0, softmax=True, gelu=True, bias=True, head=True, pool=True),
 }
 
 
@@ -98,7 +100,7 @@ def as_convention(convention: "str | Convention") -> Convention:
 
 @dataclasses.dataclass(frozen=True)
 class CostReport:
-    """Exact MACs of one plan. ``layers``: (depth, 12) MACs per `LAYER_COMPONENTS`;
+    """Exact MACs of one plan. ``layers``: (depth, len(LAYER_COMPONENTS)) MACs per `LAYER_COMPONENTS`;
     ``globals``: (len(GLOBAL_COMPONENTS),) MACs per `GLOBAL_COMPONENTS`."""
 
     spec: "ViTSpec"

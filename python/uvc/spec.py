@@ -21,6 +21,13 @@ class ViTSpec:
     queries/keys and values; in timm both equal ``embed_dim // num_heads`` unless the model
     was built with ``attn_dim`` or ``head_dim``. ``pre_norm``: a LayerNorm on the tokens before
     the first block (timm's ``pre_norm=True``, CLIP ViTs).
+
+    Layout variants (timm's names): ``pool`` is timm's ``global_pool``: ``"token"`` (the class
+    token, or class and distillation tokens), ``"avg"`` (the mean over the non-prefix tokens)
+    or ``"map"`` (the attention-pool head of SigLIP, counted, never pruned). ``fc_norm``: the
+    final LayerNorm normalises the pooled vector instead of every token. ``qk_norm``: a
+    LayerNorm over each head's queries and keys. ``gated_mlp``: SwiGLU / ``GluMlp``, each of
+    the ``mlp_hidden`` units a pair of fc1 rows (gate and value).
     """
 
     depth: int
@@ -34,6 +41,10 @@ class ViTSpec:
     num_classes: int = 1000
     classifier_heads: int = 1
     pre_norm: bool = False
+    pool: str = "token"
+    fc_norm: bool = False
+    qk_norm: bool = False
+    gated_mlp: bool = False
     qk_head_dim: int | None = None
     v_head_dim: int | None = None
     name: str | None = None
@@ -48,9 +59,14 @@ class ViTSpec:
             raise (ValueError if isinstance(size, (tuple, list)) else TypeError)(
                 f"ViTSpec: image_size must be an int or a pair of ints (height, width), got {got}")
         object.__setattr__(self, "image_size", tuple(int(s) for s in size))
-        if not isinstance(self.pre_norm, (bool, np.bool_)):
-            raise TypeError(f"ViTSpec: pre_norm must be a bool, got {type(self.pre_norm).__name__}")
-        object.__setattr__(self, "pre_norm", bool(self.pre_norm))
+        for field in ("pre_norm", "fc_norm", "qk_norm", "gated_mlp"):
+            value = getattr(self, field)
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"ViTSpec: {field} must be a bool, got {type(value).__name__}")
+            object.__setattr__(self, field, bool(value))
+        from ._core import LAYOUTS
+        if not isinstance(self.pool, str) or self.pool not in LAYOUTS["pools"]:
+            raise ValueError(f"ViTSpec: pool must be one of {LAYOUTS['pools']} (timm's global_pool), got {self.pool!r}")
         for field in ("depth", "embed_dim", "num_heads", "mlp_hidden", "patch_size", "in_channels",
                       "prefix_tokens", "num_classes", "classifier_heads", "qk_head_dim", "v_head_dim"):
             value = getattr(self, field)
@@ -84,7 +100,8 @@ class ViTSpec:
     def encoded(self) -> np.ndarray:
         """The int64 array the Swift core reads (read-only)."""
         from ._core import LAYOUTS
-        values = dict(dataclasses.asdict(self), image_height=self.image_size[0], image_width=self.image_size[1])
+        values = dict(dataclasses.asdict(self), image_height=self.image_size[0], image_width=self.image_size[1],
+                      pool=LAYOUTS["pools"].index(self.pool))
         e = np.array([values[name] for name in LAYOUTS["spec"]], dtype=np.int64)
         e.flags.writeable = False
         return e

@@ -75,6 +75,10 @@ class Compressor:
                 block.ls2.register_forward_hook(self._gater(block, l, 1)),
             ]
         self.prune_tokens = self.solver.hyper["prune_tokens"]
+        if self.prune_tokens and model.cls_token is None:
+            self.remove()
+            raise ValueError("Compressor: prune_tokens=True ranks tokens by the class token's attention, and this "
+                             f"model has no class token (global_pool={model.global_pool!r}, class_token=False)")
         if self.prune_tokens:
             self._head_mask = torch.ones(s.depth, s.num_heads, device=device)
             # Row l: block l's class attention of the last training forward (see `uvc.Solver.step`).
@@ -117,8 +121,8 @@ class Compressor:
             b, n, _ = qkv.shape
             # Only a drop backpropagates through the ranking weights; scores alone need no graph.
             with torch.set_grad_enabled(drops and torch.is_grad_enabled()):
-                q = qkv[:, :1, :width].reshape(b, 1, h, hd).transpose(1, 2)
-                k = qkv[:, :, width:2 * width].reshape(b, n, h, hd).transpose(1, 2)
+                q = attn.q_norm(qkv[:, :1, :width].reshape(b, 1, h, hd).transpose(1, 2))
+                k = attn.k_norm(qkv[:, :, width:2 * width].reshape(b, n, h, hd).transpose(1, 2))
                 rows = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1).squeeze(2)
                 keep = self._head_mask[l].to(rows.dtype)
                 cls = (rows * keep[:, None]).sum(dim=1) / keep.sum()

@@ -67,7 +67,7 @@ def _layer_norm_flops(input_shape, normalized_shape, weight_shape=None, bias_sha
 
 def count_macs(model: nn.Module, example_input: Any) -> dict:
     """MACs of one forward pass of ``model`` on ``example_input`` (a tensor or tuple of tensors),
-    in eval mode (restored after), without gradients.
+    in eval mode (restored after).
 
     Returns ``{"macs": int, "flops": int, "by_op": {aten op name: MACs}}``; ``flops`` is 2 × MACs.
     The count is for the whole input batch.
@@ -75,7 +75,9 @@ def count_macs(model: nn.Module, example_input: Any) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
     inputs = _check(model, example_input, "count_macs")
     counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.native_layer_norm: _layer_norm_flops})
-    with _eval(model), torch.no_grad(), counter:
+    # With gradients on: under no_grad, FlopCounterMode's module tracker fails on a module fed a
+    # view of a parameter (the latent query of timm's attention-pool head).
+    with _eval(model), counter:
         model(*inputs)
     by_op = {str(op): int(f) // 2 for op, f in counter.get_flop_counts().get("Global", {}).items()}
     macs = sum(by_op.values())

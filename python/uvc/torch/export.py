@@ -85,7 +85,7 @@ def read_folder(path: str | os.PathLike, fmt: str, writer: str) -> tuple[dict, V
     try:
         spec = ViTSpec.from_dict(arch["spec"])
         plan = ArchPlan.from_dict(arch["plan"], spec=spec)
-        arch["config"], arch["meta"] = dict(arch["config"]), arch.get("meta", {})
+        arch["config"], arch["meta"] = upgrade_config(dict(arch["config"])), arch.get("meta", {})
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"load: {ARCH_FILE} at {arch_path} is malformed: {what_is_wrong(e)}") from None
     try:
@@ -95,6 +95,15 @@ def read_folder(path: str | os.PathLike, fmt: str, writer: str) -> tuple[dict, V
         raise ValueError(f"load: {WEIGHTS_FILE} at {weights_path} is truncated or not a safetensors file: "
                          f"{e}") from None
     return arch, spec, plan, state, arch_path, weights_path
+
+
+def upgrade_config(config: dict) -> dict:
+    """A config as uvc 0.2.0 wrote it, in today's keywords: ``gelu_approximate`` ("none" or
+    "tanh") became ``act`` ("gelu" or "gelu_tanh")."""
+    if "gelu_approximate" in config and "act" not in config:
+        old = config.pop("gelu_approximate")
+        config["act"] = {"none": "gelu", "tanh": "gelu_tanh"}.get(old, old)
+    return config
 
 
 def what_is_wrong(e: Exception) -> str:
@@ -139,7 +148,7 @@ def export_onnx(model: SlimViT, path: str | os.PathLike, batch_size: int = 1, op
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"export_onnx: batch_size must be a positive int, got {batch_size!r}")
     spec = model.spec
-    ref = model.cls_token
+    ref = model.pos_embed
     example = torch.zeros(batch_size, spec.in_channels, *spec.image_size, device=ref.device, dtype=ref.dtype)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

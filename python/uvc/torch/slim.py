@@ -19,7 +19,20 @@ from torch import nn
 from ..plan import ArchPlan
 from ..spec import ViTSpec
 
-__all__ = ["SlimViT", "SlimAttention", "SlimMlp", "SlimBlock", "LayerScale", "PatchEmbed", "reduce_tokens"]
+__all__ = ["SlimViT", "SlimAttention", "SlimMlp", "SlimBlock", "SlimAttentionPool", "LayerScale", "PatchEmbed",
+           "reduce_tokens", "ACTIVATIONS"]
+
+
+class QuickGELU(nn.Module):
+    """x · sigmoid(1.702 x) (CLIP's GELU approximation, timm's QuickGELU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+# The MLP activations a slim model can have, by the name `SlimViT`'s ``act`` takes.
+ACTIVATIONS = {"gelu": lambda: nn.GELU(), "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "quick_gelu": QuickGELU,
+               "silu": nn.SiLU}
 
 
 def reduce_tokens(x: torch.Tensor, class_attention: torch.Tensor, prefix_tokens: int,
@@ -99,12 +112,17 @@ class SlimAttention(nn.Module):
     matmuls and softmax (what fvcore can count), like timm's attribute of that name.
     Called with ``class_attention=True`` it also returns the class token's attention
     probabilities, averaged over heads, (B, N): one extra matmul q_cls·Kᵀ of heads·N·qk_dim
-    MACs per image in both paths.
+    MACs per image in both paths. ``qk_norm``: LayerNorms over each head's queries and keys
+    (one each, shared by the heads, as in timm), before the attention.
     """
 
     def __init__(self, dim: int, num_heads: int, qk_dim: int, v_dim: int, *, qkv_bias: bool = True,
-                 proj_bias: bool = True, fused_attn: bool = True, device=None, dtype=None) -> None:
+                 proj_bias: bool = True, qk_norm: bool = False, norm_eps: float = 1e-6, fused_attn: bool = True,
+                 device=None, dtype=None) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.q_norm = nn.LayerNorm(qk_dim, eps=norm_eps, **dd) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(qk_dim, eps=norm_eps, **dd) if qk_norm else nn.Identity()
         self.num_heads, self.qk_dim, self.v_dim = num_heads, qk_dim, v_dim
         self.scale = qk_dim ** -0.5
         self.fused_attn = fused_attn
@@ -118,6 +136,7 @@ class SlimAttention(nn.Module):
         q = q.reshape(b, n, h, qd).transpose(1, 2)
         k = k.reshape(b, n, h, qd).transpose(1, 2)
         v = v.reshape(b, n, h, vd).transpose(1, 2)
+        q, k = self.q_norm(q), self.k_norm(k)
         if self.fused_attn:
             x = F.scaled_dot_product_attention(q, k, v)
         else:
@@ -133,17 +152,62 @@ class SlimAttention(nn.Module):
 
 
 class SlimMlp(nn.Module):
-    """fc1 (dim → hidden), GELU, fc2 (hidden → dim)."""
+    """fc1 (dim → hidden), activation, fc2 (hidden → dim); or, ``gated``, timm's SwiGLU layout:
+    act(fc1_g(x)) · fc1_x(x), then fc2, each of the ``hidden`` units a gate and a value row.
+    ``act``: a key of `ACTIVATIONS`."""
 
-    def __init__(self, dim: int, hidden: int, *, bias: bool = True, gelu_approximate: str = "none",
+    def __init__(self, dim: int, hidden: int, *, bias: bool = True, act: str = "gelu", gated: bool = False,
                  device=None, dtype=None) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden, bias=bias, device=device, dtype=dtype)
-        self.act = nn.GELU(approximate=gelu_approximate)
-        self.fc2 = nn.Linear(hidden, dim, bias=bias, device=device, dtype=dtype)
+        dd = dict(device=device, dtype=dtype)
+        self.gated = gated
+        if gated:
+            self.fc1_g = nn.Linear(dim, hidden, bias=bias, **dd)
+            self.fc1_x = nn.Linear(dim, hidden, bias=bias, **dd)
+        else:
+            self.fc1 = nn.Linear(dim, hidden, bias=bias, **dd)
+        self.act = ACTIVATIONS[act]()
+        self.fc2 = nn.Linear(hidden, dim, bias=bias, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.fc2(self.act(self.fc1_g(x)) * self.fc1_x(x))
         return self.fc2(self.act(self.fc1(x)))
+
+
+class SlimAttentionPool(nn.Module):
+    """timm's attention-pool head (``AttentionPoolLatent`` with one latent query, as in
+    SigLIP), torch only and never pruned: the latent attends to every token with ``num_heads``
+    heads, then proj, and a residual MLP of ``mlp_hidden`` units after a LayerNorm. Returns
+    (B, dim). Parameter names follow timm's."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, *, norm_eps: float = 1e-6, act: str = "gelu",
+                 fused_attn: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.fused_attn = fused_attn
+        self.latent = nn.Parameter(torch.zeros(1, 1, dim, **dd))
+        self.q = nn.Linear(dim, dim, **dd)
+        self.kv = nn.Linear(dim, 2 * dim, **dd)
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps, **dd)
+        self.mlp = SlimMlp(dim, mlp_hidden, act=act, **dd)
+        nn.init.trunc_normal_(self.latent, std=dim ** -0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        h, hd = self.num_heads, self.head_dim
+        q = self.q(self.latent.expand(b, -1, -1)).reshape(b, 1, h, hd).transpose(1, 2)
+        k, v = self.kv(x).reshape(b, n, 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            x = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        x = self.proj(x.transpose(1, 2).reshape(b, 1, d))
+        x = x + self.mlp(self.norm(x))
+        return x[:, 0]
 
 
 class SlimBlock(nn.Module):
@@ -157,8 +221,9 @@ class SlimBlock(nn.Module):
 
     def __init__(self, dim: int, *, num_heads: int, qk_dim: int, v_dim: int, mlp_hidden: int,
                  qkv_bias: bool = True, proj_bias: bool = True, norm_eps: float = 1e-6,
-                 init_values: float | None = None, gelu_approximate: str = "none", fused_attn: bool = True,
-                 tokens_out: int | None = None, prefix_tokens: int = 1, device=None, dtype=None) -> None:
+                 init_values: float | None = None, act: str = "gelu", gated_mlp: bool = False,
+                 qk_norm: bool = False, fused_attn: bool = True, tokens_out: int | None = None,
+                 prefix_tokens: int = 1, device=None, dtype=None) -> None:
         super().__init__()
         if tokens_out is not None and not num_heads:
             raise ValueError("SlimBlock: tokens_out needs the MHSA part (num_heads >= 1): tokens are dropped "
@@ -169,11 +234,11 @@ class SlimBlock(nn.Module):
         if num_heads:
             self.norm1 = nn.LayerNorm(dim, eps=norm_eps, **dd)
             self.attn = SlimAttention(dim, num_heads, qk_dim, v_dim, qkv_bias=qkv_bias, proj_bias=proj_bias,
-                                      fused_attn=fused_attn, **dd)
+                                      qk_norm=qk_norm, norm_eps=norm_eps, fused_attn=fused_attn, **dd)
             self.ls1 = LayerScale(dim, init_values, **dd) if init_values is not None else nn.Identity()
         if mlp_hidden:
             self.norm2 = nn.LayerNorm(dim, eps=norm_eps, **dd)
-            self.mlp = SlimMlp(dim, mlp_hidden, bias=proj_bias, gelu_approximate=gelu_approximate, **dd)
+            self.mlp = SlimMlp(dim, mlp_hidden, bias=proj_bias, act=act, gated=gated_mlp, **dd)
             self.ls2 = LayerScale(dim, init_values, **dd) if init_values is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -192,9 +257,11 @@ class SlimViT(nn.Module):
     use `SlimViT.from_timm` to build one from a trained timm model, or `uvc.torch.load`.
 
     Keyword configuration mirrors timm: ``qkv_bias``, ``proj_bias`` (attention proj and both
-    MLP layers), ``norm_eps``, ``init_values`` (LayerScale on when not None),
-    ``gelu_approximate``, ``no_embed_class`` (position embedding on patches only) and
-    ``fused_attn`` (SDPA; set False for explicit attention that fvcore can count).
+    MLP layers), ``norm_eps``, ``init_values`` (LayerScale on when not None), ``act`` (the MLP
+    activation, a key of `ACTIVATIONS`), ``no_embed_class`` (position embedding on patches
+    only), ``class_token`` and ``fused_attn`` (SDPA; set False for explicit attention that
+    fvcore can count). The spec says the rest: pooling (class token, average over the
+    non-prefix tokens, or the attention-pool head), ``fc_norm``, ``qk_norm``, ``gated_mlp``.
     A distilled spec (``classifier_heads`` = 2) gets a distillation token and a second head;
     like timm's VisionTransformerDistilled it returns the mean of both heads' logits, or both
     when ``distilled_training`` is set and the model is in training mode. Prefix tokens
@@ -202,8 +269,9 @@ class SlimViT(nn.Module):
     """
 
     def __init__(self, spec: ViTSpec, plan: ArchPlan, *, qkv_bias: bool = True, proj_bias: bool = True,
-                 norm_eps: float = 1e-6, init_values: float | None = None, gelu_approximate: str = "none",
-                 no_embed_class: bool = False, fused_attn: bool = True, device=None, dtype=None) -> None:
+                 norm_eps: float = 1e-6, init_values: float | None = None, act: str = "gelu",
+                 no_embed_class: bool = False, class_token: bool = True, fused_attn: bool = True, device=None,
+                 dtype=None) -> None:
         super().__init__()
         if not isinstance(spec, ViTSpec):
             raise TypeError(f"SlimViT: spec must be a ViTSpec, got {type(spec).__name__}")
@@ -211,20 +279,27 @@ class SlimViT(nn.Module):
             raise TypeError(f"SlimViT: plan must be an ArchPlan, got {type(plan).__name__}")
         if plan.spec != spec:
             raise ValueError("SlimViT: plan was built for a different spec")
-        if spec.classifier_heads not in (1, 2) or spec.prefix_tokens < spec.classifier_heads:
+        if spec.classifier_heads not in (1, 2) or spec.prefix_tokens < spec.classifier_heads * (spec.pool == "token"):
             raise ValueError(f"SlimViT: spec has {spec.classifier_heads} classifier heads and "
                              f"{spec.prefix_tokens} prefix tokens; expected 1 head (class token plus optional "
                              "register tokens) or 2 (class and distillation tokens)")
         if spec.classifier_heads == 2 and spec.prefix_tokens != 2:
             raise ValueError("SlimViT: a distilled spec has exactly 2 prefix tokens (class, distillation)")
-        if gelu_approximate not in ("none", "tanh"):
-            raise ValueError(f"SlimViT: gelu_approximate must be 'none' or 'tanh', got {gelu_approximate!r}")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"SlimViT: act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+        if not class_token and spec.pool == "token":
+            raise ValueError("SlimViT: class_token=False needs pool 'avg' or 'map' in the spec")
+        if class_token and spec.prefix_tokens < 1:
+            raise ValueError("SlimViT: class_token=True needs at least one prefix token in the spec")
+        if not class_token and any(layer.tokens < spec.num_tokens for layer in plan.layers):
+            raise ValueError("SlimViT: the plan drops tokens, and without a class token there is no class "
+                             "attention to rank them by (class_token=False)")
         dd = dict(device=device, dtype=dtype)
         d = spec.embed_dim
         self.spec, self.plan = spec, plan
         self.config = dict(qkv_bias=bool(qkv_bias), proj_bias=bool(proj_bias), norm_eps=float(norm_eps),
                            init_values=None if init_values is None else float(init_values),
-                           gelu_approximate=gelu_approximate, no_embed_class=bool(no_embed_class),
+                           act=act, no_embed_class=bool(no_embed_class), class_token=bool(class_token),
                            fused_attn=bool(fused_attn))
         self.num_classes = spec.num_classes
         self.num_prefix_tokens = spec.prefix_tokens
@@ -236,9 +311,9 @@ class SlimViT(nn.Module):
         # timm drops the patch-embedding bias exactly when it adds the pre-norm (CLIP's layout).
         self.patch_embed = PatchEmbed(spec.image_size, spec.patch_size, spec.in_channels, d, bias=not spec.pre_norm,
                                       **dd)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, d, **dd))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d, **dd)) if class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, d, **dd)) if self.distilled else None
-        n_reg = spec.prefix_tokens - spec.classifier_heads
+        n_reg = spec.prefix_tokens - int(class_token) - int(self.distilled)
         self.reg_token = nn.Parameter(torch.zeros(1, n_reg, d, **dd)) if n_reg else None
         pos_len = spec.num_patches if no_embed_class else spec.num_tokens
         self.pos_embed = nn.Parameter(torch.zeros(1, pos_len, d, **dd))
@@ -255,14 +330,18 @@ class SlimViT(nn.Module):
             kept.append(SlimBlock(d, num_heads=len(layer.heads) if layer.attn else 0, qk_dim=spec.qk_head_dim,
                                   v_dim=layer.v_dim, mlp_hidden=len(layer.neurons) if layer.mlp else 0,
                                   qkv_bias=qkv_bias, proj_bias=proj_bias, norm_eps=norm_eps,
-                                  init_values=init_values, gelu_approximate=gelu_approximate,
-                                  fused_attn=fused_attn, tokens_out=after if after < layer.tokens else None,
+                                  init_values=init_values, act=act, gated_mlp=spec.gated_mlp,
+                                  qk_norm=spec.qk_norm, fused_attn=fused_attn, tokens_out=after if after < layer.tokens else None,
                                   prefix_tokens=spec.prefix_tokens, **dd))
             index.append(i)
         self.blocks = nn.Sequential(*kept)
         self.block_index: tuple[int, ...] = tuple(index)
         self.norm_pre = nn.LayerNorm(d, eps=norm_eps, **dd) if spec.pre_norm else nn.Identity()
-        self.norm = nn.LayerNorm(d, eps=norm_eps, **dd)
+        # With fc_norm the final norm moves after the pooling (timm's layout).
+        self.norm = nn.Identity() if spec.fc_norm else nn.LayerNorm(d, eps=norm_eps, **dd)
+        self.fc_norm = nn.LayerNorm(d, eps=norm_eps, **dd) if spec.fc_norm else nn.Identity()
+        self.attn_pool = (SlimAttentionPool(d, spec.num_heads, spec.mlp_hidden, norm_eps=norm_eps, act=act,
+                                            fused_attn=fused_attn, **dd) if spec.pool == "map" else None)
 
         def head() -> nn.Module:
             return nn.Linear(d, spec.num_classes, **dd) if spec.num_classes > 0 else nn.Identity()
@@ -282,9 +361,13 @@ class SlimViT(nn.Module):
         return self.norm(self.blocks(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
-        """Tokens → logits (class token; distilled: mean of both heads, see the class doc)."""
+        """Tokens → logits: pooled (class token, average or attention pool), ``fc_norm``, head;
+        distilled: mean of both heads, see the class doc."""
         if not self.distilled:
-            x = x[:, 0]
+            pool = self.spec.pool
+            x = x[:, 0] if pool == "token" else x[:, self.num_prefix_tokens:].mean(dim=1) if pool == "avg" \
+                else self.attn_pool(x)
+            x = self.fc_norm(x)
             return x if pre_logits else self.head(x)
         x, x_dist = x[:, 0], x[:, 1]
         if pre_logits:
@@ -308,7 +391,7 @@ class SlimViT(nn.Module):
         dropping tokens after its MHSA by `reduce_tokens`, with the class attention averaged
         over the kept heads only.
         """
-        from .introspect import model_config, spec_from_model
+        from .introspect import gated_rows, model_config, spec_from_model
         if not isinstance(plan, ArchPlan):
             raise TypeError(f"SlimViT.from_timm: plan must be an ArchPlan, got {type(plan).__name__}")
         spec = spec_from_model(model)
@@ -331,15 +414,23 @@ class SlimViT(nn.Module):
                 out[t + "attn.proj.weight"] = src[s + "attn.proj.weight"][:, cols]
                 if s + "attn.qkv.bias" in src:
                     out[t + "attn.qkv.bias"] = src[s + "attn.qkv.bias"][rows]
-                for name in ("attn.proj.bias", "norm1.weight", "norm1.bias", "ls1.gamma"):
+                for name in ("attn.proj.bias", "norm1.weight", "norm1.bias", "ls1.gamma", "attn.q_norm.weight",
+                             "attn.q_norm.bias", "attn.k_norm.weight", "attn.k_norm.bias"):
                     if s + name in src:
                         out[t + name] = src[s + name]
             if layer.mlp:
                 n = torch.tensor(layer.neurons, device=ref.device)
-                out[t + "mlp.fc1.weight"] = src[s + "mlp.fc1.weight"][n]
+                units = spec.mlp_hidden
+                # A gated unit is a gate row and a value row: timm's SwiGLU keeps them in two
+                # modules, GluMlp in the two halves of fc1.
+                fc1 = {"fc1": ("fc1", 0)} if not spec.gated_mlp else dict(zip(
+                    ("fc1_g", "fc1_x"), [(r, 0) if r.startswith("fc1") else ("fc1", units * (r == "second"))
+                                         for r in gated_rows(model.blocks[l].mlp)]))
+                for dst, (name, offset) in fc1.items():
+                    for p in ("weight", "bias"):
+                        if f"{s}mlp.{name}.{p}" in src:
+                            out[f"{t}mlp.{dst}.{p}"] = src[f"{s}mlp.{name}.{p}"][n + offset]
                 out[t + "mlp.fc2.weight"] = src[s + "mlp.fc2.weight"][:, n]
-                if s + "mlp.fc1.bias" in src:
-                    out[t + "mlp.fc1.bias"] = src[s + "mlp.fc1.bias"][n]
                 for name in ("mlp.fc2.bias", "norm2.weight", "norm2.bias", "ls2.gamma"):
                     if s + name in src:
                         out[t + name] = src[s + name]

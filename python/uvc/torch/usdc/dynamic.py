@@ -58,7 +58,7 @@ class DynamicViT(nn.Module):
     def from_parts(cls, slim: SlimViT, gates: Sequence[GateNet], *, tau: float = 1.0,
                    grouping: str = "mixed") -> "DynamicViT":
         """A DynamicViT holding copies of ``slim``'s and ``gates``' weights, on their device."""
-        ref = slim.cls_token
+        ref = slim.pos_embed
         model = cls(slim.spec, slim.plan, [g.config() for g in gates], tau=tau, grouping=grouping,
                     device=ref.device, dtype=ref.dtype, **slim.config)
         model.slim.load_state_dict(slim.state_dict())
@@ -174,7 +174,7 @@ class USDCFinetune:
                                      dual_lr=dual_lr, convention=convention)
         # What `uvc.torch.train.fit` logs each epoch: the budget term's state.
         self.solver = self.budget
-        ref = model.slim.cls_token
+        ref = model.slim.pos_embed
         self._fixed = {k: torch.tensor(v, device=ref.device, dtype=ref.dtype) for k, v in fixed.items()}
         self._rows = torch.tensor(model.slim.block_index, device=ref.device, dtype=torch.long)
 
