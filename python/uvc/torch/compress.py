@@ -59,6 +59,9 @@ class Compressor:
         self.steps_per_epoch = steps_per_epoch
         self.spec = spec_from_model(model)
         self.solver = Solver(self.spec, budget=budget, **solver_kwargs)
+        if self.solver.hyper["prune_tokens"] and model.cls_token is None:
+            raise ValueError("Compressor: prune_tokens=True ranks tokens by the class token's attention, and this "
+                             f"model has no class token (global_pool={model.global_pool!r}, class_token=False)")
         self.step_count = 0
         s = self.spec
         device = next(model.parameters()).device
@@ -75,10 +78,6 @@ class Compressor:
                 block.ls2.register_forward_hook(self._gater(block, l, 1)),
             ]
         self.prune_tokens = self.solver.hyper["prune_tokens"]
-        if self.prune_tokens and model.cls_token is None:
-            self.remove()
-            raise ValueError("Compressor: prune_tokens=True ranks tokens by the class token's attention, and this "
-                             f"model has no class token (global_pool={model.global_pool!r}, class_token=False)")
         if self.prune_tokens:
             self._head_mask = torch.ones(s.depth, s.num_heads, device=device)
             # Row l: block l's class attention of the last training forward (see `uvc.Solver.step`).

@@ -97,10 +97,10 @@ def _mlp(mlp: nn.Module, d: int, path: str) -> dict:
                 bias=(biases.pop(), mlp.fc2.bias is not None))
 
 
-def _attention_pool(model: nn.Module, d: int, heads: int, mlp_hidden: int, eps: float) -> None:
+def _attention_pool(model: nn.Module, d: int, heads: int, mlp_hidden: int, eps: float, act: str) -> None:
     """Checks timm's attention-pool head is the one the cost model counts: one latent query,
     q and kv projections with biases, no q/k norm or position embedding, its own LayerNorm and
-    a GELU-family Mlp of the blocks' hidden width, token output."""
+    an Mlp of the blocks' hidden width and activation ``act``, token output."""
     t, pool, path = _timm(), model.attn_pool, "model.attn_pool"
     if type(pool) is not t["AttentionPoolLatent"]:
         _fail(path, f"{type(pool).__name__} is not timm's AttentionPoolLatent")
@@ -119,6 +119,8 @@ def _attention_pool(model: nn.Module, d: int, heads: int, mlp_hidden: int, eps: 
     desc = _mlp(pool.mlp, d, f"{path}.mlp")
     if desc["kind"] != "mlp" or desc["units"] != mlp_hidden or desc["bias"] != (True, True):
         _fail(f"{path}.mlp", f"expected an Mlp with bias of the blocks' hidden width {mlp_hidden}")
+    if desc["act"] != act:
+        _fail(f"{path}.mlp.act", f"differs from the blocks' activation ({act})")
 
 
 def _layer_norm(norm: nn.Module, path: str, width: int | None = None) -> float:
@@ -246,9 +248,7 @@ def _describe(model: Any) -> dict:
                     _fail(path, f"{key} = {value} differs from block 0 ({first[key]}); "
                                 "every block must have the same structure")
     if pool == "map":
-        _attention_pool(model, d, first["heads"][0], first["hidden"], eps)
-        if _activation(model.attn_pool.mlp.act, "model.attn_pool.mlp.act") != first["act"]:
-            _fail("model.attn_pool.mlp.act", f"differs from the blocks' activation ({first['act']})")
+        _attention_pool(model, d, first["heads"][0], first["hidden"], eps, first["act"])
     class_token = model.cls_token is not None
     if pool == "token" and not class_token:
         _fail("model.cls_token", "token pooling without a class token is not supported")
@@ -280,13 +280,14 @@ def model_config(model: Any) -> dict:
                 no_embed_class=bool(model.no_embed_class), class_token=desc["class_token"])
 
 
-def gated_rows(mlp: nn.Module) -> tuple[str, str]:
-    """Where a gated timm MLP keeps each unit's (gate, value) rows, as `SlimMlp` names them:
-    for SwiGLU the modules ``fc1_g`` and ``fc1_x``; for GluMlp halves of ``fc1``, "first" or
-    "second" (``gate_last``: the value comes first and the activated gate second)."""
+def gated_rows(mlp: nn.Module) -> tuple[tuple[str, int], tuple[str, int]]:
+    """Where a gated timm MLP keeps unit j's gate and value rows: (module name, row offset) each,
+    the row being offset + j. SwiGLU: ``fc1_g`` and ``fc1_x``; GluMlp: the two halves of ``fc1``
+    (``gate_last``: the value in the first half, the activated gate in the second)."""
     if hasattr(mlp, "fc1_g"):
-        return "fc1_g", "fc1_x"
-    return ("second", "first") if mlp.gate_last else ("first", "second")
+        return ("fc1_g", 0), ("fc1_x", 0)
+    halves = (("fc1", 0), ("fc1", mlp.fc2.in_features))
+    return halves[::-1] if mlp.gate_last else halves
 
 
 def blocks(model: Any) -> list[BlockParts]:

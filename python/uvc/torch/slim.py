@@ -420,13 +420,11 @@ class SlimViT(nn.Module):
                         out[t + name] = src[s + name]
             if layer.mlp:
                 n = torch.tensor(layer.neurons, device=ref.device)
-                units = spec.mlp_hidden
                 # A gated unit is a gate row and a value row: timm's SwiGLU keeps them in two
                 # modules, GluMlp in the two halves of fc1.
-                fc1 = {"fc1": ("fc1", 0)} if not spec.gated_mlp else dict(zip(
-                    ("fc1_g", "fc1_x"), [(r, 0) if r.startswith("fc1") else ("fc1", units * (r == "second"))
-                                         for r in gated_rows(model.blocks[l].mlp)]))
-                for dst, (name, offset) in fc1.items():
+                rows = zip(("fc1_g", "fc1_x"), gated_rows(model.blocks[l].mlp)) if spec.gated_mlp \
+                    else [("fc1", ("fc1", 0))]
+                for dst, (name, offset) in rows:
                     for p in ("weight", "bias"):
                         if f"{s}mlp.{name}.{p}" in src:
                             out[f"{t}mlp.{dst}.{p}"] = src[f"{s}mlp.{name}.{p}"][n + offset]
