@@ -17,75 +17,26 @@ Prints a table and writes benchmarks/results/prune.json; each finished row is ca
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 from uvc.torch import count_macs
 from uvc.torch.data import make_loader
+from uvc.torch.introspect import spec_from_model
 from uvc.torch.pipeline import load_model
 from uvc.torch.oneshot import prune
 from uvc.torch.train import evaluate
+
+from common import calibration_batches, require_torch_pruning, tp_at_budget
 
 ROWS = ("uvc_activation", "uvc_activation_ls", "uvc_taylor_ls", "tp_l2", "tp_taylor")
 LABELS = {"uvc_activation": "uvc prune, activation scores, no reconstruction",
           "uvc_activation_ls": "uvc prune, activation scores + least squares",
           "uvc_taylor_ls": "uvc prune, Taylor scores + least squares",
           "tp_l2": "Torch-Pruning one-shot, global L2 magnitude", "tp_taylor": "Torch-Pruning one-shot, global Taylor"}
-
-
-def tp_prune(model, ratio: float, kind: str, calibration):
-    """Torch-Pruning's MetaPruner on heads and MLP neurons only (the residual width stays); None
-    when it removed every head of a layer (timm's Attention cannot run without one)."""
-    import torch_pruning as tp
-    m = copy.deepcopy(model)
-    x = calibration[0][0][:1]
-    imp = tp.importance.GroupMagnitudeImportance(p=2) if kind == "l2" else tp.importance.GroupTaylorImportance()
-    ignored = [m.head, m.patch_embed.proj] + [b.attn.proj for b in m.blocks] + [b.mlp.fc2 for b in m.blocks]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # cls_token / pos_embed: not pruned, since the residual width stays
-        # Global head pruning past half the heads empties some layer of this model (timm's
-        # Attention cannot run without a head): the head ratio stops at 0.5, the neurons go on.
-        pruner = tp.pruner.MetaPruner(m, x, importance=imp, global_pruning=True, pruning_ratio=ratio,
-                                      ignored_layers=ignored, num_heads={b.attn.qkv: b.attn.num_heads for b in m.blocks},
-                                      prune_num_heads=True, prune_head_dims=False,
-                                      head_pruning_ratio=min(ratio, 0.5))
-    if kind == "taylor":
-        m.zero_grad()
-        for xb, yb in calibration:
-            torch.nn.functional.cross_entropy(m(xb), yb).backward()
-    pruner.step()
-    if any(pruner.num_heads[b.attn.qkv] == 0 for b in m.blocks):
-        return None
-    for b in m.blocks:  # timm's Attention reads these in forward
-        a = b.attn
-        a.num_heads = pruner.num_heads[a.qkv]
-        a.attn_dim = a.qkv.out_features // 3
-        a.head_dim = a.attn_dim // a.num_heads
-    m.zero_grad(set_to_none=True)
-    return m.eval()
-
-
-def tp_at_budget(model, budget: float, kind: str, calibration, dense_macs: int):
-    """The largest Torch-Pruning model at or below ``budget`` of the dense MACs (ratio bisected)."""
-    x = calibration[0][0][:1]
-    lo, hi, best = 0.0, 1.0, None
-    for _ in range(12):
-        mid = (lo + hi) / 2
-        m = tp_prune(model, mid, kind, calibration)
-        if m is None:  # pruned too far
-            hi = mid
-        elif count_macs(m, x)["macs"] <= budget * dense_macs:
-            hi, best = mid, m
-        else:
-            lo = mid
-    if best is None:
-        raise ValueError(f"Torch-Pruning ({kind}) reaches no model at {budget} of the MACs with a head in every layer")
-    return best
 
 
 def run_row(row: str, budget: float, model, calibration, test, dense_macs: int, images: int) -> dict:
@@ -113,6 +64,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="64 calibration and 200 test images, budget 0.5")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "prune.json"))
     args = parser.parse_args()
+    require_torch_pruning(parser, args.rows)
     if args.smoke:
         args.budgets, args.calibration, args.eval_subset = [0.5], 64, 200
         args.out = str(Path(args.out).with_name("prune_smoke.json"))
@@ -121,8 +73,7 @@ def main() -> None:
     model, _ = load_model("demo")
     model.eval()
     spec_kw = dict(seed=0, image_size=(28, 28), in_chans=1)
-    calibration = [b for b in make_loader("fashion-mnist", "train", min(256, args.calibration),
-                                          subset=args.calibration, **spec_kw).batches(0)]
+    calibration = calibration_batches(args.calibration, spec_from_model(model))
     test = make_loader("fashion-mnist", "test", 500, subset=args.eval_subset, **spec_kw)
     dense_macs = count_macs(model, calibration[0][0][:1])["macs"]
     out = Path(args.out)

@@ -92,6 +92,8 @@ EXPECTED = (TypeError, ValueError)
 _GROUPS_OUT = lambda prefix: [(f"head_{prefix}", "d", True), (f"dim_{prefix}", "d", True),  # noqa: E731
                               (f"neuron_{prefix}", "d", True)]
 _COST_MODEL = [("spec", "q", False), ("convention", "d", False)]
+_LATENCY = [("heads", "q", False), ("v_dims", "q", False), ("neurons", "q", False), ("attention_ms", "d", False),
+            ("mlp_ms", "d", False), ("fixed_ms", "s", False)]
 NATIVE_SIGS: dict[str, list[tuple[str, str, bool]]] = {
     "layouts": [],
     "cost_exact": _COST_MODEL + [("plan", "q", False), ("layers_out", "d", True), ("globals_out", "d", True)],
@@ -109,7 +111,10 @@ NATIVE_SIGS: dict[str, list[tuple[str, str, bool]]] = {
     "gram_accumulate": [("x", "d", False), ("y", "d", False), ("xtx", "d", True), ("xty", "d", True)],
     "ridge_solve": [("xtx", "d", False), ("xty", "d", False), ("kept", "q", False), ("ridge", "s", False),
                     ("out", "d", True)],
-    "Solver": _COST_MODEL + [("config", "d", False), ("zlr_schedule", "d", False), ("seed", "i", False)],
+    "latency_exact": [("spec", "q", False)] + _LATENCY + [("plan", "q", False), ("layers_out", "d", True)],
+    "latency_expected": [("spec", "q", False)] + _LATENCY + [("x", "d", False), ("out", "d", True)],
+    "Solver": _COST_MODEL + [("config", "d", False), ("zlr_schedule", "d", False), ("seed", "i", False)]
+              + [(name, "n", False) for name, _, _ in _LATENCY[:5]] + [("fixed_ms", "s", False)],
     "Solver.layout": [],
     "Solver.sample_gates": [("epoch", "s", False), ("gates_out", "d", True)],
     "Solver.step": [("head_scores", "d", False), ("dim_scores", "d", False), ("neuron_scores", "d", False),
@@ -214,7 +219,7 @@ def _native_args(spec: uvc.ViTSpec, hyper: dict, convention, seed: int) -> tuple
         values.extend(v if e["count"] > 1 else (v,))
     return (_ro(spec.encoded), _ro(convention.encoded), _ro(np.array(values, dtype=np.float64)),
             _ro(np.array(hyper["zlr_schedule"], dtype=np.float64).reshape(-1)),
-            seed - 2 ** 64 if seed >= 2 ** 63 else seed)
+            seed - 2 ** 64 if seed >= 2 ** 63 else seed) + (None,) * 6  # a MACs budget: no latency table
 
 
 @dataclasses.dataclass
@@ -244,7 +249,7 @@ def api_solver(s: Snapshot) -> uvc.Solver:
     re-checking the hyper-parameters on every input)."""
     solver = uvc.Solver.__new__(uvc.Solver)
     solver.spec = s.spec
-    solver._adopt(native_solver(s), dict(s.hyper), s.convention)
+    solver._adopt(native_solver(s), dict(s.hyper), s.convention, None)
     return solver
 
 
@@ -391,6 +396,7 @@ def _edge_spec(r: random.Random) -> np.ndarray:
          r.choice([0, 1, 0, 1, 2, -1]),  # pre_norm: 0 or 1, now and then out of range
          r.choice([0, 1, 2, 0, 3, -1])]  # pool: an index of the pools, now and then out of range
     e += [r.choice([0, 1, 0, 1, 2, -1]) for _ in range(3)]  # fc_norm, qk_norm, gated_mlp
+    e.append(r.choice([0, 1, int(prefix >= 1), 2, -1]))  # class_token
     return np.array(e, dtype=np.int64)
 
 
@@ -411,6 +417,47 @@ def b_cost_exact(r, c, edge):
                                            np.empty(len(GLOBAL_COMPONENTS))])
     return _native_call("cost_exact", [sc.enc, r.choice(c.conventions), r.choice(sc.plans),
                                        np.empty((d, len(LAYER_COMPONENTS))), np.empty(len(GLOBAL_COMPONENTS))])
+
+
+def _latency_table(r, spec: uvc.ViTSpec, edge: bool) -> list:
+    """A latency table's six arguments for ``spec``: grids from 1 to the dense width with a few
+    points between, positive times; with ``edge`` a grid point or a time at or past its limits."""
+    def grid(dense):
+        inner = sorted(r.sample(range(2, dense), min(max(dense - 2, 0), r.randrange(4)))) if dense > 2 else []
+        return [1] + inner + ([dense] if dense > 1 else [])
+    heads, v, n = grid(spec.num_heads), grid(spec.v_head_dim), grid(spec.mlp_hidden)
+    att = np.array([[0.01 + r.random() for _ in v] for _ in heads])
+    mlp = np.array([0.01 + r.random() for _ in n])
+    fixed = r.random()
+    if edge:
+        which = r.randrange(4)
+        if which == 0:
+            att[r.randrange(len(heads)), r.randrange(len(v))] = r.choice([0.0, -1.0, math.nan, math.inf, 5e-324])
+        elif which == 1:
+            n[0] = r.choice([0, 2, -1])
+        elif which == 2:
+            v[-1] = r.choice([spec.v_head_dim + 1, spec.v_head_dim - 1, 1 << 40])
+        else:
+            fixed = r.choice([-1.0, math.nan, 0.0, 1e308])
+    return [np.array(heads, dtype=np.int64), np.array(v, dtype=np.int64), np.array(n, dtype=np.int64), att, mlp, fixed]
+
+
+def b_latency_exact(r, c, edge):
+    sc = c.case(r)
+    d = sc.spec.depth
+    plans = [p for p, a in zip(sc.plans, sc.arch_plans) if all(l.tokens == sc.spec.num_tokens for l in a.layers)]
+    plan = r.choice(plans) if not edge or r.random() < 0.5 else r.choice(sc.plans)
+    return _native_call("latency_exact", [sc.enc, *_latency_table(r, sc.spec, edge), plan, np.empty((d, 2))])
+
+
+def b_latency_expected(r, c, edge):
+    sc = c.case(r)
+    d = sc.spec.depth
+    x = r.choice(sc.xs).copy()
+    x[5] = sc.spec.num_tokens  # a table prices plans that keep every token
+    if edge:
+        x[r.randrange(6)] = r.choice([0.0, 5e-324, 1.0, -1.0])
+    return _native_call("latency_expected", [sc.enc, *_latency_table(r, sc.spec, edge), x, np.empty((6, d))])
 
 
 def b_cost_expected(r, c, edge):
@@ -487,7 +534,9 @@ def _scores(r, sc: SpecCase, edge: bool):
 
 def b_solver_new(r, c, edge):
     s = _snap(r, c)
-    spec, conv, config, schedule, seed = s.fixed
+    spec, conv, config, schedule, seed, *latency = s.fixed
+    if not s.tokens and r.random() < 0.3:  # a latency budget (tables price plans that keep every token)
+        latency = _latency_table(r, s.spec, edge and r.random() < 0.5)
     seed = r.choice([0, -1, 2 ** 63 - 1, -2 ** 63]) if edge else r.getrandbits(64) - 2 ** 63
     if edge and r.random() < 0.5:
         # One config field (or the schedule) at a limit: a mutated input, refused or not.
@@ -498,7 +547,7 @@ def b_solver_new(r, c, edge):
         else:
             config[r.randrange(config.size)] = r.choice([0.0, 1.0, 2.0, 5e-324, 1e300, 1.7976931348623157e308, 1e-12,
                                                          -0.0, 3.0, 2.0 ** 31, 2.0 ** 53, 0.5])
-    return _native_call("Solver", [spec, conv, config, schedule, seed])
+    return _native_call("Solver", [spec, conv, config, schedule, seed, *latency])
 
 
 def _solver_follow(r, c, s: Snapshot) -> tuple:
@@ -1207,6 +1256,7 @@ def b_api_resource_loss(r, c, edge):
 TARGETS: dict[str, tuple[Callable, float]] = {
     "native.layouts": (b_layouts, 0.3),
     "native.cost_exact": (b_cost_exact, 3), "native.cost_expected": (b_cost_expected, 3),
+    "native.latency_exact": (b_latency_exact, 2), "native.latency_expected": (b_latency_expected, 2),
     "native.group_gates": (b_group_gates, 3), "native.group_gates_backward": (b_group_gates_backward, 3),
     "native.resource_loss": (b_resource_loss, 4),
     "native.gram_accumulate": (b_gram_accumulate, 2), "native.ridge_solve": (b_ridge_solve, 2),

@@ -155,22 +155,24 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # The source model with a plan's masks: what the Compressor's hooks do, fixed to one plan.
 
-def class_attention(attn: nn.Module, qkv: torch.Tensor, heads: tuple[int, ...]) -> torch.Tensor:
-    """(B, N): softmax(q_cls·Kᵀ·scale) from a timm Attention's qkv output, averaged over ``heads``."""
+def ranking_attention(attn: nn.Module, qkv: torch.Tensor, heads: tuple[int, ...], class_token: bool) -> torch.Tensor:
+    """(B, N) from a timm Attention's qkv output, averaged over ``heads``: softmax(q_cls·Kᵀ·scale)
+    with a class token, else the attention each token receives (every query's row, averaged)."""
     b, n, _ = qkv.shape
     h, hd, width = attn.num_heads, attn.head_dim, attn.attn_dim
-    q = qkv[:, :1, :width].reshape(b, 1, h, hd).transpose(1, 2)
+    q = qkv[:, :, :width].reshape(b, n, h, hd).transpose(1, 2)
     k = qkv[:, :, width:2 * width].reshape(b, n, h, hd).transpose(1, 2)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    rows = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1).squeeze(2)
-    return rows[:, list(heads)].mean(dim=1)
+    rows = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    received = rows[:, :, 0] if class_token else rows.mean(dim=2)
+    return received[:, list(heads)].mean(dim=1)
 
 
 def dropping_forward(block: nn.Module, seen: dict, prefix: int, tokens_out: int) -> Callable:
     """timm's Block.forward with `reduce_tokens` between the MHSA and the MLP residuals."""
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         x = x + block.ls1(block.attn(block.norm1(x), *args, **kwargs))
-        x = reduce_tokens(x, seen.pop("class_attention"), prefix, tokens_out)
+        x = reduce_tokens(x, seen.pop("ranking"), prefix, tokens_out)
         return x + block.ls2(block.mlp(block.norm2(x)))
     return forward
 
@@ -180,7 +182,7 @@ def masked(model: nn.Module, plan: uvc.ArchPlan) -> Iterator[nn.Module]:
     """``model`` computing what ``plan`` keeps, like the Compressor's hooks: the input of every
     ``attn.proj`` multiplied by its head × value-dim keep mask, the input of every ``mlp.fc2`` by its
     neuron mask, a skipped MHSA / MLP branch (``ls1`` / ``ls2`` output) multiplied by 0, and a block
-    after which the plan has fewer tokens dropping them by the kept heads' class attention.
+    after which the plan has fewer tokens dropping them by the kept heads' ranking attention.
     Hooks and forwards are removed on exit."""
     spec, handles, patched = plan.spec, [], []
 
@@ -207,7 +209,7 @@ def masked(model: nn.Module, plan: uvc.ArchPlan) -> Iterator[nn.Module]:
                 seen: dict = {}
                 handles.append(parts.qkv.register_forward_hook(
                     lambda m, args, out, attn=attn, heads=layer.heads, seen=seen:
-                    seen.update(class_attention=class_attention(attn, out, heads))))
+                    seen.update(ranking=ranking_attention(attn, out, heads, spec.class_token))))
                 blk.forward = dropping_forward(blk, seen, spec.prefix_tokens, after)
                 patched.append(blk)
         yield model
@@ -298,8 +300,6 @@ def token_plans(spec: uvc.ViTSpec, rng: np.random.Generator, n: int) -> list[uvc
 def check_tokens(model: nn.Module, spec: uvc.ViTSpec, rng: np.random.Generator, n: int, seed: int) -> dict:
     """`check_plans` on ``n`` plans that drop tokens, in float64 (changes ``model`` to float64)."""
     why = token_drop_refusal(spec)
-    if why is None and getattr(model, "cls_token", None) is None:
-        why = "no class token: uvc ranks dropped tokens by the class token's attention and refuses to drop them"
     if why is not None:
         return {"result": "n/a", "reason": why}
     plans = token_plans(spec, rng, n)

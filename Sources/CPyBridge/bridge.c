@@ -154,7 +154,8 @@ static void dealloc(PyObject *self) {
 
 #define FUNCTIONS(X) X(layouts, UVC_LAYOUTS) X(cost_exact, UVC_COST_EXACT) X(cost_expected, UVC_COST_EXPECTED) \
     X(group_gates, UVC_GROUP_GATES) X(group_gates_backward, UVC_GROUP_GATES_BACKWARD) \
-    X(resource_loss, UVC_RESOURCE_LOSS) X(gram_accumulate, UVC_GRAM_ACCUMULATE) X(ridge_solve, UVC_RIDGE_SOLVE)
+    X(resource_loss, UVC_RESOURCE_LOSS) X(gram_accumulate, UVC_GRAM_ACCUMULATE) X(ridge_solve, UVC_RIDGE_SOLVE) \
+    X(latency_exact, UVC_LATENCY_EXACT) X(latency_expected, UVC_LATENCY_EXPECTED)
 #define SOLVER_METHODS(X) X(layout, UVC_SOLVER_LAYOUT) X(sample_gates, UVC_SOLVER_SAMPLE_GATES) \
     X(step, UVC_SOLVER_STEP) X(masks, UVC_SOLVER_MASKS) X(plan, UVC_SOLVER_PLAN) X(summary, UVC_SOLVER_SUMMARY) \
     X(fields, UVC_SOLVER_FIELDS) X(save, UVC_SOLVER_SAVE) X(load, UVC_SOLVER_LOAD)

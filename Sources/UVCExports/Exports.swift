@@ -78,7 +78,8 @@ class Handle {
 }
 
 final class SolverHandle: Handle {
-    static let new = ["spec", "convention", "config", "zlr_schedule", "seed"]
+    /// The latency table's arrays follow the seed: all None for a MACs budget.
+    static let new = ["spec", "convention", "config", "zlr_schedule", "seed"] + LatencyModel.argumentNames
     static let step = ["head_scores", "dim_scores", "neuron_scores", "gate_grad", "token_scores", "lr", "epoch",
                        "head_factor", "dim_factor", "neuron_factor"]
     static let gates = ["epoch", "gates_out"], masks = ["head_mask", "dim_mask", "neuron_mask"]
@@ -91,9 +92,10 @@ final class SolverHandle: Handle {
         let model = try costModel(a, 0, 1)
         let (config, schedule) = (try a.doubles(2, (SolverConfig.Field.allCases.count, -1, -1)), try a.doubles(3))
         try require(schedule.shape.count == 1, "zlr_schedule", "expected a 1-d array")
+        let latency = a.isNone(5) ? nil : try latencyModel(a, spec: model.spec, 5)
         session = SolverSession(try Solver(spec: model.spec, convention: model.convention,
                                            config: try SolverConfig(encoded: config.input, schedule: schedule.input),
-                                           seed: UInt64(bitPattern: try a.integer(4))))
+                                           seed: UInt64(bitPattern: try a.integer(4)), latency: latency))
     }
 
     func call(_ function: Int32, _ call: Call) throws(UVCError) {
@@ -176,6 +178,8 @@ final class SamplerHandle: Handle {
 private enum Names {
     static let costExact = ["spec", "convention", "plan", "layers_out", "globals_out"]
     static let costExpected = ["spec", "convention", "x", "out"]
+    static let latencyExact = ["spec"] + LatencyModel.argumentNames + ["plan", "layers_out"]
+    static let latencyExpected = ["spec"] + LatencyModel.argumentNames + ["x", "out"]
     static let gates = ["logits", "groups", "noise", "tau", "straight_through", "gates_out", "probs_out"]
     static let gatesBackward = ["logits", "groups", "noise", "gate_grad", "prob_grad", "tau", "grad_out"]
     static let gram = ["x", "y", "xtx", "xty"]
@@ -197,6 +201,17 @@ private func functions(_ function: Int32, _ call: Call) throws(UVCError) {
         let a = try call.arguments(Names.costExpected)
         let model = try costModel(a, 0, 1), rows = RelaxedField.allCases.count
         let x = try a.input(2, rows, model.spec.depth), out = try a.output(3, rows, model.spec.depth)
+        try model.validateRelaxed(x)
+        call.float(model.expected(x, gradient: out))
+    case Int32(UVC_LATENCY_EXACT):
+        let a = try call.arguments(Names.latencyExact)
+        let model = try latencyModel(a, spec: try spec(a, 0), 1), d = model.spec.depth
+        let plan = try ArchPlan(encoded: try a.ints(7, (d, LayerPlan.encodedCount, -1)).input, spec: model.spec)
+        call.float(try model.exact(plan, layers: try a.output(8, d, 2)))
+    case Int32(UVC_LATENCY_EXPECTED):
+        let a = try call.arguments(Names.latencyExpected)
+        let model = try latencyModel(a, spec: try spec(a, 0), 1), rows = RelaxedField.allCases.count
+        let x = try a.input(7, rows, model.spec.depth), out = try a.output(8, rows, model.spec.depth)
         try model.validateRelaxed(x)
         call.float(model.expected(x, gradient: out))
     case Int32(UVC_GROUP_GATES), Int32(UVC_GROUP_GATES_BACKWARD):
@@ -290,8 +305,25 @@ private func gramAccumulate(_ a: Arguments) throws(UVCError) {
     if kind == Int32(UVC_FLOAT32) { try run(Float.self) } else { try run(Double.self) }
 }
 
+/// The spec at argument `i`.
+func spec(_ a: Arguments, _ i: Int) throws(UVCError) -> ViTSpec {
+    try ViTSpec(encoded: try a.ints(i, (ViTSpec.encodedCount, -1, -1)).input)
+}
+
 /// The spec and convention at arguments `i` and `j`.
 func costModel(_ a: Arguments, _ i: Int, _ j: Int) throws(UVCError) -> CostModel {
-    let spec = try a.ints(i, (ViTSpec.encodedCount, -1, -1)), convention = try a.input(j, CostConvention.encodedCount)
-    return CostModel(spec: try ViTSpec(encoded: spec.input), convention: try CostConvention(encoded: convention))
+    CostModel(spec: try spec(a, i), convention: try CostConvention(encoded: try a.input(j, CostConvention.encodedCount)))
+}
+
+/// The latency table of `spec` in the six arguments from `i` on (`LatencyModel.argumentNames`).
+func latencyModel(_ a: Arguments, spec: ViTSpec, _ i: Int) throws(UVCError) -> LatencyModel {
+    func grid(_ k: Int) throws(UVCError) -> [Int] {
+        let g = try a.ints(i + k)
+        try require(g.shape.count == 1, g.name, "expected a 1-d array of counts")
+        return g.input.map { Int($0) }
+    }
+    let (heads, vDims, neurons) = (try grid(0), try grid(1), try grid(2))
+    return try LatencyModel(spec: spec, heads: heads, vDims: vDims, neurons: neurons,
+                            attention: Array(try a.input(i + 3, heads.count, vDims.count)),
+                            mlp: Array(try a.input(i + 4, neurons.count)), fixed: try a.real(i + 5))
 }

@@ -75,9 +75,10 @@ public struct ArchPlan: Hashable, Sendable {
     /// Token schedule: `tokens[0]` is `spec.numTokens`, and `tokens[l + 1] <= tokens[l]`. A
     /// drop `tokens[l + 1] < tokens[l]` happens inside block `l`, after its MHSA and before its
     /// MLP: the prefix tokens stay, the `k = tokens[l + 1] - prefix - 1` patch tokens with the
-    /// highest class-token attention stay, and the others are fused into one token. So block
-    /// `l` must run its MHSA, and `k >= 1` (`tokens[l + 1] >= prefix + 2`): a drop keeps at least
-    /// one patch token besides the fused one, and the spec needs a class token (prefix ≥ 1).
+    /// highest ranking attention stay (the class token's, or without one the attention each
+    /// token receives; see `CostModel`), and the others are fused into one token. So block `l`
+    /// must run its MHSA, and `k >= 1` (`tokens[l + 1] >= prefix + 2`): a drop keeps at least
+    /// one patch token besides the fused one.
     /// The last block never drops.
     public func validate(for spec: ViTSpec) throws(UVCError) {
         try require(layers.count == spec.depth, "plan",
@@ -106,10 +107,8 @@ public struct ArchPlan: Hashable, Sendable {
             try require(p.tokens <= before, "plan",
                         "layer \(l) takes \(p.tokens) tokens, more than the \(before) of layer \(l - 1); dropped tokens never come back")
             if p.tokens < before {
-                try require(spec.prefixTokens >= 1, "plan",
-                            "layer \(l - 1) drops tokens, but the spec has no class token to rank them by (prefix_tokens = 0)")
                 try require(layers[l - 1].attention, "plan",
-                            "layer \(l - 1) drops tokens (\(before) -> \(p.tokens)) with its attention off; a block drops tokens by its class-token attention, so its MHSA must run")
+                            "layer \(l - 1) drops tokens (\(before) -> \(p.tokens)) with its attention off; a block drops tokens by its attention, so its MHSA must run")
                 try require(p.tokens >= spec.prefixTokens + 2, "plan",
                             "layer \(l - 1) drops tokens to \(p.tokens), expected at least \(spec.prefixTokens + 2) (the \(spec.prefixTokens) prefix tokens, one kept patch token and the fused token)")
             }

@@ -12,12 +12,12 @@
 ///
 ///     a · [ N·D·h·(2q+v) + h·N²·q + h·N²·v + N·h·v·D + ln·N·D + sm·h·N² + b·(N·h·(2q+v) + N·D)
 ///           + k·ln·2·N·h·q ]
-///   + a · r · [ h·N·q + (N − N' + 1)·D + sm·h·N ]
+///   + a · r · [ ρ·h·N·q + (N − N' + 1)·D + sm·ρ·h·N ]
 ///   + g · [ (u+1)·N'·D·m + ln·N'·D + ge·N'·m + b·(u·N'·m + N'·D) ]
 ///
-/// (qkv, QKᵀ, AV, proj, norm1, softmax, biases, the q and k norms | token fusion: the class
-/// token's attention row q_cls·Kᵀ, the weighted sum of the N − N' + 1 dropped tokens, the
-/// row's softmax | fc1 + fc2, norm2, activation, biases: the MLP runs after the drop, on N'
+/// (qkv, QKᵀ, AV, proj, norm1, softmax, biases, the q and k norms | token fusion: the ranking
+/// attention's ρ rows q·Kᵀ, the weighted sum of the N − N' + 1 dropped tokens, the rows'
+/// softmax | fc1 + fc2, norm2, activation, biases: the MLP runs after the drop, on N'
 /// tokens; a gated MLP's product of gate and value is element-wise and counts under no
 /// convention), plus the patch embedding P·D·C·p² (+ b·P·D), the pre-norm ln·N₀·D, the final
 /// norm (ln·N_last·D over the tokens, or ln·c·D on the c pooled vectors with fc_norm), the
@@ -26,8 +26,13 @@
 /// average; for the attention-pool head with H = numHeads heads and M = mlpHidden, one
 /// latent query: D·D (q) + 2·N_last·D² (kv) + 2·N_last·D (QKᵀ, AV) + D·D (proj) + 2·D·M (MLP)
 /// + ln·D + sm·H·N_last + ge·M + b·(3·D + 2·N_last·D + M). The fusion matmuls count under
-/// every convention; ranking, head averaging and renormalising the weights are element-wise
-/// and count under none.
+/// every convention; ranking, head and query averaging and renormalising the weights are
+/// element-wise and count under none.
+///
+/// A dropping block ranks tokens by the class token's attention row (ρ = 1) or, in a model
+/// without a class token (`ViTSpec.classToken`), by the attention each token receives, every
+/// query's row averaged over the queries (ρ = N: the whole map again, since SDPA does not
+/// return it).
 public struct CostModel: Sendable {
     public let spec: ViTSpec
     public let convention: CostConvention
@@ -37,10 +42,14 @@ public struct CostModel: Sendable {
         self.convention = convention
     }
 
+    /// Whether a dropping block ranks tokens by the class token's row alone (ρ = 1) rather
+    /// than by every query's row (ρ = N); see the type's documentation.
+    public var ranksByClassToken: Bool { spec.classToken }
+
     /// Per-layer components, in the order of the breakdown columns.
     public enum Component: Int, CaseIterable, Sendable {
         case qkv, attnQK, attnAV, proj, fc1, fc2, norm1, norm2, softmax, gelu, bias
-        /// Token fusion in a block that drops tokens: class-attention row and weighted sum.
+        /// Token fusion in a block that drops tokens: ranking attention rows and weighted sum.
         case fuse
         /// The LayerNorms over each head's queries and keys (`ViTSpec.qkNorm`).
         case qkNorm
@@ -132,13 +141,14 @@ public struct CostModel: Sendable {
     }
 
     /// Writes the components of one block into `out` (indexed by `Component`). The
-    /// softmax of the class-attention row of a dropping block counts under `softmax`.
+    /// softmax of the ranking attention rows of a dropping block counts under `softmax`.
     public func layerBreakdown(_ x: LayerInputs, into out: UnsafeMutableBufferPointer<Double>) {
         let d = Double(spec.embedDim), q = Double(spec.qkHeadDim)
         let ln = convention.layerNormPerElement
         let n = x.tokens, n2 = x.tokensOut, h = x.heads, v = x.vDim, m = x.neurons
         let a = x.attentionGate, g = x.mlpGate
         let r: Double = n2 < n ? 1 : 0
+        let rows = ranksByClassToken ? 1 : n
         let u: Double = spec.gatedMLP ? 2 : 1
         out[Component.qkv.rawValue] = a * n * d * h * (2 * q + v)
         out[Component.attnQK.rawValue] = a * h * n * n * q
@@ -148,11 +158,11 @@ public struct CostModel: Sendable {
         out[Component.fc2.rawValue] = g * n2 * m * d
         out[Component.norm1.rawValue] = a * ln * n * d
         out[Component.norm2.rawValue] = g * ln * n2 * d
-        out[Component.softmax.rawValue] = convention.softmax ? a * h * n * (n + r) : 0
+        out[Component.softmax.rawValue] = convention.softmax ? a * h * n * (n + r * rows) : 0
         out[Component.gelu.rawValue] = convention.gelu ? g * n2 * m : 0
         out[Component.bias.rawValue] = convention.bias
             ? a * (n * h * (2 * q + v) + n * d) + g * (u * n2 * m + n2 * d) : 0
-        out[Component.fuse.rawValue] = a * r * (h * n * q + (n - n2 + 1) * d)
+        out[Component.fuse.rawValue] = a * r * (rows * h * n * q + (n - n2 + 1) * d)
         out[Component.qkNorm.rawValue] = spec.qkNorm ? a * ln * 2 * n * h * q : 0
     }
 
@@ -214,6 +224,7 @@ public struct CostModel: Sendable {
         let b: Double = convention.bias ? 1 : 0
         let u: Double = spec.gatedMLP ? 2 : 1
         let k: Double = spec.qkNorm ? 2 * ln : 0
+        let classRows = ranksByClassToken
         var total = patchEmbedMACs + headMACs + preNormMACs
         let tokenRow = RelaxedField.tokens.rawValue * depth
         // Block l's cost depends on tokens[l] and tokens[l + 1]: that row accumulates.
@@ -228,22 +239,24 @@ public struct CostModel: Sendable {
             let out = l + 1 < depth ? tokenRow + l + 1 : tokenRow + l
             let n2 = inputs[out]
             let r: Double = n2 < n ? 1 : 0
+            // ρ ranking rows and dρ/dn·n + ρ, the factor of the rows' terms in the token derivative.
+            let rows = classRows ? 1 : n, rowsSlope = classRows ? 1 : 2 * n
             let qkvWidth = 2 * q + v
             let attn = n * d * h * qkvWidth + h * n * n * (q + v) + n * h * v * d + ln * n * d
                 + sm * h * n * n + b * (n * h * qkvWidth + n * d) + k * n * h * q
-            let fuse = r * (h * n * q + (n - n2 + 1) * d + sm * h * n)
+            let fuse = r * (rows * h * n * q + (n - n2 + 1) * d + sm * rows * h * n)
             let mlp = (u + 1) * n2 * d * m + ln * n2 * d + ge * n2 * m + b * (u * n2 * m + n2 * d)
             total += a * (attn + fuse) + g * mlp
             gradient[RelaxedField.heads.rawValue * depth + l] =
                 a * (n * d * qkvWidth + n * n * (q + v) + n * v * d + sm * n * n + b * n * qkvWidth + k * n * q
-                     + r * (n * q + sm * n))
+                     + r * rows * (n * q + sm * n))
             gradient[RelaxedField.vDim.rawValue * depth + l] = a * (n * d * h + h * n * n + n * h * d + b * n * h)
             gradient[RelaxedField.neurons.rawValue * depth + l] = g * ((u + 1) * n2 * d + ge * n2 + b * u * n2)
             gradient[RelaxedField.attentionGate.rawValue * depth + l] = attn + fuse
             gradient[RelaxedField.mlpGate.rawValue * depth + l] = mlp
             gradient[tokenRow + l] +=
                 a * (d * h * qkvWidth + 2 * h * n * (q + v) + h * v * d + ln * d + 2 * sm * h * n
-                     + b * (h * qkvWidth + d) + k * h * q + r * (h * q + d + sm * h))
+                     + b * (h * qkvWidth + d) + k * h * q + r * (rowsSlope * h * (q + sm) + d))
             gradient[out] += g * ((u + 1) * d * m + ln * d + ge * m + b * (u * m + d)) - a * r * d
         }
         let last = tokenRow + depth - 1

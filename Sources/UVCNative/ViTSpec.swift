@@ -35,6 +35,10 @@ public struct ViTSpec: Hashable, Sendable {
     /// A gated MLP (timm's `SwiGLU` / `GluMlp`): each hidden unit is a pair of fc1 rows, one
     /// gate and one value, multiplied after the activation. `mlpHidden` counts the units.
     public var gatedMLP: Bool
+    /// Whether the first prefix token is a class token (timm's `class_token`). A block that drops
+    /// tokens ranks them by its attention row; without one (average or attention-pool pooling,
+    /// register tokens only) by the attention each token receives, averaged over the queries.
+    public var classToken: Bool
 
     /// The classifier's pooling (timm's `global_pool`).
     public enum Pool: Int, CaseIterable, Sendable {
@@ -53,9 +57,9 @@ public struct ViTSpec: Hashable, Sendable {
     public static let fieldNames = ["depth", "embed_dim", "num_heads", "qk_head_dim", "v_head_dim", "mlp_hidden",
                                     "patch_size", "image_height", "image_width", "in_channels", "prefix_tokens",
                                     "num_classes", "classifier_heads", "pre_norm", "pool", "fc_norm",
-                                    "qk_norm", "gated_mlp"]
+                                    "qk_norm", "gated_mlp", "class_token"]
     /// Number of fields in the flat encoding.
-    public static let encodedCount = 18
+    public static let encodedCount = 19
     /// The largest size of any field: it keeps every product of the cost model far inside Int64.
     public static let maxSize = 1 << 20
 
@@ -64,7 +68,7 @@ public struct ViTSpec: Hashable, Sendable {
         mlpHidden: Int, patchSize: Int, imageHeight: Int, imageWidth: Int,
         inChannels: Int = 3, prefixTokens: Int = 1, numClasses: Int = 1000,
         classifierHeads: Int = 1, preNorm: Bool = false, pool: Pool = .token, fcNorm: Bool = false,
-        qkNorm: Bool = false, gatedMLP: Bool = false
+        qkNorm: Bool = false, gatedMLP: Bool = false, classToken: Bool? = nil
     ) throws(UVCError) {
         self.depth = depth
         self.embedDim = embedDim
@@ -84,6 +88,7 @@ public struct ViTSpec: Hashable, Sendable {
         self.fcNorm = fcNorm
         self.qkNorm = qkNorm
         self.gatedMLP = gatedMLP
+        self.classToken = classToken ?? (prefixTokens >= 1)
         try validate()
     }
 
@@ -98,7 +103,7 @@ public struct ViTSpec: Hashable, Sendable {
             prefixTokens: Int(e[10]), numClasses: Int(e[11]), classifierHeads: Int(e[12]),
             preNorm: try ViTSpec.flag(e[13], "spec.pre_norm"), pool: try ViTSpec.pool(e[14]),
             fcNorm: try ViTSpec.flag(e[15], "spec.fc_norm"), qkNorm: try ViTSpec.flag(e[16], "spec.qk_norm"),
-            gatedMLP: try ViTSpec.flag(e[17], "spec.gated_mlp"))
+            gatedMLP: try ViTSpec.flag(e[17], "spec.gated_mlp"), classToken: try ViTSpec.flag(e[18], "spec.class_token"))
     }
 
     private static func pool(_ v: Int64) throws(UVCError) -> Pool {
@@ -126,6 +131,8 @@ public struct ViTSpec: Hashable, Sendable {
         }
         try require(prefixTokens >= 0 && prefixTokens <= 64, "spec.prefix_tokens",
                     "must be in 0...64, got \(prefixTokens)")
+        try require(!classToken || prefixTokens >= 1, "spec.class_token",
+                    "a class token is a prefix token; got class_token = 1 with prefix_tokens = 0")
         try require(numClasses >= 0 && numClasses <= ViTSpec.maxSize, "spec.num_classes",
                     "must be in 0...\(ViTSpec.maxSize), got \(numClasses)")
         try require(imageHeight % patchSize == 0 && imageWidth % patchSize == 0, "spec.patch_size",

@@ -29,13 +29,16 @@ func randomSpec(_ rng: inout TestRNG, variants: Bool = false) throws -> ViTSpec 
     let heads = rng.int(1...6)
     let patch = [2, 4, 7].randomElement(using: &rng)!
     let pool = variants ? ViTSpec.Pool.allCases.randomElement(using: &rng)! : .token
+    // Without class-token pooling: any prefix (registers), with or without a class token.
+    let prefix = pool == .token ? (rng.int(0...2) == 2 ? 2 : 1) : rng.int(0...2)
+    let classToken = pool == .token || (prefix >= 1 && rng.int(0...1) == 1)
     return try ViTSpec(depth: rng.int(1...5), embedDim: rng.int(4...48), numHeads: heads,
                        qkHeadDim: rng.int(1...12), vHeadDim: rng.int(1...12), mlpHidden: rng.int(1...96),
                        patchSize: patch, imageHeight: 28, imageWidth: 28, inChannels: rng.int(1...3),
-                       prefixTokens: rng.int(0...2) == 2 ? 2 : 1, numClasses: rng.int(2...20),
+                       prefixTokens: prefix, numClasses: rng.int(2...20),
                        classifierHeads: 1, preNorm: variants && rng.int(0...1) == 1, pool: pool,
                        fcNorm: variants && pool != .map && rng.int(0...1) == 1, qkNorm: variants && rng.int(0...1) == 1,
-                       gatedMLP: variants && rng.int(0...1) == 1)
+                       gatedMLP: variants && rng.int(0...1) == 1, classToken: classToken)
 }
 
 /// A random valid plan; a block whose MHSA runs drops tokens with probability 1/2 (when it can).
@@ -215,6 +218,34 @@ final class CostModelTests: XCTestCase {
         XCTAssertEqual(layers[3 * width + fuseColumn], fuse, "the fusion matmuls count under every convention")
     }
 
+    /// Without a class token a dropping block ranks by the attention each token receives: the
+    /// whole map q·Kᵀ again (ρ = N rows) and, under `softmax`, its softmax.
+    func testTokenDropByReceivedAttentionAnalytic() throws {
+        let spec = try ViTSpec(depth: 12, embedDim: 384, numHeads: 6, qkHeadDim: 64, vHeadDim: 64, mlpHidden: 1536,
+                               patchSize: 16, imageHeight: 224, imageWidth: 224, prefixTokens: 0, pool: .avg)
+        var plan = ArchPlan.dense(spec)
+        for l in 4..<12 { plan.layers[l].tokens = 120 }
+        try plan.validate(for: spec)
+        let d = 384.0
+        func block(_ n: Double, _ n2: Double) -> Double { 4 * n * d * d + 2 * n * n * d + 8 * n2 * d * d }
+        let fuse = 6 * 196 * 196 * 64 + (196 - 120 + 1) * d
+        let analytic = 3 * block(196, 196) + block(196, 120) + fuse + 8 * block(120, 120) + 196 * d * 16 * 16 * 3
+        XCTAssertEqual(CostModel(spec: spec, convention: .uvc).exactTotal(plan), analytic)
+        let withSoftmax = CostModel(spec: spec, convention: CostConvention(softmax: true))
+        let full: Double = 6 * 196 * 196, dropped: Double = 6 * 120 * 120
+        let softmax = 4 * full + 8 * dropped + full
+        XCTAssertEqual(withSoftmax.exactTotal(plan), analytic + softmax, "the ranking map's softmax: h·N·N more")
+        XCTAssertFalse(spec.classToken, "no prefix token: no class token")
+        let withClass = try ViTSpec(depth: 12, embedDim: 384, numHeads: 6, qkHeadDim: 64, vHeadDim: 64,
+                                    mlpHidden: 1536, patchSize: 16, imageHeight: 224, imageWidth: 224, pool: .avg)
+        XCTAssertTrue(CostModel(spec: withClass, convention: .uvc).ranksByClassToken, "a class token ranks, whatever the pooling")
+        XCTAssertThrowsError(try ViTSpec(depth: 1, embedDim: 8, numHeads: 2, qkHeadDim: 4, vHeadDim: 4, mlpHidden: 8,
+                                         patchSize: 2, imageHeight: 8, imageWidth: 8, prefixTokens: 0, pool: .avg,
+                                         classToken: true)) {
+            XCTAssertEqual(($0 as? UVCError)?.argument, "spec.class_token")
+        }
+    }
+
     /// At integer counts and 0/1 gates, the relaxed cost is the exact count.
     func testRelaxedAtIntegersEqualsExact() throws {
         var rng = TestRNG(state: 7)
@@ -306,11 +337,8 @@ final class CostModelTests: XCTestCase {
         let noClass = try ViTSpec(depth: 2, embedDim: 8, numHeads: 2, qkHeadDim: 4, vHeadDim: 4, mlpHidden: 8,
                                   patchSize: 2, imageHeight: 8, imageWidth: 8, prefixTokens: 0)
         var headless = ArchPlan.dense(noClass)
-        XCTAssertNoThrow(try headless.validate(for: noClass))
         headless.layers[1].tokens = 10
-        XCTAssertThrowsError(try headless.validate(for: noClass)) { error in
-            XCTAssertEqual((error as? UVCError)?.message.hasPrefix("layer 0 drops tokens, but the spec has no class token"), true)
-        }
+        XCTAssertNoThrow(try headless.validate(for: noClass), "without a class token, ranked by received attention")
         plan.layers[0].neurons = 0
         XCTAssertThrowsError(try plan.validate(for: spec))
         plan.layers[0].mlp = false

@@ -109,17 +109,23 @@ final class SolverPlanTests: XCTestCase {
     }
 
     func testWidthRoundingSteps() {
-        let w = WidthRounding(roundTo: 8)
-        XCTAssertEqual(w.nearest(3, dense: 96), 8)
-        XCTAssertEqual(w.nearest(11, dense: 96), 8)
-        XCTAssertEqual(w.nearest(12, dense: 96), 16)
-        XCTAssertEqual(w.nearest(95, dense: 96), 96)
-        XCTAssertEqual(w.nearest(37, dense: 38), 38, "the dense width is allowed")
-        XCTAssertEqual(w.nearest(5, dense: 6), 5, "a dense width below roundTo is not rounded")
-        XCTAssertEqual(w.nextLower(16, dense: 96), 8)
-        XCTAssertEqual(w.nextLower(38, dense: 38), 32)
-        XCTAssertNil(w.nextLower(8, dense: 96))
-        XCTAssertNil(w.nextLower(5, dense: 6))
+        let w = WidthGrid(roundTo: 8, dense: 96), odd = WidthGrid(roundTo: 8, dense: 38)
+        let small = WidthGrid(roundTo: 8, dense: 6)
+        XCTAssertEqual(w.nearest(3), 8)
+        XCTAssertEqual(w.nearest(11), 8)
+        XCTAssertEqual(w.nearest(12), 16)
+        XCTAssertEqual(w.nearest(95), 96)
+        XCTAssertEqual(odd.nearest(37), 38, "the dense width is allowed")
+        XCTAssertEqual(small.nearest(5), 5, "a dense width below roundTo is not rounded")
+        XCTAssertEqual(w.nextLower(16), 8)
+        XCTAssertEqual(odd.nextLower(38), 32)
+        XCTAssertNil(w.nextLower(8))
+        XCTAssertNil(small.nextLower(5))
+        let table = WidthGrid(points: [1, 8, 16, 24, 32])
+        XCTAssertEqual(table.nearest(20), 24, "a tie goes to the larger measured width")
+        XCTAssertEqual(table.nearest(3), 1)
+        XCTAssertEqual(table.nextLower(24), 16)
+        XCTAssertNil(table.nextLower(1))
     }
 
     func testRoundToMustBePositive() throws {

@@ -70,7 +70,11 @@ final class SolverTokenTests: XCTestCase {
         }
         let noClassToken = try ViTSpec(depth: 3, embedDim: 24, numHeads: 3, qkHeadDim: 8, vHeadDim: 8, mlpHidden: 32,
                                        patchSize: 4, imageHeight: 16, imageWidth: 16, prefixTokens: 0, numClasses: 10)
-        XCTAssertThrowsError(try Solver(spec: noClassToken, convention: .uvc, config: config, seed: 0)) {
+        XCTAssertNoThrow(try Solver(spec: noClassToken, convention: .uvc, config: config, seed: 0),
+                         "without a class token, tokens are ranked by the attention they receive")
+        let onePatch = try ViTSpec(depth: 3, embedDim: 24, numHeads: 3, qkHeadDim: 8, vHeadDim: 8, mlpHidden: 32,
+                                   patchSize: 8, imageHeight: 16, imageWidth: 8, numClasses: 10)
+        XCTAssertThrowsError(try Solver(spec: onePatch, convention: .uvc, config: config, seed: 0)) {
             XCTAssertEqual(($0 as? UVCError)?.argument, "prune_tokens")
         }
     }

@@ -1,5 +1,7 @@
-"""Two CPU processes under DistributedDataParallel (gloo): the solver stays identical on both ranks;
-a resumed run logs what the uninterrupted one logs."""
+"""Two CPU processes under DistributedDataParallel (gloo): the solver stays identical on both ranks,
+for the plain ViT and for a modern layout (registers without a class token, average pooling,
+fc_norm, qk_norm, SwiGLU, token pruning ranked by received attention); a resumed run logs what the
+uninterrupted one logs."""
 import json
 import os
 import socket
@@ -19,7 +21,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _layout(name: str) -> tuple[dict, dict]:
+    """timm keyword arguments and Compressor options of a layout the DDP test runs."""
+    if name == "plain":
+        return {}, {}
+    from timm.layers import SwiGLU
+    return (dict(class_token=False, reg_tokens=2, global_pool="avg", fc_norm=True, qk_norm=True, mlp_layer=SwiGLU,
+                 act_layer=torch.nn.SiLU, patch_size=4),
+            dict(prune_tokens=True, importance="group"))
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str, layout: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
@@ -27,11 +39,12 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from uvc.torch.compress import Compressor
     from uvc.torch.data import make_loader
 
+    kwargs, options = _layout(layout)
     torch.manual_seed(0)  # same initial weights on both ranks, as DDP requires
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **dict(TINY, **kwargs))
     loader = make_loader("fashion-mnist", "train", 32, subset=256, seed=0, rank=rank, world_size=world)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    comp = Compressor(model, 0.5, steps_per_epoch=len(loader), optimizer=opt, warmup_epochs=0.0, seed=0)
+    comp = Compressor(model, 0.5, steps_per_epoch=len(loader), optimizer=opt, warmup_epochs=0.0, seed=0, **options)
     net = torch.nn.parallel.DistributedDataParallel(model)
     for epoch in range(2):
         for x, y in loader.batches(epoch):
@@ -42,17 +55,18 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             comp.step()
     state = comp.state_dict()
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump({"state": state, "steps": comp.step_count, "z": comp.solver.stats()["z"]}, f,
-                  default=lambda a: a.tolist())
+        json.dump({"state": state, "steps": comp.step_count, "z": comp.solver.stats()["z"],
+                   "tokens": comp.solver.token_keep().tolist()}, f, default=lambda a: a.tolist())
     dist.destroy_process_group()
 
 
-def test_solver_state_identical_on_two_ranks(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("layout", ["plain", "modern"])
+def test_solver_state_identical_on_two_ranks(tmp_path, layout):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), layout), nprocs=2, join=True)
     a = json.loads((tmp_path / "rank0.json").read_text())
     b = json.loads((tmp_path / "rank1.json").read_text())
     assert a["steps"] == b["steps"] == 8
-    assert a["state"] == b["state"]
+    assert a["state"] == b["state"] and a["tokens"] == b["tokens"]
     # The solver really moved: the budget dual rose from 0 while the cost was above budget.
     assert a["z"] > 0
 

@@ -37,7 +37,7 @@ def test_the_stub_lists_exactly_what_the_extension_exports():
 
 
 def test_layouts_name_every_encoding_the_numpy_layer_reads():
-    assert LAYOUTS["spec"][:3] == ["depth", "embed_dim", "num_heads"] and LAYOUTS["spec"][-1] == "gated_mlp"
+    assert LAYOUTS["spec"][:3] == ["depth", "embed_dim", "num_heads"] and LAYOUTS["spec"][-1] == "class_token"
     spec = uvc.ViTSpec.from_name(TINY)
     values = dict(spec.to_dict(), image_height=224, image_width=224, pool=LAYOUTS["pools"].index("token"))
     assert spec.encoded.tolist() == [values[n] for n in LAYOUTS["spec"]]

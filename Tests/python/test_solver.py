@@ -596,11 +596,13 @@ def test_bad_token_options_name_the_argument(kwargs, error, name):
         uvc.Solver(uvc.ViTSpec.from_name(TINY), 0.5, **kwargs)
 
 
-def test_token_pruning_needs_a_class_token_and_bad_token_scores_are_refused():
+def test_token_pruning_needs_three_patches_and_bad_token_scores_are_refused():
     no_class = uvc.ViTSpec(depth=3, embed_dim=16, num_heads=2, mlp_hidden=32, patch_size=4, image_size=16,
-                           prefix_tokens=0, classifier_heads=1)
-    with pytest.raises(ValueError, match="prune_tokens"):
-        uvc.Solver(no_class, 0.5, prune_tokens=True)
+                           prefix_tokens=0, classifier_heads=1, pool="avg")
+    # Without a class token the tokens are ranked by the attention they receive.
+    assert uvc.Solver(no_class, 0.5, prune_tokens=True).hyper["prune_tokens"]
+    with pytest.raises(ValueError, match="prune_tokens: needs depth >= 2 and at least 3 patches"):
+        uvc.Solver(no_class.replace(image_size=(8, 4)), 0.5, prune_tokens=True)
     spec = uvc.ViTSpec.from_name(TINY)
     solver = uvc.Solver(spec, 0.5, warmup_epochs=0.0, prune_tokens=True)
     scores = _scores(spec)

@@ -1,6 +1,6 @@
-"""Token slimming that counts: a block drops tokens after its MHSA (top-k by class attention, the
-rest fused into one token). The cost model equals fvcore and `count_macs` on slim models with token
-schedules; the slim model equals an independent per-image reference; prefix tokens survive; save,
+"""Token slimming that counts: a block drops tokens after its MHSA (top-k by class attention, or
+without a class token by the attention each token receives; the rest fused into one token). The
+cost model equals fvcore and `count_macs` on slim models with token schedules; the slim model equals an independent per-image reference; prefix tokens survive; save,
 load and ONNX keep the schedule; bad schedules are refused naming the plan and the layer. Learned
 schedules: the `Compressor` drops tokens in training as the export does, its masked model's logits
 equal the exported model's, gradients reach the dropped tokens through the fused one."""
@@ -36,7 +36,7 @@ def token_plans(spec, rng, n):
 
 def test_random_token_plans_count_exactly(rng):
     cases = []
-    for config in ("plain", "distilled_ls_head_dim5", "registers_ls_no_qkv_bias"):
+    for config in ("plain", "distilled_ls_head_dim5", "registers_ls_no_qkv_bias", "avg_registers_no_class"):
         model = small_timm(config, seed=3)
         spec = spec_from_model(model)
         cases += [(spec, SlimViT.from_timm(model, plan)) for plan in token_plans(spec, rng, 8)]
@@ -46,7 +46,7 @@ def test_random_token_plans_count_exactly(rng):
                            patch_size=4, image_size=16, in_channels=2, prefix_tokens=2 if distilled else 1,
                            classifier_heads=2 if distilled else 1, num_classes=6)
         cases += [(spec, SlimViT(spec, plan)) for plan in token_plans(spec, rng, 4)]
-    assert len(cases) == 32
+    assert len(cases) == 40
     for spec, slim in cases:
         x = torch.randn(1, spec.in_channels, *spec.image_size)
         report = uvc.count(spec, slim.plan, convention="fvcore")
@@ -58,15 +58,18 @@ def test_random_token_plans_count_exactly(rng):
         assert reducing == dropping
 
 
-def class_attention_of_kept_heads(blk, layer, h):
-    """(B, N): softmax(q_cls · Kᵀ / √d) of each kept head of a timm block, averaged over those heads."""
+def ranking_attention_of_kept_heads(blk, layer, h, class_token):
+    """(B, N) of a timm block, averaged over the kept heads: softmax(q_cls · Kᵀ / √d), or without a
+    class token the attention each token receives, query by query then averaged over the queries."""
     hd, attn_dim = blk.attn.head_dim, blk.attn.attn_dim
     qkv = blk.attn.qkv(h)
     rows = []
     for head in layer.heads:
-        q = qkv[:, 0, head * hd:(head + 1) * hd]
         k = qkv[:, :, attn_dim + head * hd:attn_dim + (head + 1) * hd]
-        rows.append(torch.softmax(torch.einsum("bd,bnd->bn", q, k) * hd ** -0.5, dim=-1))
+        queries = [0] if class_token else range(qkv.shape[1])
+        received = [torch.softmax(torch.einsum("bd,bnd->bn", qkv[:, i, head * hd:(head + 1) * hd], k) * hd ** -0.5,
+                                  dim=-1) for i in queries]
+        rows.append(sum(received) / len(received))
     return torch.stack(rows).mean(dim=0)
 
 
@@ -80,7 +83,7 @@ def reference_logits(model, plan, x):
         t = t + blk.ls1(blk.attn(h))
         after = plan.layers[l + 1].tokens if l + 1 < depth else layer.tokens
         if after < layer.tokens:
-            scores = class_attention_of_kept_heads(blk, layer, h)
+            scores = ranking_attention_of_kept_heads(blk, layer, h, plan.spec.class_token)
             out = []
             for b in range(t.shape[0]):
                 s = scores[b, prefix:].tolist()
@@ -94,7 +97,8 @@ def reference_logits(model, plan, x):
     return dense.forward_head(dense.norm(t))
 
 
-@pytest.mark.parametrize("config", ["plain", "distilled_ls_head_dim5", "registers_ls_no_qkv_bias"])
+@pytest.mark.parametrize("config", ["plain", "distilled_ls_head_dim5", "registers_ls_no_qkv_bias",
+                                    "avg_registers_no_class"])
 def test_slim_token_drop_equals_per_image_reference(config, rng):
     # Double precision: near-ties in the ranking cannot flip between the two computations.
     model = small_timm(config, seed=7).double()
@@ -208,7 +212,7 @@ def test_reduce_tokens_argument_errors():
         reduce_tokens(x, scores, 2, 3)
     with pytest.raises(TypeError, match="reduce_tokens: tokens_out must be an int, got float"):
         reduce_tokens(x, scores, 1, 4.0)
-    with pytest.raises(ValueError, match=r"reduce_tokens: class_attention must have shape \(2, 6\), got \(2, 5\)"):
+    with pytest.raises(ValueError, match=r"reduce_tokens: attention must have shape \(2, 6\), got \(2, 5\)"):
         reduce_tokens(x, scores[:, :5], 1, 4)
     with pytest.raises(ValueError, match=r"reduce_tokens: x must have shape \(batch, tokens, dim\)"):
         reduce_tokens(x[0], scores, 1, 4)
@@ -221,13 +225,15 @@ def test_reduce_tokens_argument_errors():
 TINY4 = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=3, num_heads=4)
 
 
-@pytest.fixture(scope="module", params=[{}, dict(qk_norm=True, global_pool="avg", fc_norm=True)],
-                ids=["plain", "qk_norm_avg_fc_norm"])
+@pytest.fixture(scope="module", params=[{}, dict(qk_norm=True, global_pool="avg", fc_norm=True),
+                                        dict(class_token=False, reg_tokens=2, global_pool="avg")],
+                ids=["plain", "qk_norm_avg_fc_norm", "registers_no_class_token"])
 def token_search(request):
     """A tiny timm ViT (50 tokens) after 4 epochs of search with tokens, heads, dims, neurons and
     block gates under one budget, and the output shapes of each block in its last training step;
-    plain, and with qk_norm (the class attention reads normalised queries and keys) and average
-    pooling with fc_norm."""
+    plain, with qk_norm (the class attention reads normalised queries and keys) and average
+    pooling with fc_norm, and with register tokens but no class token (ranked by the attention
+    each token receives)."""
     import timm
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY4, **request.param)
@@ -291,18 +297,3 @@ def test_gradients_reach_the_dropped_tokens_through_the_fused_one(token_search):
     assert grad.shape[1] == keep[l] > keep[l + 1]
     # Every token entering the dropping block, kept or fused, receives a gradient.
     assert (grad.abs().sum(-1) > 0).all()
-
-
-def test_token_pruning_without_a_class_token_is_refused():
-    import timm
-    # Register tokens but no class token: the core sees prefix tokens; the adapter knows none is a class token.
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY4, class_token=False, reg_tokens=2,
-                              global_pool="avg")
-    with pytest.raises(ValueError, match="prune_tokens=True ranks tokens by the class token's attention"):
-        Compressor(model, 0.5, steps_per_epoch=10, prune_tokens=True)
-    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules()), "no hook is left behind"
-    spec = spec_from_model(model)
-    plan = uvc.ArchPlan(spec, uvc.ArchPlan.dense(spec).layers[:1] + tuple(
-        dataclasses.replace(l, tokens=10) for l in uvc.ArchPlan.dense(spec).layers[1:]))
-    with pytest.raises(ValueError, match="without a class token"):
-        SlimViT.from_timm(model, plan)

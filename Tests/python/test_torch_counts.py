@@ -76,6 +76,9 @@ CONFIGS = {
     # CLIP's layout: a LayerNorm on the tokens before the first block.
     "pre_norm": dict(cls=VisionTransformer, img_size=16, patch_size=4, embed_dim=24, depth=3, num_heads=3,
                      pre_norm=True, num_classes=6),
+    # No class token: average pooling over the patches, register tokens in front.
+    "avg_registers_no_class": dict(cls=VisionTransformer, img_size=16, patch_size=4, embed_dim=24, depth=3,
+                                   num_heads=3, class_token=False, reg_tokens=2, global_pool="avg", num_classes=5),
 }
 
 

@@ -26,6 +26,15 @@ def cost_exact(spec: I, convention: F, plan: I, layers_out: F, globals_out: F) -
 def cost_expected(spec: I, convention: F, x: F, out: F) -> float:
     """Expected MACs of the relaxed (6, d) input ``x``; writes d(MACs)/dx into ``out``."""
 
+def latency_exact(spec: I, heads: I, v_dims: I, neurons: I, attention_ms: F, mlp_ms: F, fixed_ms: float,
+                  plan: I, layers_out: F) -> float:
+    """A latency table's ms of a plan (d, len(plan_row)) keeping every token; writes each block's
+    MHSA and MLP ms into the (d, 2) ``layers_out``. The table is checked whole."""
+
+def latency_expected(spec: I, heads: I, v_dims: I, neurons: I, attention_ms: F, mlp_ms: F, fixed_ms: float,
+                     x: F, out: F) -> float:
+    """A latency table's relaxed ms of the (6, d) input ``x``; writes d(ms)/dx into ``out``."""
+
 def group_gates(logits: F, groups: I, noise: F, tau: float, straight_through: float,
                 gates_out: F, probs_out: F) -> None:
     """USDC group gates: logits (B, C), groups (B,), noise (G, C); outputs (B, C)."""
@@ -51,9 +60,12 @@ def ridge_solve(xtx: F, xty: F, kept: I, ridge: float, out: F) -> float:
 class Solver:
     """UVC's solver, its state and the scores of its last step, owned by the core."""
 
-    def __init__(self, spec: I, convention: F, config: F, zlr_schedule: F, seed: int) -> None:
+    def __init__(self, spec: I, convention: F, config: F, zlr_schedule: F, seed: int, heads: Optional[I],
+                 v_dims: Optional[I], neurons: Optional[I], attention_ms: Optional[F], mlp_ms: Optional[F],
+                 fixed_ms: Optional[float]) -> None:
         """``config``: the ``solver_config`` fields of `layouts` in order; ``seed``: an int64
-        (the bit pattern of a uint64 seed). Raises ValueError for an unreachable budget."""
+        (the bit pattern of a uint64 seed); the latency table's arrays (all None: a MACs budget;
+        see `latency_exact`). Raises ValueError for an unreachable budget."""
     def layout(self) -> str:
         """JSON: ``groups`` (the three per-group array shapes), ``summary`` and ``fields``
         (name, shape) in the order `summary` and `fields` write them."""

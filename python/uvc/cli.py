@@ -211,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the results here")
     p.set_defaults(func=cmd_evaluate)
 
+    # Parsed by uvc.torch.profile (see `main`): listed here for `uvc --help` only.
+    sub.add_parser("profile", add_help=False,
+                   help="measure a latency table (ms of every block part a plan can change) on a device")
+
     p = sub.add_parser("report", help="per-layer table and plots of a finished run")
     p.add_argument("run", help="the --output_dir of uvc compress")
     p.set_defaults(func=cmd_report)
@@ -218,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["profile"]:
+        # Its own parser and errors; importing it imports torch, which no other command's parsing needs.
+        from .torch.profile import profile_main
+        return profile_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -6,8 +6,9 @@ under that name where shown.
 
 Token slimming: block l sees ``tokens[l]`` tokens in its MHSA; when ``tokens[l+1]`` is
 smaller it drops tokens right after its MHSA, so its MLP (and norm2) run on ``tokens[l+1]``
-tokens, and its ``fuse`` component counts the class token's attention row
-(heads·tokens[l]·qk_head_dim MACs) plus the weighted sum of the
+tokens, and its ``fuse`` component counts the attention that ranks them: the class token's
+row (heads·tokens[l]·qk_head_dim MACs) or, in a spec without a class token, every query's row
+(heads·tokens[l]²·qk_head_dim), plus the weighted sum of the
 tokens[l] − tokens[l+1] + 1 fused tokens (that many × embed_dim MACs). The final norm
 sees ``tokens[depth-1]``.
 """

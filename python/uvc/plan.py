@@ -11,6 +11,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ._core import LAYOUTS
+from ._files import read_json
 from .spec import ViTSpec
 
 # The core's columns of a plan row, and what each holds.
@@ -45,8 +46,8 @@ class LayerPlan:
     Token schedule (checked by `ArchPlan`): layer 0 takes ``spec.num_tokens``; when layer
     l + 1 takes fewer tokens than layer l, block l drops them after its MHSA (which must
     run): it keeps the prefix tokens and the ``tokens[l+1] − prefix − 1`` ≥ 1 patch tokens
-    the class token attends to most, and fuses the rest into one token. The last block
-    never drops.
+    the class token attends to most (without a class token: that receive the most attention,
+    averaged over the queries), and fuses the rest into one token. The last block never drops.
     """
 
     heads: tuple[int, ...]
@@ -174,11 +175,7 @@ class ArchPlan:
         """Reads a plan written by `save`. Raises FileNotFoundError, or ValueError naming the
         file and what is wrong with it."""
         name = f"{os.path.basename(os.fspath(path))} at {os.fspath(path)}"
-        try:
-            with open(path) as f:
-                d = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{name} is truncated or not JSON: {e}") from None
+        d = read_json(path, name)
         if isinstance(d, dict) and d.get("format") == PLAN_FORMAT:
             for key in ("spec", "layers"):
                 if key not in d:
@@ -217,8 +214,7 @@ def random_plan(spec: ViTSpec, rng: np.random.Generator, *, skip_prob: float = 0
         layers.append(LayerPlan(heads=heads if attn else (), v_index=v_index if attn else (),
                                 neurons=neurons if mlp else (), tokens=n_tok, attn=attn, mlp=mlp))
         # A drop keeps the prefix, at least one patch and the fused token: needs prefix + 3 in.
-        # The core ranks the tokens to drop by the class token's attention: no prefix, no drop.
-        can_drop = attn and i + 1 < spec.depth and spec.prefix_tokens >= 1 and n_tok >= spec.prefix_tokens + 3
+        can_drop = attn and i + 1 < spec.depth and n_tok >= spec.prefix_tokens + 3
         if tokens and can_drop and rng.random() < drop_prob:
             n_tok = int(rng.integers(spec.prefix_tokens + 2, n_tok))
     return ArchPlan(spec, tuple(layers))

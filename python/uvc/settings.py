@@ -23,7 +23,7 @@ from .solver import _CONFIG, DEFAULTS as SOLVER_DEFAULTS
 from .usdc import GROUPINGS
 
 __all__ = ["Setting", "Stage", "STAGES", "COMPRESS", "FINETUNE", "USDC_SEARCH", "USDC_FINETUNE", "DEMO",
-           "PRUNE", "REQUIRED", "GATE_KINDS", "PRUNE_CRITERIA", "STATIC_MODES", "BUDGET_MODES", "DISTILLATION_TYPES", "SETTINGS_FILE",
+           "PRUNE", "REQUIRED", "GATE_KINDS", "PRUNE_CRITERIA", "COMPRESS_IMPORTANCE", "STATIC_MODES", "BUDGET_MODES", "DISTILLATION_TYPES", "SETTINGS_FILE",
            "load_config"]
 
 # Choices the torch adapter implements (it imports them from here). The gate menu of seed 002
@@ -32,6 +32,8 @@ GATE_KINDS = ("linear", "mlp_ln", "conv1d", "mlp_bn")
 STATIC_MODES = ("sample", "softmax")
 # Importance criteria of one-shot pruning (`uvc.torch.prune`).
 PRUNE_CRITERIA = ("activation", "magnitude", "taylor")
+# Group importance criteria of the UVC search (`uvc.torch.importance.CRITERIA`).
+COMPRESS_IMPORTANCE = ("proj", "group", "taylor")
 BUDGET_MODES = ("penalty", "dual")
 DISTILLATION_TYPES = ("none", "soft", "hard")
 # Where a stage writes the settings it ran with (pass it back with --config to reproduce the run).
@@ -306,7 +308,7 @@ _SOLVER_HELP = {
     "tau_min": ("lower bound of tau", ""),
     "eps": ("soft-L0 ε", ""),
     "eps_decay": ("factor of ε per search epoch", ""),
-    "prune_tokens": ("learn how many tokens each block keeps (the rest fused into one by class attention)", ""),
+    "prune_tokens": ("learn how many tokens each block keeps (the rest fused into one by attention)", ""),
     "lr_tokens": ("largest step of a block's token removal per optimizer step", "fraction of the patches"),
     "budget_damping": ("ρ of the augmented-Lagrangian budget term", ""),
     "zlr_schedule": ("epochs at which the z learning rate is multiplied by zlr_gamma", "epochs"),
@@ -352,12 +354,21 @@ COMPRESS = Stage("compress", "stage 1: search the architecture under the budget 
     *_model(),
     Setting("budget", float, 0.5, "fraction of the dense MACs to keep, in (0, 1]", "fraction of MACs"),
     Setting("budget_macs", float, None, "the budget in absolute MACs (overrides --budget)", "MACs"),
+    Setting("budget_latency", float, None, "the budget as a fraction of the dense latency of --latency-table "
+            "(replaces --budget; widths snap to the table's grid)", "fraction of ms"),
+    Setting("latency_table", str, None, "a latency table made by `uvc profile` for this model at the batch size and "
+            "on the device you deploy on (needed by --budget-latency)"),
     Setting("num_epochs", int, 30, "epochs of the search, warm-up included", "epochs", flags=("--num_epochs",
                                                                                              "--epochs")),
     Setting("convention", str, "uvc", "what the budget counts", choices=tuple(sorted(CONVENTIONS))),
     Setting("enable_pruning", bool, True, "0: remove no heads, value dims or neurons (whatever --prune-* say)",
             flags=("--enable_pruning",), binary=True),
     *_solver(),
+    Setting("importance", str, "proj", "what the solver scores each value dim and neuron by: proj (squared norm of "
+            "its attn.proj / mlp.fc2 input column), group (squared norm of all its coupled weights: qkv's v row, "
+            "fc1 rows, biases, the column) or taylor (first-order loss change: absolute Σ w·∂L/∂w over those weights, "
+            "moving average over steps)",
+            choices=COMPRESS_IMPORTANCE),
     Setting("reconstruct", bool, False, "refit the exported model's proj / fc2 columns by least squares against the "
             "dense model on --calibration training images (the start of stage 2)"),
     Setting("calibration", int, 1024, "training images the reconstruction fits on", "images"),
@@ -436,6 +447,9 @@ DEMO = Stage("demo", "compress the shipped Fashion-MNIST ViT end to end (UVC to 
     Setting("seed", int, 0, "every random choice flows from this seed"),
     Setting("device", str, None, "cpu, cuda, ... (default cpu)"),
     Setting("tokens", bool, False, "uvc: also learn how many tokens each block keeps"),
+    Setting("budget_latency", float, None, "uvc: budget a fraction of the dense CPU latency instead of MACs (profiles "
+            "the demo model first, into <output_dir>/latency.json)", "fraction of ms"),
+    Setting("latency_batch_size", int, 1, "uvc: the batch size the latency table is measured at", "images"),
     Setting("methods", "strs", None, "usdc: the rows to run (default all)",
             flags=("--usdc-methods",), choices=("uvc", "static", "dynamic", "usdc", "usdc_sample", "usdc_mixed")),
     Setting("batch_sizes", "ints", None, "usdc: inference batch sizes (1, 8, 256)", "images"),

@@ -63,6 +63,7 @@ import numpy as np
 
 from ._core import LAYOUTS, check_format, decode_state, encode_state, native, seed_bits
 from .cost import Convention, as_convention, count
+from .latency import LatencyTable
 from .plan import PLAN_ROW, ArchPlan, LayerPlan
 from .spec import ViTSpec
 
@@ -167,8 +168,9 @@ def _hyper(spec: ViTSpec, budget: Any, budget_macs: Any, convention: Convention,
     return hyper, int(seed)
 
 
-def _new(spec: ViTSpec, hyper: dict, convention: Convention, seed: int):
-    """The core's solver for these settings (it checks every range and the budget's reach)."""
+def _new(spec: ViTSpec, hyper: dict, convention: Convention, seed: int, latency=None):
+    """The core's solver for these settings (it checks every range and the budget's reach);
+    ``latency``: a `uvc.LatencyTable` to budget ms instead of MACs."""
     values: list[float] = []
     for e in _CONFIG:
         v = hyper[e["name"]]
@@ -177,9 +179,24 @@ def _new(spec: ViTSpec, hyper: dict, convention: Convention, seed: int):
     config = np.array(values, dtype=np.float64)
     schedule = np.array(hyper["zlr_schedule"], dtype=np.float64).reshape(-1)
     try:
-        return native.Solver(spec.encoded, convention.encoded, config, schedule, seed_bits(seed))
+        table = latency.native_args if latency is not None else (None,) * 6
+        return native.Solver(spec.encoded, convention.encoded, config, schedule, seed_bits(seed), *table)
     except ValueError as e:
         raise ValueError(f"Solver: {e}") from None
+
+
+def _latency(spec: ViTSpec, latency: Any, budget_macs: Any, budget_ms: Any) -> "LatencyTable | None":
+    """Checks the latency arguments against each other and the spec; returns the table."""
+    if latency is None:
+        if budget_ms is not None:
+            raise ValueError("Solver: budget_ms needs a latency table (latency=uvc.LatencyTable.load(...))")
+        return None
+    if not isinstance(latency, LatencyTable):
+        raise TypeError(f"Solver: latency must be a uvc.LatencyTable, got {type(latency).__name__}")
+    if budget_macs is not None:
+        raise ValueError("Solver: budget_macs and a latency table exclude each other (the budget is in ms: "
+                         "budget= a fraction of the dense latency, or budget_ms=)")
+    return latency.check(spec)
 
 
 def _unpack(flat: np.ndarray, layout: list) -> dict[str, np.ndarray]:
@@ -200,6 +217,12 @@ class Solver:
     ``budget``: fraction of the dense MACs to keep, in (0, 1]; or ``budget_macs``: absolute
     MACs (takes precedence). ``convention``: what the MACs count (`uvc.CONVENTIONS` name or a
     `uvc.Convention`). ``seed``: the one seed of every random choice (the gate samples).
+
+    ``latency``: a `uvc.LatencyTable` measured for this spec: the budget is then in
+    milliseconds of that table, ``budget`` a fraction of its dense latency or ``budget_ms``
+    absolute ms; every cost the solver reports (``dense_macs``, ``budget_macs``, the
+    ``*_macs`` of `stats`) is then in ms (``unit`` says which), and `plan` snaps widths to the
+    table's grid. Token pruning cannot be budgeted in ms (tables do not profile token counts).
 
     Hyper-parameters (epochs are fractional training epochs, warm-up included):
 
@@ -235,18 +258,27 @@ class Solver:
     """
 
     def __init__(self, spec: ViTSpec, budget: float = 0.5, *, budget_macs: float | None = None,
-                 convention: "str | Convention" = "uvc", seed: int = 0, **hyper: Any) -> None:
+                 convention: "str | Convention" = "uvc", seed: int = 0, latency: "LatencyTable | None" = None,
+                 budget_ms: float | None = None, **hyper: Any) -> None:
         if not isinstance(spec, ViTSpec):
             raise TypeError(f"Solver: spec must be a ViTSpec, got {type(spec).__name__}")
         self.spec = spec
         conv = as_convention(convention)
+        latency = _latency(spec, latency, budget_macs, budget_ms)
+        if budget_ms is not None:
+            budget_ms = _number("budget_ms", budget_ms)
+            if not 0 < budget_ms <= latency.dense_ms:
+                raise ValueError(f"Solver: budget_ms must lie in (0, {latency.dense_ms:.6g}] (the table's dense ms), "
+                                 f"got {budget_ms}")
+            budget = budget_ms / latency.dense_ms
         hyper, seed = _hyper(spec, budget, budget_macs, conv, seed, hyper)
-        self._adopt(_new(spec, hyper, conv, seed), hyper, conv)
+        self._adopt(_new(spec, hyper, conv, seed, latency), hyper, conv, latency)
 
-    def _adopt(self, core, hyper: dict, convention: Convention) -> None:
+    def _adopt(self, core, hyper: dict, convention: Convention, latency) -> None:
         """Makes ``core`` (a `uvc._native.Solver`) this solver's, with its layouts."""
         layout = json.loads(core.layout())
-        self._core, self._hyper, self.convention = core, hyper, convention
+        self._core, self._hyper, self.convention, self.latency = core, hyper, convention, latency
+        self.unit = "MACs" if latency is None else "ms"
         self._groups = [tuple(shape) for _, shape in layout["groups"]]
         self._gate_shape = (self.spec.depth, 2)
         self._summary_layout, self._fields_layout = layout["summary"], layout["fields"]
@@ -287,7 +319,8 @@ class Solver:
         proximal shrink). ``epoch``: fractional epoch.
 
         ``token_scores`` (read with ``prune_tokens``): float64 (depth, num_tokens), row l the
-        class token's attention probabilities in block l (averaged over its kept heads and the
+        class token's attention probabilities in block l (without a class token: the attention
+        each token receives, averaged over the queries; averaged over its kept heads and the
         batch) over the tokens that entered it in this step's forward, prefix tokens first. Only
         entries ``prefix_tokens ≤ j < token_keep()[l]`` are read, and their order does not matter
         (LeastSum selects by value): per image sorted descending then averaged (what
@@ -339,7 +372,8 @@ class Solver:
 
         ``round_to`` > 1 rounds every layer's value-dim and MLP width to a multiple of it, then
         trims widths greedily (most MACs saved per unit of score lost) until the plan meets
-        the budget."""
+        the budget. With a latency table widths snap to the table's grid the same way
+        (``round_to`` must stay 1): every width the plan has was measured."""
         if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral):
             raise TypeError(f"Solver.plan: round_to must be an int, got {type(round_to).__name__}")
         if not 1 <= round_to <= 2**20:
@@ -358,12 +392,12 @@ class Solver:
         return ArchPlan(self.spec, tuple(layers))
 
     def stats(self) -> dict:
-        """Plain floats and lists for logging: z, expected and plan MACs and their ratios to the
-        dense model, the kept heads / value dims / neurons and the tokens entering each layer,
+        """Plain floats and lists for logging: z, expected and plan MACs (ms with a latency
+        table; ``unit`` says which) and their ratios to the dense model, the kept heads / value dims / neurons and the tokens entering each layer,
         gate probabilities."""
         s = self._summary()
         dense = float(s["dense_macs"])
-        out = {"z": float(s["z"])}
+        out = {"z": float(s["z"]), "unit": self.unit}
         for key in ("expected", "plan", "budget"):
             macs = float(s[f"{key}_macs"])
             out[f"{key}_macs"], out[f"{key}_ratio"] = macs, macs / dense
@@ -387,6 +421,7 @@ class Solver:
             "format": SOLVER_FORMAT, "spec": self.spec.to_dict(), "convention": dataclasses.asdict(self.convention),
             "hyper": {k: list(v) if isinstance(v, tuple) else v for k, v in self._hyper.items()},
             "state": encode_state(self._core.save()),
+            "latency": None if self.latency is None else self.latency.to_dict(),
         }
 
     def load_state_dict(self, d: dict) -> None:
@@ -396,16 +431,21 @@ class Solver:
         _check_state_dict(fn, d)
         if ViTSpec.from_dict(d["spec"]) != self.spec:
             raise ValueError(f"{fn}: the state was saved for a different spec")
+        saved = d.get("latency")
+        if saved != (None if self.latency is None else self.latency.to_dict()):
+            raise ValueError(f"{fn}: the state was saved with "
+                             f"{'a MACs budget' if saved is None else 'another latency table'}, this solver has "
+                             f"{'a MACs budget' if self.latency is None else 'the table ' + self.latency.source}")
         hyper = dict(d["hyper"])
         budget = hyper.pop("budget")
         conv = Convention(**d["convention"])
         hyper, _ = _hyper(self.spec, budget, None, conv, 0, hyper)
-        core = _new(self.spec, hyper, conv, 0)
+        core = _new(self.spec, hyper, conv, 0, self.latency)
         try:
             core.load(decode_state(fn, d["state"]))
         except ValueError as e:
             raise ValueError(f"{fn}: {e}") from None
-        self._adopt(core, hyper, conv)
+        self._adopt(core, hyper, conv, self.latency)
 
     @classmethod
     def from_state_dict(cls, d: dict) -> "Solver":
@@ -414,7 +454,8 @@ class Solver:
         spec = ViTSpec.from_dict(d["spec"])
         hyper = dict(d["hyper"])
         budget = hyper.pop("budget")
-        solver = cls(spec, budget, convention=Convention(**d["convention"]), **hyper)
+        latency = None if d.get("latency") is None else LatencyTable(d["latency"], source="the saved state")
+        solver = cls(spec, budget, convention=Convention(**d["convention"]), latency=latency, **hyper)
         solver.load_state_dict(d)
         return solver
 

@@ -27,7 +27,10 @@ class ViTSpec:
     or ``"map"`` (the attention-pool head of SigLIP, counted, never pruned). ``fc_norm``: the
     final LayerNorm normalises the pooled vector instead of every token. ``qk_norm``: a
     LayerNorm over each head's queries and keys. ``gated_mlp``: SwiGLU / ``GluMlp``, each of
-    the ``mlp_hidden`` units a pair of fc1 rows (gate and value).
+    the ``mlp_hidden`` units a pair of fc1 rows (gate and value). ``class_token``: whether the
+    first prefix token is a class token (default: whenever there is a prefix token); a block
+    that drops tokens ranks them by its attention row, and without one by the attention each
+    token receives, averaged over the queries (which costs the whole attention map again).
     """
 
     depth: int
@@ -45,6 +48,7 @@ class ViTSpec:
     fc_norm: bool = False
     qk_norm: bool = False
     gated_mlp: bool = False
+    class_token: bool | None = None
     qk_head_dim: int | None = None
     v_head_dim: int | None = None
     name: str | None = None
@@ -59,7 +63,9 @@ class ViTSpec:
             raise (ValueError if isinstance(size, (tuple, list)) else TypeError)(
                 f"ViTSpec: image_size must be an int or a pair of ints (height, width), got {got}")
         object.__setattr__(self, "image_size", tuple(int(s) for s in size))
-        for field in ("pre_norm", "fc_norm", "qk_norm", "gated_mlp"):
+        if self.class_token is None:
+            object.__setattr__(self, "class_token", isinstance(self.prefix_tokens, int) and self.prefix_tokens >= 1)
+        for field in ("pre_norm", "fc_norm", "qk_norm", "gated_mlp", "class_token"):
             value = getattr(self, field)
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"ViTSpec: {field} must be a bool, got {type(value).__name__}")

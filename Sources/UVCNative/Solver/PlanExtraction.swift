@@ -51,23 +51,29 @@ extension Solver {
     /// and its exact MACs.
     ///
     /// With `roundTo` > 1 every layer's value-dim width and MLP width is rounded to the nearest
-    /// multiple of `roundTo` (widths below `roundTo` in the dense model are left alone), then,
-    /// while the plan exceeds the budget, the width step with the most MACs saved per unit of
-    /// normalised score lost is taken away, down to `roundTo`. If even that cannot meet the
-    /// budget the smallest such plan is returned, over budget.
+    /// multiple of `roundTo` (widths below `roundTo` in the dense model are left alone); with a
+    /// latency table (where `roundTo` must be 1) to the nearest width the table measured, so the
+    /// plan is priced by measured times, not interpolated ones. Then, while the plan exceeds the
+    /// budget, the width step with the most cost saved per unit of normalised score lost is
+    /// taken away, down to the smallest allowed width. If even that cannot meet the budget the
+    /// smallest such plan is returned, over budget. The result is the plan and its exact cost.
     public func plan(scores: GroupScores, roundTo: Int, into out: GroupOutputs) throws(UVCError) -> (ArchPlan, Double) {
         try scores.validate(for: spec)
         try out.validate(for: spec, names: ("head_mask", "dim_mask", "neuron_mask"))
         try require(roundTo >= 1 && roundTo <= 1 << 20, "round_to", "must be an integer >= 1, got \(roundTo)")
+        try require(latency == nil || roundTo == 1, "round_to", "a latency budget snaps widths to the table's grid; "
+                    + "leave round_to at 1 (got \(roundTo))")
         let l = spec.depth
         let decisions = gateDecisions()
         var vDim = (0..<l).map { spec.vHeadDim - Int(state.committed[l + $0]) }
         var neurons = (0..<l).map { spec.mlpHidden - Int(state.committed[2 * l + $0]) }
-        if roundTo > 1 {
-            let widths = WidthRounding(roundTo: roundTo)
-            vDim = vDim.map { widths.nearest($0, dense: spec.vHeadDim) }
-            neurons = neurons.map { widths.nearest($0, dense: spec.mlpHidden) }
-            fitBudget(scores: scores, widths: widths, decisions: decisions, vDim: &vDim, neurons: &neurons)
+        let grids = latency.map { (WidthGrid(points: $0.vDimGrid), WidthGrid(points: $0.neuronGrid)) }
+            ?? (roundTo > 1 ? (WidthGrid(roundTo: roundTo, dense: spec.vHeadDim),
+                               WidthGrid(roundTo: roundTo, dense: spec.mlpHidden)) : nil)
+        if let (dimGrid, neuronGrid) = grids {
+            vDim = vDim.map { dimGrid.nearest($0) }
+            neurons = neurons.map { neuronGrid.nearest($0) }
+            fitBudget(scores: scores, grids: (dimGrid, neuronGrid), decisions: decisions, vDim: &vDim, neurons: &neurons)
         }
         let attention = { (layer: Int) in decisions[2 * layer] == 1 }
         let mlp = { (layer: Int) in decisions[2 * layer + 1] == 1 }
@@ -85,11 +91,11 @@ extension Solver {
                       attention: attention(layer), mlp: mlp(layer), tokens: tokens[layer])
         }
         let plan = ArchPlan(layers: layers)
-        return (plan, cost.exactTotal(plan))
+        return (plan, exactCost(plan))
     }
 
     /// Greedy budget repair after rounding: takes away one width step at a time.
-    private func fitBudget(scores: GroupScores, widths: WidthRounding, decisions: [Double],
+    private func fitBudget(scores: GroupScores, grids: (dims: WidthGrid, neurons: WidthGrid), decisions: [Double],
                            vDim: inout [Int], neurons: inout [Int]) {
         let l = spec.depth, h = spec.numHeads, dv = spec.vHeadDim, m = spec.mlpHidden
         // Per layer, normalised scores sorted high to low: neurons, and value dims averaged
@@ -130,7 +136,7 @@ extension Solver {
             for layer in 0..<l {
                 for isDims in [true, false] where decisions[2 * layer + (isDims ? 0 : 1)] == 1 {
                     let width = isDims ? vDim[layer] : neurons[layer]
-                    guard let lower = widths.nextLower(width, dense: isDims ? dv : m) else { continue }
+                    guard let lower = (isDims ? grids.dims : grids.neurons).nextLower(width) else { continue }
                     let ranks = isDims ? dimRanks[layer] : neuronRanks[layer]
                     let lost = ranks[lower..<width].reduce(0, +)
                     if isDims { vDim[layer] = lower } else { neurons[layer] = lower }
@@ -147,20 +153,24 @@ extension Solver {
     }
 }
 
-/// Widths allowed after rounding to multiples of `roundTo`: roundTo, 2·roundTo, … up to the
-/// dense width, and the dense width itself. A dense width below `roundTo` is not rounded.
-struct WidthRounding {
-    let roundTo: Int
+/// The widths a plan may take after rounding, increasing: multiples of `roundTo` up to the
+/// dense width and the dense width itself, or the widths a latency table measured. No points:
+/// a dense width below `roundTo`, which is left alone (neither rounded nor stepped down).
+struct WidthGrid {
+    let points: [Int]
 
-    func nearest(_ width: Int, dense: Int) -> Int {
-        guard dense >= roundTo else { return width }
-        let down = max(roundTo, width / roundTo * roundTo)
-        let up = min(dense, (width + roundTo - 1) / roundTo * roundTo)
-        return width - down < up - width ? down : up
+    init(points: [Int]) { self.points = points }
+
+    init(roundTo: Int, dense: Int) {
+        points = dense >= roundTo ? Array(stride(from: roundTo, to: dense, by: roundTo)) + [dense] : []
     }
 
-    func nextLower(_ width: Int, dense: Int) -> Int? {
-        guard dense >= roundTo, width > roundTo else { return nil }
-        return (width - 1) / roundTo * roundTo
+    /// The allowed width closest to `width` (the larger on a tie).
+    /// - Complexity: O(points.count).
+    func nearest(_ width: Int) -> Int {
+        points.min { (abs($0 - width), -$0) < (abs($1 - width), -$1) } ?? width
     }
+
+    /// The next allowed width below `width`, if any.
+    func nextLower(_ width: Int) -> Int? { points.last { $0 < width } }
 }

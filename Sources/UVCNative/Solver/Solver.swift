@@ -91,44 +91,66 @@ extension GroupArrays where Buffer == UnsafeMutableBufferPointer<Double> {
 /// One `step` per optimizer step: proximal shrink of the groups selected for removal, a
 /// primal step on the removal counts (and, with `config.pruneTokens`, on each block's token
 /// removal) and the gate logits, dual ascent on the group (and token) duals and on z. Costs are
-/// MACs under `convention`; the budget is `config.budget × denseMACs`.
+/// MACs under `convention`, or with a `latency` model milliseconds (the names keep saying MACs);
+/// the budget is `config.budget × denseMACs`.
 public struct Solver: Sendable {
     public let spec: ViTSpec
     public let config: SolverConfig
     public let cost: CostModel
-    /// MACs of the dense model.
+    /// When set, the budget is in ms of this table instead of MACs.
+    public let latency: LatencyModel?
+    /// Cost of the dense model: MACs, or ms with `latency`.
     public let denseMACs: Double
     public var state: SolverState
 
     /// A fresh solver; `seed` seeds the gate sampler's generator (the only random source).
-    public init(spec: ViTSpec, convention: CostConvention, config: SolverConfig, seed: UInt64) throws(UVCError) {
+    public init(spec: ViTSpec, convention: CostConvention, config: SolverConfig, seed: UInt64,
+                latency: LatencyModel? = nil) throws(UVCError) {
         try Solver.checkSize(spec)  // before the state's buffers are allocated
         try self.init(spec: spec, convention: convention, config: config,
-                      state: SolverState(spec: spec, config: config, seed: seed))
+                      state: SolverState(spec: spec, config: config, seed: seed), latency: latency)
     }
 
     /// A solver resumed from a saved `state` (checked against spec and config).
-    public init(spec: ViTSpec, convention: CostConvention, config: SolverConfig, state: SolverState) throws(UVCError) {
+    public init(spec: ViTSpec, convention: CostConvention, config: SolverConfig, state: SolverState,
+                latency: LatencyModel? = nil) throws(UVCError) {
+        if let latency {
+            try require(latency.spec == spec, "latency", "the table was measured for another model shape "
+                        + "(\(latency.spec)), not this spec (\(spec))")
+            try require(!config.pruneTokens, "prune_tokens", "a latency table prices plans that keep every token "
+                        + "(token counts are not profiled); turn prune_tokens off or budget MACs")
+        }
         if config.pruneTokens {
-            try require(spec.depth >= 2 && spec.prefixTokens >= 1 && spec.numPatches >= 3, "prune_tokens",
-                        "needs depth >= 2, a class token and at least 3 patches (a block drops tokens by its class "
-                        + "attention, down to one kept patch and the fused token); got depth \(spec.depth), "
-                        + "\(spec.prefixTokens) prefix tokens, \(spec.numPatches) patches")
+            try require(spec.depth >= 2 && spec.numPatches >= 3, "prune_tokens",
+                        "needs depth >= 2 and at least 3 patches (a block drops tokens down to one kept patch and "
+                        + "the fused token); got depth \(spec.depth), \(spec.numPatches) patches")
         }
         try Solver.checkSize(spec)
         self.spec = spec
         self.config = config
         self.cost = CostModel(spec: spec, convention: convention)
-        self.denseMACs = cost.exactTotal(.dense(spec))
+        self.latency = latency
+        self.denseMACs = try latency?.exactTotal(.dense(spec)) ?? cost.exactTotal(.dense(spec))
         self.state = state
         try state.validate(spec: spec, config: config)
         let floor = smallestReachableMACs
         try require(budgetMACs >= floor * (1 + 1e-12), "budget",
-                    "\(budgetMACs) MACs (\(config.budget) of \(denseMACs)) is below the smallest cost the enabled "
-                    + "options can reach, \(floor) MACs (\(floor / denseMACs) of dense)")
+                    "\(budgetMACs) \(unit) (\(config.budget) of \(denseMACs)) is below the smallest cost the enabled "
+                    + "options can reach, \(floor) \(unit) (\(floor / denseMACs) of dense)")
     }
 
     public var budgetMACs: Double { config.budget * denseMACs }
+
+    /// What the costs count: "MACs", or "ms" with a latency table.
+    public var unit: String { latency == nil ? "MACs" : "ms" }
+
+    /// The exact cost of `plan`: MACs, or the table's ms.
+    /// - Precondition: `plan` was validated for `spec` (and keeps every token with a latency table).
+    func exactCost(_ plan: ArchPlan) -> Double {
+        guard let latency else { return cost.exactTotal(plan) }
+        // The plans the solver builds keep every token when it has a table (checked at init).
+        return (try? latency.exactTotal(plan)) ?? .nan
+    }
 
     /// The most groups (heads, value dims and neurons over all layers) a solver takes: far above
     /// any ViT (ViT-H/14: about 0.2 M), low enough that its buffers always fit in memory.
@@ -164,7 +186,7 @@ public struct Solver: Sendable {
     func evaluate(_ x: [Double]) -> (macs: Double, gradient: [Double]) {
         var gradient = [Double](repeating: 0, count: x.count)
         let macs = x.withUnsafeBufferPointer { xb in
-            gradient.withUnsafeMutableBufferPointer { cost.expected(xb, gradient: $0) }
+            gradient.withUnsafeMutableBufferPointer { latency?.expected(xb, gradient: $0) ?? cost.expected(xb, gradient: $0) }
         }
         return (macs, gradient)
     }

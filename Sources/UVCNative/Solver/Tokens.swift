@@ -4,9 +4,10 @@
 /// and tokens[0] = numTokens: the schedule is non-increasing by construction. The r_l live in
 /// {r ≥ 0, Σ r ≤ numPatches − 2}, so no block goes below the prefix, one kept patch and the
 /// fused token. A block whose MHSA does not run (by the gate decisions) removes nothing: it has
-/// no class attention to rank tokens by.
+/// no attention to rank tokens by.
 ///
-/// The task side is UVC's LeastSum with class attention as the score: block l pays
+/// The task side is UVC's LeastSum with class attention as the score (in a model without a
+/// class token, the attention each token receives, averaged over the queries): block l pays
 /// y_l · (depth − 1 − l) · LeastSum_{r_l}(a_l), the class-attention mass of the r_l least attended
 /// non-prefix tokens among those entering it (normalised like the group kinds), once for every
 /// later block, since a dropped token is missing from all of them; its slope, the next token's

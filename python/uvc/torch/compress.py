@@ -11,9 +11,10 @@ solver step per optimizer step, export of the physically smaller model.
 The forward pass is changed by hooks: the input of every ``attn.proj`` is multiplied by its
 head × value-dim keep mask, the input of every ``mlp.fc2`` by its neuron mask, and the outputs
 of ``ls1`` / ``ls2`` (the MHSA and MLP branches) by this step's block-part gates. With
-``prune_tokens=True`` a hook on every ``attn.qkv`` also computes the class token's attention
-(softmax(q_cls·Kᵀ/√d), averaged over the kept heads), and each block that drops tokens under
-the solver's schedule runs a forward of our own: timm's, with `uvc.torch.slim.reduce_tokens`
+``prune_tokens=True`` a hook on every ``attn.qkv`` also computes the attention that ranks the
+tokens (`uvc.torch.slim.ranking_attention` over the kept heads: the class token's row
+softmax(q_cls·Kᵀ/√d), or without a class token every row averaged over the queries), and each
+block that drops tokens under the solver's schedule runs a forward of our own: timm's, with `uvc.torch.slim.reduce_tokens`
 between the MHSA and the MLP residuals, exactly what the exported `SlimBlock` does. Masks, gates
 and token scores live on the model's device; the host sees one small transfer per step.
 """
@@ -25,8 +26,9 @@ import torch.distributed as dist
 from torch import nn
 
 from ..solver import Solver
+from .importance import Importance, make_importance
 from .introspect import check_supported, spec_from_model
-from .slim import SlimViT, reduce_tokens
+from .slim import SlimViT, ranking_attention, reduce_tokens
 
 __all__ = ["Compressor"]
 
@@ -37,21 +39,29 @@ class Compressor:
 
     ``model``: a timm ``VisionTransformer`` / ``VisionTransformerDistilled`` (changed in
     place: hooks are added, proximal shrink rescales weights). ``budget``: fraction of the
-    dense MACs to keep (or ``budget_macs``: absolute MACs). ``steps_per_epoch``: optimizer
+    dense MACs to keep (or ``budget_macs``: absolute MACs; with ``latency=`` a
+    `uvc.LatencyTable`, a fraction of the table's dense latency, see `uvc.Solver`). ``steps_per_epoch``: optimizer
     steps per epoch, to turn steps into the fractional epochs the solver's schedules use.
     ``optimizer``: where the current learning rate η_W (proximal shrink) is read; or pass
-    ``lr=`` to `step`. Other keywords go to `uvc.Solver`.
+    ``lr=`` to `step`. ``importance``: what the solver scores each value dim and neuron by, a
+    name of `uvc.torch.importance.CRITERIA` ("proj", the default: the squared norm of its proj /
+    fc2 input column; "group": of all its coupled weights; "taylor": |Σ w·∂L/∂w| over them, a
+    moving average over steps) or an `uvc.torch.importance.Importance` object. Other keywords
+    go to `uvc.Solver`.
 
     With ``prune_tokens=True`` the number of tokens each block takes is learned too: blocks
     that drop tokens under `uvc.Solver.token_keep` do so in training and eval alike (the hard
     forward the export runs; gradients reach the kept and the fused tokens, and the attention
-    that ranks and weights them), and every training forward records each block's class
-    attention, sorted per image and averaged over the batch, as the solver's token scores.
+    that ranks and weights them), and every training forward records each block's ranking
+    attention (the class token's, or in a model without one the attention each token
+    receives), sorted per image and averaged over the batch, as the solver's token scores.
     """
 
     def __init__(self, model: nn.Module, budget: float = 0.5, *, steps_per_epoch: int,
-                 optimizer: torch.optim.Optimizer | None = None, **solver_kwargs):
+                 optimizer: torch.optim.Optimizer | None = None, importance: str | Importance = "proj",
+                 **solver_kwargs):
         check_supported(model)
+        self.importance = make_importance(importance)
         if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
             raise ValueError(f"Compressor: steps_per_epoch must be a positive int, got {steps_per_epoch!r}")
         self.model = model
@@ -59,9 +69,6 @@ class Compressor:
         self.steps_per_epoch = steps_per_epoch
         self.spec = spec_from_model(model)
         self.solver = Solver(self.spec, budget=budget, **solver_kwargs)
-        if self.solver.hyper["prune_tokens"] and model.cls_token is None:
-            raise ValueError("Compressor: prune_tokens=True ranks tokens by the class token's attention, and this "
-                             f"model has no class token (global_pool={model.global_pool!r}, class_token=False)")
         self.step_count = 0
         s = self.spec
         device = next(model.parameters()).device
@@ -80,13 +87,13 @@ class Compressor:
         self.prune_tokens = self.solver.hyper["prune_tokens"]
         if self.prune_tokens:
             self._head_mask = torch.ones(s.depth, s.num_heads, device=device)
-            # Row l: block l's class attention of the last training forward (see `uvc.Solver.step`).
+            # Row l: block l's ranking attention of the last training forward (see `uvc.Solver.step`).
             self._token_scores = torch.zeros(s.depth, s.num_tokens, device=device)
-            # Per block: tokens it keeps when it drops some (else None), and the class attention
+            # Per block: tokens it keeps when it drops some (else None), and the ranking attention
             # its forward hands from the qkv hook to the drop.
             self._tokens_out: list[int | None] = [None] * s.depth
-            self._class_attention: list[torch.Tensor | None] = [None] * s.depth
-            self._handles += [block.attn.qkv.register_forward_hook(self._class_attention_hook(block, l))
+            self._ranking: list[torch.Tensor | None] = [None] * s.depth
+            self._handles += [block.attn.qkv.register_forward_hook(self._ranking_hook(block, l))
                               for l, block in enumerate(model.blocks)]
             self._sync_tokens()
 
@@ -107,11 +114,12 @@ class Compressor:
             return output * gates[l, part].to(output.dtype)
         return hook
 
-    def _class_attention_hook(self, block: nn.Module, l: int):
-        """Computes block ``l``'s class attention from its qkv output: (B, N) probabilities, the
-        mean over kept heads of softmax(q_cls·Kᵀ·scale), as `SlimAttention` computes it."""
+    def _ranking_hook(self, block: nn.Module, l: int):
+        """Computes block ``l``'s ranking attention from its qkv output: (B, N) probabilities,
+        `ranking_attention` over the kept heads, as `SlimAttention` computes it."""
         attn = block.attn
         h, hd, width, prefix = attn.num_heads, attn.head_dim, attn.attn_dim, self.spec.prefix_tokens
+        class_token = self.spec.class_token
 
         def hook(module, args, qkv):
             drops = self._tokens_out[l] is not None
@@ -120,13 +128,12 @@ class Compressor:
             b, n, _ = qkv.shape
             # Only a drop backpropagates through the ranking weights; scores alone need no graph.
             with torch.set_grad_enabled(drops and torch.is_grad_enabled()):
-                q = attn.q_norm(qkv[:, :1, :width].reshape(b, 1, h, hd).transpose(1, 2))
+                queries = 1 if class_token else n
+                q = attn.q_norm(qkv[:, :queries, :width].reshape(b, queries, h, hd).transpose(1, 2))
                 k = attn.k_norm(qkv[:, :, width:2 * width].reshape(b, n, h, hd).transpose(1, 2))
-                rows = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1).squeeze(2)
-                keep = self._head_mask[l].to(rows.dtype)
-                cls = (rows * keep[:, None]).sum(dim=1) / keep.sum()
+                cls = ranking_attention(q, k, attn.scale, class_token=class_token, head_weights=self._head_mask[l])
             if drops:
-                self._class_attention[l] = cls
+                self._ranking[l] = cls
             if block.training:
                 with torch.no_grad():
                     row = self._token_scores[l]
@@ -142,7 +149,7 @@ class Compressor:
 
         def forward(x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
             x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
-            cls, self._class_attention[l] = self._class_attention[l], None
+            cls, self._ranking[l] = self._ranking[l], None
             x = reduce_tokens(x, cls, prefix, tokens_out)
             return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
         return forward
@@ -162,11 +169,9 @@ class Compressor:
 
     @torch.no_grad()
     def scores(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Squared norms of the ``attn.proj`` input columns (depth, heads × v dim) and of
-        the ``mlp.fc2`` input columns (depth, neurons), on the model's device."""
-        proj = torch.stack([b.attn.proj.weight.float().pow(2).sum(0) for b in self.model.blocks])
-        fc2 = torch.stack([b.mlp.fc2.weight.float().pow(2).sum(0) for b in self.model.blocks])
-        return proj, fc2
+        """The importance of every value dim (depth, heads × v dim) and MLP neuron (depth,
+        neurons) by ``self.importance``, float32 on the model's device."""
+        return self.importance.scores(self.model)
 
     def step(self, lr: float | None = None) -> dict:
         """One solver step; call it after every ``optimizer.step()``. Returns `Solver.stats()`
@@ -176,6 +181,8 @@ class Compressor:
                 raise ValueError("Compressor.step: pass lr= or give the Compressor an optimizer")
             lr = float(self.optimizer.param_groups[0]["lr"])
         s = self.spec
+        # The last backward's gradients are still in .grad (stateful criteria take them in).
+        self.importance.accumulate(self.model)
         grad = self._gates.grad if self._gates.grad is not None else torch.zeros_like(self._gates)
         proj, fc2 = self.scores()
         per_batch = [grad.reshape(-1).float()] + ([self._token_scores.reshape(-1).float()] if self.prune_tokens else [])
@@ -237,11 +244,14 @@ class Compressor:
             block.__dict__.pop("forward", None)
 
     def state_dict(self) -> dict:
-        """Solver state, step count and the gate sample of the next step (for exact resume)."""
+        """Solver state, step count, the gate sample of the next step and the importance's state
+        (for exact resume)."""
         return {"solver": self.solver.state_dict(), "step_count": self.step_count,
-                "gates": self._gates.detach().cpu().numpy().tolist()}
+                "gates": self._gates.detach().cpu().numpy().tolist(), "importance": self.importance.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        if "importance" in state:  # absent in states written before importance was pluggable
+            self.importance.load_state_dict(state["importance"])
         self.solver.load_state_dict(state["solver"])
         self.step_count = int(state["step_count"])
         self._sync_masks()

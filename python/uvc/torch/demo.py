@@ -56,10 +56,12 @@ def evaluate_models(sources: list[str], *, data: str = "fashion-mnist", data_dir
 
 def run_demo(*, budget: float = 0.5, search_epochs: int = 4, finetune_epochs: int = 4, subset: int = 20000,
              output_dir: str = "runs/demo", seed: int = 0, device: str | None = None, tokens: bool = False,
-             **_) -> dict:
+             budget_latency: float | None = None, latency_batch_size: int = 1, **_) -> dict:
     """Compresses the shipped ViT to ``budget`` of its MACs: search (stage 1) on ``subset``
     training images per epoch, export, fine-tune (stage 2), then evaluate against the dense
-    model on the full test set. ``tokens``: also learn the tokens each block keeps. Writes
+    model on the full test set. ``tokens``: also learn the tokens each block keeps.
+    ``budget_latency``: instead, keep that fraction of the dense CPU latency, priced by a table
+    profiled first on this machine at ``latency_batch_size`` (`uvc.torch.profile`). Writes
     everything under ``output_dir``."""
     from ..plots import plot_architecture
     start = time.time()
@@ -68,14 +70,27 @@ def run_demo(*, budget: float = 0.5, search_epochs: int = 4, finetune_epochs: in
                   distillation_type="soft", distillation_alpha=0.5, distillation_tau=1.0, checkpoint_every=200,
                   output_dir=str(out))
     what = "heads, value dims, neurons, block skips and tokens" if tokens else "heads, value dims, neurons and block skips"
-    print(f"[uvc demo] stage 1: searching {what} at {budget:.0%} of the MACs")
+    latency = {}
+    if budget_latency is not None:
+        from .profile import profile, save_table
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"[uvc demo] profiling the demo model's block parts on the CPU at batch {latency_batch_size}")
+        save_table(profile(load_model("demo")[0], batch_size=latency_batch_size), out / "latency.json")
+        latency = dict(budget_latency=budget_latency, latency_table=str(out / "latency.json"))
+        print(f"[uvc demo] stage 1: searching {what} at {budget_latency:.0%} of the dense latency (batch "
+              f"{latency_batch_size})")
+    else:
+        print(f"[uvc demo] stage 1: searching {what} at {budget:.0%} of the MACs")
     s1 = compress(model="demo", budget=budget, num_epochs=search_epochs, learning_rate=5e-4,
                   warmup_epochs=0.25, zlr_schedule=tuple(float(e) for e in range(1, search_epochs)),
-                  prune_tokens=tokens, **common)
+                  prune_tokens=tokens, **latency, **common)
     print(f"[uvc demo] exported: {s1['ratio']:.1%} of the dense MACs; exported logits match the masked "
           f"model to {s1['max_abs_logit_diff']:.2e}")
+    if budget_latency is not None:
+        print(f"[uvc demo] the table prices it at {s1['plan_ratio']:.1%} of the dense latency")
     # A plan above the budget is not called compressed to it (the pipeline has warned already).
-    label = f"uvc {budget:.0%}" if s1["budget_met"] else f"uvc, {budget:.0%} missed"
+    target = f"{budget_latency:.0%} latency" if budget_latency is not None else f"{budget:.0%}"
+    label = f"uvc {target}" if s1["budget_met"] else f"uvc, {target} missed"
     print("[uvc demo] stage 2: fine-tuning the exported model with distillation from the dense one")
     finetune(model=str(out / "stage1_model"), teacher="demo", epochs=finetune_epochs, learning_rate=5e-4,
              weight_decay=0.05, **common)
@@ -86,7 +101,7 @@ def run_demo(*, budget: float = 0.5, search_epochs: int = 4, finetune_epochs: in
     plan = compressed.plan
     from .. import cost
     print(cost_table(cost.count(plan.spec, plan), plan))
-    title = f"uvc demo: {s1['ratio']:.0%} MACs"
+    title = f"uvc demo: {s1['ratio']:.0%} MACs" + (f", {s1['plan_ratio']:.0%} latency" if latency else "")
     print("[uvc demo] wrote", plot_architecture(plan, out / "architecture.png", title=title))
     print(f"[uvc demo] done in {time.time() - start:.0f} s; everything is in {out}/")
     return {"stage1": s1, "results": results}

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .._files import read_json
 from ..plan import ArchPlan
 from ..spec import ViTSpec
 from .slim import SlimViT
@@ -74,16 +75,17 @@ def read_folder(path: str | os.PathLike, fmt: str, writer: str) -> tuple[dict, V
     for p in (arch_path, weights_path):
         if not p.is_file():
             raise FileNotFoundError(f"load: {p} not found (expected a folder written by {writer})")
-    try:
-        arch = json.loads(arch_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"load: {ARCH_FILE} at {arch_path} is truncated or not JSON: {e}") from None
+    arch = read_json(arch_path, f"load: {ARCH_FILE} at {arch_path}")
     if not isinstance(arch, dict) or arch.get("format") != fmt:
         got = f"format {arch.get('format')!r}" if isinstance(arch, dict) else f"a JSON {type(arch).__name__}"
         raise ValueError(f"load: {ARCH_FILE} at {arch_path} has {got}, expected format {fmt!r} "
                          f"(a folder written by {writer})")
     try:
-        spec = ViTSpec.from_dict(arch["spec"])
+        spec_fields = dict(arch["spec"])
+        if "class_token" not in spec_fields and "class_token" in arch.get("config", {}):
+            # uvc 0.2 kept the class token in the layer configuration only.
+            spec_fields["class_token"] = arch["config"]["class_token"]
+        spec = ViTSpec.from_dict(spec_fields)
         plan = ArchPlan.from_dict(arch["plan"], spec=spec)
         arch["config"], arch["meta"] = upgrade_config(dict(arch["config"])), arch.get("meta", {})
     except (KeyError, TypeError, ValueError) as e:

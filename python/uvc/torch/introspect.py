@@ -267,8 +267,8 @@ def spec_from_model(model: Any) -> ViTSpec:
                    prefix_tokens=model.num_prefix_tokens, num_classes=model.num_classes,
                    classifier_heads=2 if _is_distilled(model) else 1, pre_norm=not isinstance(model.norm_pre, nn.Identity),
                    pool=desc["pool"], fc_norm=desc["fc_norm"], qk_norm=desc["qk_norm"],
-                   gated_mlp=desc["mlp_kind"] != "mlp", qk_head_dim=attn.head_dim, v_head_dim=attn.head_dim,
-                   name=cfg.get("architecture"))
+                   gated_mlp=desc["mlp_kind"] != "mlp", class_token=desc["class_token"], qk_head_dim=attn.head_dim,
+                   v_head_dim=attn.head_dim, name=cfg.get("architecture"))
 
 
 def model_config(model: Any) -> dict:
@@ -277,7 +277,7 @@ def model_config(model: Any) -> dict:
     ls = model.blocks[0].ls1
     return dict(qkv_bias=desc["qkv_bias"], proj_bias=desc["proj_bias"], norm_eps=desc["eps"],
                 init_values=None if isinstance(ls, nn.Identity) else float(ls.init_values), act=desc["act"],
-                no_embed_class=bool(model.no_embed_class), class_token=desc["class_token"])
+                no_embed_class=bool(model.no_embed_class))
 
 
 def gated_rows(mlp: nn.Module) -> tuple[tuple[str, int], tuple[str, int]]:
@@ -288,6 +288,21 @@ def gated_rows(mlp: nn.Module) -> tuple[tuple[str, int], tuple[str, int]]:
         return ("fc1_g", 0), ("fc1_x", 0)
     halves = (("fc1", 0), ("fc1", mlp.fc2.in_features))
     return halves[::-1] if mlp.gate_last else halves
+
+
+def unit_rows(mlp: nn.Module) -> tuple[tuple[str, int], ...]:
+    """Where a supported timm MLP keeps hidden unit j's fc1 rows: (module name, row offset) per
+    row, the row being offset + j (fc2's input column j belongs to the unit too). ``Mlp``: one
+    row of ``fc1``; ``GluMlp`` / ``SwiGLU``: the gate and value rows of `gated_rows`."""
+    t = _timm()
+    return gated_rows(mlp) if type(mlp) in (t["GluMlp"], t["SwiGLU"]) else (("fc1", 0),)
+
+
+def value_rows(attn: nn.Module) -> slice:
+    """The rows of a timm ``Attention``'s qkv that compute the values. qkv is laid out [q heads |
+    k heads | v heads], each head-major, so row ``start + h·head_dim + j`` is value dim j of head
+    h, whose output is proj's input column h·head_dim + j."""
+    return slice(2 * attn.attn_dim, 3 * attn.attn_dim)
 
 
 def blocks(model: Any) -> list[BlockParts]:

@@ -8,9 +8,11 @@ model in eval mode; on CUDA the device is synchronised before and after every pa
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import numbers
 import time
-from typing import Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -66,6 +68,51 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def _measuring(modules: Sequence[nn.Module], threads: int | None) -> Iterator[None]:
+    """Eval mode, ``threads`` CPU threads (if given) and ``torch.inference_mode`` inside; every
+    submodule's training flag and torch's thread count restored on the way out."""
+    # Every submodule's own flag, so a partly frozen model comes back exactly as it was.
+    flags = [(m, m.training) for module in modules for m in module.modules()]
+    old_threads = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        for module in modules:
+            module.eval()
+        with torch.inference_mode():
+            yield
+    finally:
+        torch.set_num_threads(old_threads)
+        for m, was_training in flags:
+            m.training = was_training
+
+
+def _time_interleaved(calls: Sequence[Callable[[], object]], *, warmup: int, repeats: int, device: torch.device,
+                      on_pass: Callable[[], object] | None = None) -> np.ndarray:
+    """ms of each call in each repeat, shape (len(calls), repeats): ``warmup`` untimed passes
+    over all calls, then ``repeats`` timed passes, each running every call once in order
+    (A, B, A, B, ...) so drifts in machine load hit every call alike. On CUDA the device is
+    synchronised before and after every call. ``on_pass`` runs after every pass (a progress bar)."""
+    times = np.empty((len(calls), repeats))
+    for _ in range(warmup):
+        for call in calls:
+            call()
+        _sync(device)
+        if on_pass is not None:
+            on_pass()
+    for r in range(repeats):
+        for i, call in enumerate(calls):
+            _sync(device)
+            start = time.perf_counter()
+            call()
+            _sync(device)
+            times[i, r] = (time.perf_counter() - start) * 1e3
+        if on_pass is not None:
+            on_pass()
+    return times
+
+
 def _measure(models: Mapping[str, nn.Module], input_shape, batch_sizes, warmup, repeats, threads, device,
              fn: str) -> dict[str, dict[int, dict]]:
     shape = _check_shape(input_shape, fn)
@@ -93,35 +140,13 @@ def _measure(models: Mapping[str, nn.Module], input_shape, batch_sizes, warmup, 
             raise ValueError(f"{fn}: device is {device} but model {name!r} lives on {d}; move the model first")
 
     gen = torch.Generator(device=device).manual_seed(0)
-    times = {name: {b: np.empty(repeats) for b in sizes} for name in names}
-    # Every submodule's own flag, so a partly frozen model comes back exactly as it was.
-    flags = {name: [(m, m.training) for m in models[name].modules()] for name in names}
-    old_threads = torch.get_num_threads()
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        for name in names:
-            models[name].eval()
-        with torch.inference_mode():
-            for b in sizes:
-                base = torch.randn((b, *shape), generator=gen, device=device)
-                inputs = {name: base.to(_model_dtype(models[name])) for name in names}
-                for _ in range(warmup):
-                    for name in names:
-                        models[name](inputs[name])
-                for r in range(repeats):
-                    # Interleaved (A, B, A, B, ...) so drifts in machine load hit every model alike.
-                    for name in names:
-                        _sync(device)
-                        start = time.perf_counter()
-                        models[name](inputs[name])
-                        _sync(device)
-                        times[name][b][r] = (time.perf_counter() - start) * 1e3
-    finally:
-        torch.set_num_threads(old_threads)
-        for name in names:
-            for m, was_training in flags[name]:
-                m.training = was_training
+    times = {}
+    with _measuring([models[name] for name in names], threads):
+        for b in sizes:
+            base = torch.randn((b, *shape), generator=gen, device=device)
+            calls = [functools.partial(models[name], base.to(_model_dtype(models[name]))) for name in names]
+            for name, row in zip(names, _time_interleaved(calls, warmup=warmup, repeats=repeats, device=device)):
+                times.setdefault(name, {})[b] = row
 
     result = {}
     for name in names:

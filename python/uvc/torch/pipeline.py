@@ -32,9 +32,13 @@ from .slim import SlimViT
 from .train import evaluate, fit, is_main_process, unwrap
 
 __all__ = ["load_model", "compress", "finetune", "prune", "describe", "setup_distributed", "check_budget",
-           "BudgetMissWarning", "BUDGET_TOLERANCE", "ASSETS"]
+           "BudgetMissWarning", "BUDGET_TOLERANCE", "ASSETS", "SHIPPED"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+# The dense models shipped in ASSETS, by the name `load_model` takes: their asset file stem
+# (<stem>.json, <stem>.safetensors; trained by scripts/train_dense.py --model <name>).
+SHIPPED = {"demo": "fmnist_vit", "deep": "fmnist_vit_deep"}
 
 # A plan whose MACs ratio is more than this much (relative) above the budget misses it.
 BUDGET_TOLERANCE = 0.01
@@ -45,15 +49,15 @@ class BudgetMissWarning(UserWarning):
     `BUDGET_TOLERANCE` (relative): it is not compressed to the budget."""
 
 
-def check_budget(ratio: float, budget: float, who: str, hint: str) -> dict:
-    """Whether a model at ``ratio`` of the dense MACs meets ``budget`` (a fraction of the dense
-    MACs, same convention) within `BUDGET_TOLERANCE`. On a miss the main process warns
-    (`BudgetMissWarning`) and prints a line to stderr, both starting with ``who`` and ending with
-    ``hint`` (what to change). Returns the summary fields ``budget_met``, ``plan_ratio`` and
-    ``budget_ratio``."""
+def check_budget(ratio: float, budget: float, who: str, hint: str, unit: str = "MACs") -> dict:
+    """Whether a model at ``ratio`` of the dense MACs (or, ``unit="latency"``, of the dense
+    latency) meets ``budget`` (a fraction of the same) within `BUDGET_TOLERANCE`. On a miss the
+    main process warns (`BudgetMissWarning`) and prints a line to stderr, both starting with
+    ``who`` and ending with ``hint`` (what to change). Returns the summary fields
+    ``budget_met``, ``plan_ratio`` and ``budget_ratio``."""
     met = ratio <= budget * (1 + BUDGET_TOLERANCE)
     if not met and is_main_process():
-        message = (f"{who}: the exported model keeps {ratio:.2%} of the dense MACs, above the budget {budget:.2%} "
+        message = (f"{who}: the exported model keeps {ratio:.2%} of the dense {unit}, above the budget {budget:.2%} "
                    f"by more than {BUDGET_TOLERANCE:.0%}: it is not compressed to the budget; {hint}")
         # The line too: warnings are shown once per place and can be filtered away.
         print(f"WARNING: {message}", file=sys.stderr, flush=True)
@@ -83,7 +87,8 @@ def setup_distributed(device: str | None) -> tuple[torch.device, int, int]:
 def load_model(source: str, checkpoint: str | None = None, **timm_kwargs) -> tuple[torch.nn.Module, dict]:
     """A model and its metadata from ``source``:
 
-    - ``"demo"``: the small ViT trained on Fashion-MNIST that ships with uvc;
+    - ``"demo"``: the small ViT trained on Fashion-MNIST that ships with uvc; ``"deep"``: its
+      12-block sibling (a key of `SHIPPED`);
     - a folder written by `uvc.torch.save` (an exported, compressed model);
     - a timm model name, built with ``pretrained=False`` and ``timm_kwargs``, with weights
       from ``checkpoint`` (a safetensors file or a torch state dict, optionally under 'model').
@@ -92,10 +97,14 @@ def load_model(source: str, checkpoint: str | None = None, **timm_kwargs) -> tup
       as is); a checkpoint that still does not fit says which keys and shapes differ.
     """
     import timm
-    if source == "demo":
-        meta = json.loads((ASSETS / "fmnist_vit.json").read_text())
+    if source in SHIPPED:
+        stem = ASSETS / SHIPPED[source]
+        if not stem.with_suffix(".json").is_file() or not stem.with_suffix(".safetensors").is_file():
+            raise FileNotFoundError(f"--model {source}: the shipped model {stem}.json / .safetensors is missing; "
+                                    f"train it with `python scripts/train_dense.py --model {source}`")
+        meta = json.loads(stem.with_suffix(".json").read_text())
         model = timm.create_model(meta["timm_model"], pretrained=False, **meta["kwargs"])
-        _load_weights(model, _read_checkpoint(str(ASSETS / "fmnist_vit.safetensors")), "the demo weights")
+        _load_weights(model, _read_checkpoint(str(stem.with_suffix(".safetensors"))), f"the {source} weights")
         return model, _with_normalisation(meta)
     path = Path(source)
     if path.is_dir():
@@ -213,8 +222,31 @@ def _criterion(teacher, settings):
 SOLVER_KEYS = ("convention", "budget_macs", *SOLVER_DEFAULTS)
 
 # What a checkpoint must share with the run that resumes it (the model and the budget).
-RESUME_KEYS = {"compress": ("model", "model_kwargs", "num_classes", "img_size", "budget", "budget_macs", "convention"),
+RESUME_KEYS = {"compress": ("model", "model_kwargs", "num_classes", "img_size", "budget", "budget_macs", "convention",
+                            "budget_latency", "latency_table"),
                "finetune": ("model", "teacher", "model_kwargs", "num_classes", "img_size")}
+
+
+def _latency_table(settings: dict):
+    """The latency table of a latency budget (None for a MACs budget), checked before training."""
+    from ..latency import LatencyTable
+    if settings["budget_latency"] is None:
+        if settings["latency_table"] is not None:
+            raise ValueError("--latency-table is given without --budget-latency: say which fraction of the dense "
+                             "latency to keep")
+        return None
+    if settings["latency_table"] is None:
+        raise ValueError("--budget-latency needs --latency-table (make one with `uvc profile MODEL --out latency.json` "
+                         "on the device and at the batch size you deploy)")
+    if not 0 < settings["budget_latency"] <= 1:
+        raise ValueError(f"--budget-latency must lie in (0, 1] (a fraction of the dense latency), got "
+                         f"{settings['budget_latency']}")
+    if settings["prune_tokens"]:
+        raise ValueError("--budget-latency with token pruning (--enable_patch_gating 1): latency tables do not profile "
+                         "token counts; budget MACs (--budget) to prune tokens")
+    if settings["budget_macs"] is not None:
+        raise ValueError("--budget-latency and --budget-macs exclude each other")
+    return LatencyTable.load(settings["latency_table"])
 
 
 def compress(**settings) -> dict:
@@ -227,19 +259,23 @@ def compress(**settings) -> dict:
     settings = COMPRESS.resolve(settings, source="compress")
     if not settings["enable_pruning"]:
         settings.update(prune_heads=False, prune_dims=False, prune_neurons=False)
+    latency = _latency_table(settings)
     device, rank, world = setup_distributed(settings["device"])
     torch.manual_seed(settings["seed"])
     model, meta = load_model(settings["model"], settings["checkpoint"], **timm_kwargs(settings))
     model.to(device)
     teacher = copy.deepcopy(model).eval()
     spec = spec_from_model(model)
+    if latency is not None:
+        latency.check(spec)
     train, test = _loaders(spec, settings, rank, world)
     epochs = settings["num_epochs"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"], weight_decay=settings["weight_decay"])
     scheduler = _schedule(optimizer, epochs * len(train), 0)
     solver_kwargs = {k: settings[k] for k in SOLVER_KEYS if settings[k] is not None}
-    comp = Compressor(model, settings["budget"], steps_per_epoch=len(train), optimizer=optimizer,
-                      seed=settings["seed"], **solver_kwargs)
+    budget = settings["budget"] if latency is None else settings["budget_latency"]
+    comp = Compressor(model, budget, steps_per_epoch=len(train), optimizer=optimizer, seed=settings["seed"],
+                      importance=settings["importance"], latency=latency, **solver_kwargs)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     out = Path(settings["output_dir"])
     fit(net, train, epochs=epochs, optimizer=optimizer, scheduler=scheduler, criterion=_criterion(teacher, settings),
@@ -270,9 +306,16 @@ def compress(**settings) -> dict:
     }
     summary["ratio"] = summary["macs"] / summary["dense_macs"]
     conv = comp.solver.convention
-    summary.update(check_budget(cost.count(spec, plan, conv).macs / comp.solver.dense_macs,
-                                comp.solver.hyper["budget"], "uvc compress",
-                                "train longer (more --num_epochs) or allow more MACs (--budget)"))
+    if latency is None:
+        summary.update(check_budget(cost.count(spec, plan, conv).macs / comp.solver.dense_macs,
+                                    comp.solver.hyper["budget"], "uvc compress",
+                                    "train longer (more --num_epochs) or allow more MACs (--budget)"))
+    else:
+        predicted = latency.predict(plan)
+        summary.update(predicted_ms=predicted, dense_predicted_ms=latency.dense_ms, latency_table=latency.source,
+                       **check_budget(predicted / latency.dense_ms, comp.solver.hyper["budget"], "uvc compress",
+                                      "train longer (more --num_epochs) or allow more latency (--budget-latency)",
+                                      unit="latency"))
     if is_main_process():
         plan.save(out / "plan.json")
         save_slim(slim, out / "stage1_model", meta=meta)

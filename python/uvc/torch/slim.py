@@ -20,7 +20,7 @@ from ..plan import ArchPlan
 from ..spec import ViTSpec
 
 __all__ = ["SlimViT", "SlimAttention", "SlimMlp", "SlimBlock", "SlimAttentionPool", "LayerScale", "PatchEmbed",
-           "reduce_tokens", "ACTIVATIONS"]
+           "reduce_tokens", "ranking_attention", "ACTIVATIONS"]
 
 
 class QuickGELU(nn.Module):
@@ -35,18 +35,36 @@ ACTIVATIONS = {"gelu": lambda: nn.GELU(), "gelu_tanh": lambda: nn.GELU(approxima
                "silu": nn.SiLU}
 
 
-def reduce_tokens(x: torch.Tensor, class_attention: torch.Tensor, prefix_tokens: int,
+def ranking_attention(q: torch.Tensor, k: torch.Tensor, scale: float, *, class_token: bool,
+                      head_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The (B, N) attention a block that drops tokens ranks them by.
+
+    ``q``, ``k``: (B, h, N, qk_dim) queries and keys (after the q/k norms). With
+    ``class_token``, the class token's row softmax(q₀·Kᵀ·``scale``); without one, every row
+    softmax(q_i·Kᵀ·``scale``) averaged over the N queries: the attention each token receives.
+    Then the mean over the heads, or over the heads ``head_weights`` (h,) keeps (a 0/1 mask).
+    Each row sums to 1. MACs: h·ρ·N·qk_dim for the ρ = 1 or N rows (the cost model's ``fuse``);
+    the softmax, the means and the weights are element-wise.
+    """
+    probs = ((q[:, :, :1] if class_token else q) * scale @ k.transpose(-2, -1)).softmax(dim=-1).mean(dim=2)
+    if head_weights is None:
+        return probs.mean(dim=1)
+    w = head_weights.to(probs.dtype)
+    return (probs * w[:, None]).sum(dim=1) / w.sum()
+
+
+def reduce_tokens(x: torch.Tensor, attention: torch.Tensor, prefix_tokens: int,
                   tokens_out: int) -> torch.Tensor:
     """EViT-style token reduction: what a block that drops tokens does after its MHSA.
 
     ``x``: (B, N, D) tokens, the first ``prefix_tokens`` of them class / distillation /
-    register tokens. ``class_attention``: (B, N), the class token's attention probabilities
-    over the N keys, averaged over the block's (kept) heads. Returns (B, ``tokens_out``, D):
-    the prefix tokens unchanged, then the k = ``tokens_out`` − prefix − 1 ≥ 1 other tokens
-    with the highest class attention (highest first), then one fused token: the sum of the
-    remaining N − ``tokens_out`` + 1 tokens weighted by their class attention renormalised to
-    sum 1. The fusion is a batched matmul of (N − ``tokens_out`` + 1)·D MACs per image; the
-    ranking and the weights cost no MACs.
+    register tokens. ``attention``: (B, N) probabilities over the N tokens that rank them
+    (`ranking_attention`: the class token's attention, or the attention each token receives).
+    Returns (B, ``tokens_out``, D): the prefix tokens unchanged, then the k = ``tokens_out`` −
+    prefix − 1 ≥ 1 other tokens with the highest attention (highest first), then one fused
+    token: the sum of the remaining N − ``tokens_out`` + 1 tokens weighted by their attention
+    renormalised to sum 1. The fusion is a batched matmul of (N − ``tokens_out`` + 1)·D MACs per
+    image; the ranking and the weights cost no MACs.
     """
     for name, value in (("prefix_tokens", prefix_tokens), ("tokens_out", tokens_out)):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -60,12 +78,11 @@ def reduce_tokens(x: torch.Tensor, class_attention: torch.Tensor, prefix_tokens:
             raise ValueError(f"reduce_tokens: tokens_out must lie in {prefix_tokens + 2}..{n - 1} (the prefix "
                              f"tokens, at least one kept token and the fused one; fewer than the {n} in), "
                              f"got {tokens_out}")
-        if tuple(class_attention.shape) != (b, n):
-            raise ValueError(f"reduce_tokens: class_attention must have shape {(b, n)}, "
-                             f"got {tuple(class_attention.shape)}")
+        if tuple(attention.shape) != (b, n):
+            raise ValueError(f"reduce_tokens: attention must have shape {(b, n)}, got {tuple(attention.shape)}")
     keep = tokens_out - prefix_tokens - 1
     # A full descending sort (TopK over all patches): kept first, the fused rest after.
-    scores, order = class_attention[:, prefix_tokens:].topk(n - prefix_tokens, dim=1)
+    scores, order = attention[:, prefix_tokens:].topk(n - prefix_tokens, dim=1)
     patches = x[:, prefix_tokens:]
     kept = patches.gather(1, order[:, :keep, None].expand(-1, -1, d))
     dropped = patches.gather(1, order[:, keep:, None].expand(-1, -1, d))
@@ -110,9 +127,10 @@ class SlimAttention(nn.Module):
     qkv: Linear(dim → heads·(2·qk_dim + v_dim)) laid out [q heads | k heads | v heads];
     proj: Linear(heads·v_dim → dim). ``fused_attn`` picks torch SDPA (fast) or explicit
     matmuls and softmax (what fvcore can count), like timm's attribute of that name.
-    Called with ``class_attention=True`` it also returns the class token's attention
-    probabilities, averaged over heads, (B, N): one extra matmul q_cls·Kᵀ of heads·N·qk_dim
-    MACs per image in both paths. ``qk_norm``: LayerNorms over each head's queries and keys
+    Called with ``ranking="class"`` (or ``"received"``) it also returns the (B, N) attention
+    that ranks tokens, `ranking_attention` over all its heads: the class token's row, one
+    extra matmul of heads·N·qk_dim MACs per image (or every row averaged over the queries,
+    heads·N²·qk_dim), in both paths. ``qk_norm``: LayerNorms over each head's queries and keys
     (one each, shared by the heads, as in timm), before the attention.
     """
 
@@ -129,7 +147,7 @@ class SlimAttention(nn.Module):
         self.qkv = nn.Linear(dim, num_heads * (2 * qk_dim + v_dim), bias=qkv_bias, device=device, dtype=dtype)
         self.proj = nn.Linear(num_heads * v_dim, dim, bias=proj_bias, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, class_attention: bool = False):
+    def forward(self, x: torch.Tensor, ranking: str | None = None):
         b, n, _ = x.shape
         h, qd, vd = self.num_heads, self.qk_dim, self.v_dim
         q, k, v = self.qkv(x).split((h * qd, h * qd, h * vd), dim=-1)
@@ -143,12 +161,11 @@ class SlimAttention(nn.Module):
             attn = (q * self.scale) @ k.transpose(-2, -1)
             x = attn.softmax(dim=-1) @ v
         out = self.proj(x.transpose(1, 2).reshape(b, n, h * vd))
-        if not class_attention:
+        if ranking is None:
             return out
-        # Its own small matmul in both paths: SDPA cannot return attention weights, and doing
-        # the same in the explicit path keeps the MAC count independent of fused_attn.
-        row = ((q[:, :, :1] * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        return out, row.mean(dim=1).squeeze(1)
+        # Its own matmul in both paths: SDPA cannot return attention weights, and doing the
+        # same in the explicit path keeps the MAC count independent of fused_attn.
+        return out, ranking_attention(q, k, self.scale, class_token=ranking == "class")
 
 
 class SlimMlp(nn.Module):
@@ -215,20 +232,22 @@ class SlimBlock(nn.Module):
     (``mlp_hidden`` = 0) may be absent: an absent part has no modules and adds nothing.
 
     With ``tokens_out`` set, the block drops tokens after its MHSA (which must be present):
-    `reduce_tokens` by the class token's attention, keeping ``prefix_tokens`` in place; the
-    MLP then runs on ``tokens_out`` tokens.
+    `reduce_tokens` by the class token's attention (``class_token``) or else by the attention
+    each token receives, keeping ``prefix_tokens`` in place; the MLP then runs on
+    ``tokens_out`` tokens.
     """
 
     def __init__(self, dim: int, *, num_heads: int, qk_dim: int, v_dim: int, mlp_hidden: int,
                  qkv_bias: bool = True, proj_bias: bool = True, norm_eps: float = 1e-6,
                  init_values: float | None = None, act: str = "gelu", gated_mlp: bool = False,
                  qk_norm: bool = False, fused_attn: bool = True, tokens_out: int | None = None,
-                 prefix_tokens: int = 1, device=None, dtype=None) -> None:
+                 prefix_tokens: int = 1, class_token: bool = True, device=None, dtype=None) -> None:
         super().__init__()
         if tokens_out is not None and not num_heads:
             raise ValueError("SlimBlock: tokens_out needs the MHSA part (num_heads >= 1): tokens are dropped "
-                             "by the class token's attention")
+                             "by their attention")
         self.tokens_out, self.prefix_tokens = tokens_out, prefix_tokens
+        self.ranking = "class" if class_token else "received"
         dd = dict(device=device, dtype=dtype)
         self.norm1 = self.attn = self.ls1 = self.norm2 = self.mlp = self.ls2 = None
         if num_heads:
@@ -243,8 +262,8 @@ class SlimBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tokens_out is not None:
-            y, cls_attn = self.attn(self.norm1(x), class_attention=True)
-            x = reduce_tokens(x + self.ls1(y), cls_attn, self.prefix_tokens, self.tokens_out)
+            y, attention = self.attn(self.norm1(x), ranking=self.ranking)
+            x = reduce_tokens(x + self.ls1(y), attention, self.prefix_tokens, self.tokens_out)
         elif self.attn is not None:
             x = x + self.ls1(self.attn(self.norm1(x)))
         if self.mlp is not None:
@@ -259,9 +278,10 @@ class SlimViT(nn.Module):
     Keyword configuration mirrors timm: ``qkv_bias``, ``proj_bias`` (attention proj and both
     MLP layers), ``norm_eps``, ``init_values`` (LayerScale on when not None), ``act`` (the MLP
     activation, a key of `ACTIVATIONS`), ``no_embed_class`` (position embedding on patches
-    only), ``class_token`` and ``fused_attn`` (SDPA; set False for explicit attention that
-    fvcore can count). The spec says the rest: pooling (class token, average over the
-    non-prefix tokens, or the attention-pool head), ``fc_norm``, ``qk_norm``, ``gated_mlp``.
+    only) and ``fused_attn`` (SDPA; set False for explicit attention that fvcore can count).
+    The spec says the rest: pooling (class token, average over the non-prefix tokens, or the
+    attention-pool head), ``fc_norm``, ``qk_norm``, ``gated_mlp``, ``class_token`` (the
+    keyword of that name, kept for folders saved by uvc 0.2, must agree with it).
     A distilled spec (``classifier_heads`` = 2) gets a distillation token and a second head;
     like timm's VisionTransformerDistilled it returns the mean of both heads' logits, or both
     when ``distilled_training`` is set and the model is in training mode. Prefix tokens
@@ -270,7 +290,7 @@ class SlimViT(nn.Module):
 
     def __init__(self, spec: ViTSpec, plan: ArchPlan, *, qkv_bias: bool = True, proj_bias: bool = True,
                  norm_eps: float = 1e-6, init_values: float | None = None, act: str = "gelu",
-                 no_embed_class: bool = False, class_token: bool = True, fused_attn: bool = True, device=None,
+                 no_embed_class: bool = False, class_token: bool | None = None, fused_attn: bool = True, device=None,
                  dtype=None) -> None:
         super().__init__()
         if not isinstance(spec, ViTSpec):
@@ -287,13 +307,12 @@ class SlimViT(nn.Module):
             raise ValueError("SlimViT: a distilled spec has exactly 2 prefix tokens (class, distillation)")
         if act not in ACTIVATIONS:
             raise ValueError(f"SlimViT: act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+        if class_token is not None and bool(class_token) != spec.class_token:
+            raise ValueError(f"SlimViT: class_token={class_token!r} disagrees with the spec's "
+                             f"class_token={spec.class_token}")
+        class_token = spec.class_token
         if not class_token and spec.pool == "token":
-            raise ValueError("SlimViT: class_token=False needs pool 'avg' or 'map' in the spec")
-        if class_token and spec.prefix_tokens < 1:
-            raise ValueError("SlimViT: class_token=True needs at least one prefix token in the spec")
-        if not class_token and any(layer.tokens < spec.num_tokens for layer in plan.layers):
-            raise ValueError("SlimViT: the plan drops tokens, and without a class token there is no class "
-                             "attention to rank them by (class_token=False)")
+            raise ValueError("SlimViT: a spec without a class token needs pool 'avg' or 'map'")
         dd = dict(device=device, dtype=dtype)
         d = spec.embed_dim
         self.spec, self.plan = spec, plan
@@ -332,7 +351,7 @@ class SlimViT(nn.Module):
                                   qkv_bias=qkv_bias, proj_bias=proj_bias, norm_eps=norm_eps,
                                   init_values=init_values, act=act, gated_mlp=spec.gated_mlp,
                                   qk_norm=spec.qk_norm, fused_attn=fused_attn, tokens_out=after if after < layer.tokens else None,
-                                  prefix_tokens=spec.prefix_tokens, **dd))
+                                  prefix_tokens=spec.prefix_tokens, class_token=class_token, **dd))
             index.append(i)
         self.blocks = nn.Sequential(*kept)
         self.block_index: tuple[int, ...] = tuple(index)
@@ -388,7 +407,7 @@ class SlimViT(nn.Module):
         The result computes what ``model`` computes with the proj input columns of removed heads
         and value dims zeroed, the fc2 input columns of removed neurons zeroed, skipped
         parts adding nothing and, where the plan's token count falls after block l, block l
-        dropping tokens after its MHSA by `reduce_tokens`, with the class attention averaged
+        dropping tokens after its MHSA by `reduce_tokens`, with the ranking attention averaged
         over the kept heads only.
         """
         from .introspect import gated_rows, model_config, spec_from_model

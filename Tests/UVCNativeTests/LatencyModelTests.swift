@@ -1,0 +1,198 @@
+import XCTest
+@testable import UVCNative
+
+/// The latency model against its table: grid points, interpolation, the relaxed latency and its
+/// gradient, refused tables, and the solver spending a budget in ms.
+final class LatencyModelTests: XCTestCase {
+    /// A table for `smallSolverSpec` (3 heads of 8 value dims, 32 neurons): MHSA time rising
+    /// with heads and value width, with a slow odd width (5) as real tables have; MLP time with a
+    /// step at 17.
+    private func table(_ spec: ViTSpec, vDims: [Int] = [1, 2, 4, 5, 6, 8],
+                       neurons: [Int] = [1, 8, 16, 17, 24, 32]) throws -> LatencyModel {
+        let heads = Array(1...spec.numHeads)
+        var attention: [Double] = []
+        for h in heads {
+            for v in vDims { attention.append(0.2 + 0.05 * Double(h) * Double(v) + (v == 5 ? 0.3 : 0)) }
+        }
+        let mlp = neurons.map { 0.1 + 0.01 * Double($0) + ($0 >= 17 ? 0.05 : 0) }
+        return try LatencyModel(spec: spec, heads: heads, vDims: vDims, neurons: neurons, attention: attention,
+                                mlp: mlp, fixed: 0.7)
+    }
+
+    private func exact(_ model: LatencyModel, _ plan: ArchPlan) throws -> Double { try model.exactTotal(plan) }
+
+    func testGridPointsPriceAtTheTable() throws {
+        let spec = try smallSolverSpec()
+        let model = try table(spec)
+        let plan = ArchPlan(layers: [LayerPlan(heads: 2, vDim: 5, neurons: 17, tokens: 17),
+                                     LayerPlan(heads: 3, vDim: 8, neurons: 32, attention: false, tokens: 17),
+                                     LayerPlan(heads: 1, vDim: 1, neurons: 1, mlp: false, tokens: 17)])
+        try plan.validate(for: spec)
+        let a = { (h: Double, v: Double) in 0.2 + 0.05 * h * v + (v == 5 ? 0.3 : 0) }
+        let m = { (n: Double) in 0.1 + 0.01 * n + (n >= 17 ? 0.05 : 0) }
+        XCTAssertEqual(try exact(model, plan), 0.7 + a(2, 5) + m(17) + m(32) + a(1, 1), accuracy: 1e-12)
+        var layers = [Double](repeating: -1, count: 6)
+        _ = try layers.withUnsafeMutableBufferPointer { try model.exact(plan, layers: $0) }
+        XCTAssertEqual(layers, [a(2, 5), m(17), 0, m(32), a(1, 1), 0])
+        XCTAssertEqual(try exact(model, .dense(spec)), 0.7 + 3 * (a(3, 8) + m(32)), accuracy: 1e-12)
+    }
+
+    func testBetweenGridPointsTheLineBetweenNeighbours() throws {
+        let spec = try smallSolverSpec()
+        let model = try table(spec)
+        for v in stride(from: 6.0, through: 8.0, by: 0.25) {
+            let t = (v - 6) / 2
+            let left = model.attentionTime(heads: 2, vDim: 6).ms, right = model.attentionTime(heads: 2, vDim: 8).ms
+            let (ms, dh, dv) = model.attentionTime(heads: 2, vDim: v)
+            XCTAssertEqual(ms, (1 - t) * left + t * right, accuracy: 1e-12)
+            XCTAssertTrue(min(left, right) - 1e-12 <= ms && ms <= max(left, right) + 1e-12, "monotone between points")
+            XCTAssertEqual(dv, (right - left) / 2, accuracy: 1e-12)
+            XCTAssertEqual(dh, model.attentionTime(heads: 3, vDim: v).ms - ms, accuracy: 1e-12)
+        }
+        // Bilinear inside a cell: the mean of the four corners at its centre.
+        let corners = [(1.0, 2.0), (2.0, 2.0), (1.0, 4.0), (2.0, 4.0)].map { model.attentionTime(heads: $0.0, vDim: $0.1).ms }
+        XCTAssertEqual(model.attentionTime(heads: 1.5, vDim: 3).ms, corners.reduce(0, +) / 4, accuracy: 1e-12)
+        // The slow odd width: 5 costs more than 6, and 4.5 lies between 4 and 5.
+        XCTAssertGreaterThan(model.attentionTime(heads: 3, vDim: 5).ms, model.attentionTime(heads: 3, vDim: 6).ms)
+        let (m16, m17) = (model.mlpTime(neurons: 16).ms, model.mlpTime(neurons: 17).ms)
+        XCTAssertEqual(model.mlpTime(neurons: 16.5).ms, (m16 + m17) / 2, accuracy: 1e-12)
+        XCTAssertEqual(model.mlpTime(neurons: 16.5).dNeurons, m17 - m16, accuracy: 1e-12)
+    }
+
+    /// At integer counts on or off the grid and 0/1 gates, the relaxed latency is the exact one.
+    func testRelaxedAtPlansEqualsExact() throws {
+        let spec = try smallSolverSpec(depth: 4)
+        let model = try table(spec)
+        var rng = TestRNG(state: 5)
+        for _ in 0..<200 {
+            let layers = (0..<4).map { _ in
+                LayerPlan(heads: rng.int(1...3), vDim: rng.int(1...8), neurons: rng.int(1...32),
+                          attention: rng.int(0...3) != 0, mlp: rng.int(0...3) != 0, tokens: 17)
+            }
+            let plan = ArchPlan(layers: layers)
+            try plan.validate(for: spec)
+            let x = relaxedInputs(plan)
+            var g = [Double](repeating: 0, count: x.count)
+            let relaxed = x.withUnsafeBufferPointer { xb in g.withUnsafeMutableBufferPointer { model.expected(xb, gradient: $0) } }
+            XCTAssertEqual(relaxed, try exact(model, plan), accuracy: 1e-12)
+        }
+    }
+
+    /// Away from grid points the gradient matches central finite differences.
+    func testGradientMatchesFiniteDifferences() throws {
+        let spec = try smallSolverSpec(depth: 4)
+        let model = try table(spec)
+        var rng = TestRNG(state: 9)
+        let d = spec.depth
+        func value(_ x: [Double]) -> (Double, [Double]) {
+            var g = [Double](repeating: 0, count: x.count)
+            let v = x.withUnsafeBufferPointer { xb in g.withUnsafeMutableBufferPointer { model.expected(xb, gradient: $0) } }
+            return (v, g)
+        }
+        for _ in 0..<50 {
+            var x = [Double](repeating: 0, count: RelaxedField.allCases.count * d)
+            for l in 0..<d {
+                // Cell interiors: fractional parts in [0.1, 0.9] of a unit cell keep h ± step inside one stretch.
+                x[RelaxedField.heads.rawValue * d + l] = Double(rng.int(1...2)) + 0.1 + 0.8 * rng.unit()
+                x[RelaxedField.vDim.rawValue * d + l] = 6.2 + 1.6 * rng.unit()
+                x[RelaxedField.neurons.rawValue * d + l] = 24.5 + 7 * rng.unit()
+                x[RelaxedField.attentionGate.rawValue * d + l] = rng.unit()
+                x[RelaxedField.mlpGate.rawValue * d + l] = rng.unit()
+                x[RelaxedField.tokens.rawValue * d + l] = 17
+            }
+            let (_, grad) = value(x)
+            for i in x.indices {
+                let h = 1e-4
+                var up = x, down = x
+                up[i] += h
+                down[i] -= h
+                let numeric = (value(up).0 - value(down).0) / (2 * h)
+                XCTAssertEqual(grad[i], numeric, accuracy: 1e-7, "input \(i)")
+            }
+        }
+    }
+
+    func testTablesThatCannotPriceEveryPlanAreRefused() throws {
+        let spec = try smallSolverSpec()
+        let heads = [1, 2, 3], v = [1, 4, 8], n = [1, 16, 32]
+        let a = [Double](repeating: 1, count: 9), m = [1.0, 1, 1]
+        func refused(_ argument: String, _ message: String, _ build: () throws -> LatencyModel) {
+            XCTAssertThrowsError(try build()) { error in
+                let e = error as? UVCError
+                XCTAssertEqual(e?.argument, argument)
+                XCTAssertTrue(e?.message.contains(message) ?? false, "\(e?.message ?? "")")
+            }
+        }
+        refused("v_dims", "has no point at 1") {
+            try LatencyModel(spec: spec, heads: heads, vDims: [2, 4, 8], neurons: n, attention: a, mlp: m, fixed: 0)
+        }
+        refused("neurons", "has no point at 32") {
+            try LatencyModel(spec: spec, heads: heads, vDims: v, neurons: [1, 16, 24], attention: a, mlp: m, fixed: 0)
+        }
+        refused("heads", "strictly increasing") {
+            try LatencyModel(spec: spec, heads: [1, 3, 3], vDims: v, neurons: n, attention: a, mlp: m, fixed: 0)
+        }
+        refused("attention_ms", "at heads=2, v_dims=4 it is 0.0") {
+            var holes = a
+            holes[4] = 0
+            return try LatencyModel(spec: spec, heads: heads, vDims: v, neurons: n, attention: holes, mlp: m, fixed: 0)
+        }
+        refused("mlp_ms", "at neurons=16 it is nan") {
+            try LatencyModel(spec: spec, heads: heads, vDims: v, neurons: n, attention: a, mlp: [1, .nan, 1], fixed: 0)
+        }
+        refused("attention_ms", "expected 3 x 3") {
+            try LatencyModel(spec: spec, heads: heads, vDims: v, neurons: n, attention: [1, 1], mlp: m, fixed: 0)
+        }
+        refused("fixed_ms", "finite and >= 0") {
+            try LatencyModel(spec: spec, heads: heads, vDims: v, neurons: n, attention: a, mlp: m, fixed: -1)
+        }
+        let model = try LatencyModel(spec: spec, heads: heads, vDims: v, neurons: n, attention: a, mlp: m, fixed: 0)
+        var drops = ArchPlan.dense(spec)
+        drops.layers[1].tokens = 10
+        drops.layers[2].tokens = 10
+        XCTAssertThrowsError(try model.exactTotal(drops)) { XCTAssertEqual(($0 as? UVCError)?.argument, "plan") }
+    }
+
+    /// The solver spends a latency budget: after the search the plan's widths lie on the table's
+    /// grid, and its table latency is at most the budget (within one grid step of it).
+    func testSolverSpendsAMillisecondBudgetOnTheGrid() throws {
+        let spec = try smallSolverSpec(depth: 4)
+        let model = try table(spec)
+        var s = try Solver(spec: spec, convention: .uvc,
+                           config: SolverConfig(budget: 0.6, warmupEpochs: 0.1, countLR: [0.05, 0.05, 0.05]), seed: 3,
+                           latency: model)
+        XCTAssertEqual(s.denseMACs, try model.exactTotal(.dense(spec)), accuracy: 1e-12)
+        XCTAssertEqual(s.unit, "ms")
+        var rng = Xoshiro256StarStar(seed: 10)
+        let scores = GroupData(s.spec, &rng)
+        for t in 0..<1500 {
+            let epoch = Double(t) / 100
+            let gates = try s.sample(epoch: epoch)
+            _ = try s.step(scores, gateGradient: gates.map { $0 - 2 }, epoch: epoch)
+        }
+        var masks = GroupData(spec, fill: -1)
+        let (plan, ms) = try scores.withScores { sc in try masks.withOutputs { try s.plan(scores: sc, roundTo: 1, into: $0) } }
+        XCTAssertEqual(ms, try model.exactTotal(plan), accuracy: 1e-12)
+        XCTAssertLessThanOrEqual(ms, s.budgetMACs * 1.0001, "the snapped plan meets the budget")
+        XCTAssertGreaterThan(ms, s.budgetMACs * 0.75, "and does not throw most of it away")
+        for layer in plan.layers {
+            if layer.attention { XCTAssertTrue(model.vDimGrid.contains(layer.vDim), "v width \(layer.vDim) is on the grid") }
+            if layer.mlp { XCTAssertTrue(model.neuronGrid.contains(layer.neurons), "\(layer.neurons) neurons on the grid") }
+        }
+        XCTAssertThrowsError(try scores.withScores { sc in try masks.withOutputs { try s.plan(scores: sc, roundTo: 8, into: $0) } }) {
+            XCTAssertEqual(($0 as? UVCError)?.argument, "round_to")
+        }
+    }
+
+    func testSolverRefusesATableOfAnotherShapeAndTokenPruning() throws {
+        let spec = try smallSolverSpec(depth: 4)
+        let other = try table(try smallSolverSpec(depth: 3))
+        XCTAssertThrowsError(try Solver(spec: spec, convention: .uvc, config: SolverConfig(), seed: 0, latency: other)) {
+            XCTAssertEqual(($0 as? UVCError)?.argument, "latency")
+        }
+        XCTAssertThrowsError(try Solver(spec: spec, convention: .uvc, config: SolverConfig(pruneTokens: true), seed: 0,
+                                        latency: try table(spec))) {
+            XCTAssertEqual(($0 as? UVCError)?.argument, "prune_tokens")
+        }
+    }
+}

@@ -1,0 +1,60 @@
+"""The latency-model benchmark's smoke mode: it profiles (once, then from its cache), measures
+random plans and writes per-plan rows whose predictions are the table's (`uvc.LatencyTable`)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("scipy")
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "bench_latency_model.py"
+
+
+def _run(out: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600, cwd=out.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_smoke_rows_are_priced_by_the_table(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_latency_model as bench
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    from uvc import LatencyTable
+    from uvc.spec import ViTSpec
+    from uvc.torch.profile import load_table
+
+    out = tmp_path / "latency_model.json"
+    done = _run(out)
+    assert "(profiled" in done.stdout and "median |error|" in done.stdout
+    data = json.loads(out.read_text())
+    assert {"benchmark", "model", "spec", "device", "batch_size", "threads", "repeats", "table", "plan_row",
+            "median_abs_rel_err", "spearman", "macs_spearman", "targets", "met", "plans"} <= set(data)
+    assert data["benchmark"] == "latency_model" and data["model"] == "demo" and data["repeats"] == 3
+    assert len(data["plans"]) == 7 and data["plans"][0]["name"] == "dense"
+    assert {r["kind"] for r in data["plans"]} == {"dense", "random", "snapped", "skip"}
+    table_path = Path(data["table"])
+    assert table_path.parent == tmp_path and table_path.exists()
+    table = load_table(table_path)
+    spec = ViTSpec.from_dict(data["spec"])
+    for row in data["plans"]:
+        assert {"name", "kind", "predicted_ms", "measured_ms", "measured_p10_ms", "measured_p90_ms", "rel_err",
+                "macs_ratio", "counts"} <= set(row)
+        assert row["predicted_ms"] > 0 and row["measured_ms"] > 0
+        plan = bench.plan_from_counts(spec, row["counts"])
+        assert row["predicted_ms"] == pytest.approx(LatencyTable(table).predict(plan), rel=1e-12)
+        if row["kind"] == "snapped":
+            for h, v, n, attn, mlp, _ in row["counts"]:
+                assert (not attn or v in table["v_dims"]) and (not mlp or n in table["neurons"])
+    assert np.isfinite(data["median_abs_rel_err"]) and -1 <= data["spearman"] <= 1
+
+    # A rerun takes the cached table.
+    assert f"{table_path} (cached)" in _run(out).stdout

@@ -1,0 +1,94 @@
+"""The quality benchmark's smoke mode: every row (uvc, Torch-Pruning L2 / Taylor, uniform, uvc's
+architecture from scratch) trains end to end and lands at the budget by the shared counter; a
+second run reloads the cached rows without training; bad settings stop before any training."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks" / "bench_quality.py"
+ROWS = {"uvc", "tp_l2", "tp_taylor", "uniform", "uvc_scratch"}
+
+
+def run(*args):
+    return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quality") / "quality.json"
+    done = run("--smoke", "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out.with_name("quality_smoke.json"), done.stdout
+
+
+def test_every_row_of_the_quality_benchmark_trains_to_the_budget(smoke):
+    path, stdout = smoke
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    assert {r["row"] for r in rows.values()} == ROWS and len(rows) == len(ROWS)
+    dense = data["dense"]["demo_s0_v200"]
+    for key, r in rows.items():
+        assert 0 <= r["acc"] <= 100 and 0 <= r["acc_before"] <= 100, (key, r)
+        assert r["ratio"] <= 0.5 * 1.01, (key, r)
+        assert r["params"] < dense["params"] and r["train_seconds"] > 0, (key, r)
+        assert (path.with_suffix("") / key / "finetune" / "model" / "arch.json").is_file()
+        assert set(data["latency"]["ms"][key]) == {"1", "64"}
+    assert "dense_demo" in data["latency"]["ms"]
+    by_row = {r["row"]: r for r in rows.values()}
+    assert by_row["uvc_scratch"]["plan"] == by_row["uvc"]["plan"]  # the same architecture, retrained
+    assert "Torch-Pruning global Taylor + fine-tune" in stdout and "uvc's architecture from scratch" in stdout
+
+
+def test_the_uniform_row_keeps_the_same_fraction_in_every_layer(smoke):
+    path, _ = smoke
+    uniform = next(r for r in json.loads(path.read_text())["rows"].values() if r["row"] == "uniform")
+    heads = max(1, int(uniform["rho"] * 4 + 0.5))
+    neurons = max(1, int(uniform["rho"] * 256 + 0.5))
+    # per layer: heads, value dims, neurons, MHSA runs, MLP runs (demo: 4 heads of 16 dims, MLP 256)
+    assert uniform["plan"] == [[heads, 16, neurons, 1, 1]] * 6
+
+
+def test_a_second_run_reloads_the_cached_rows_without_training(smoke):
+    path, _ = smoke
+    before = json.loads(path.read_text())["rows"]
+    done = run("--smoke", "--no-latency", "--out", str(path.with_name("quality.json")))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("cached: ") == len(ROWS) and "training:" not in done.stdout
+    assert "stage 1 epoch" not in done.stdout and "stage 2 epoch" not in done.stdout
+    assert json.loads(path.read_text())["rows"] == before
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_quality
+    threads = torch.get_num_threads()
+    yield bench_quality
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--rows", "uvc", "nonsense"], "--rows"),
+    (["--budgets", "0"], "--budgets 0"),
+    (["--budgets", "0.5", "1.5"], "--budgets 1.5"),
+    (["--models", "demo", "--rows", "uniform", "--budgets", "0.02", "--threads", "1"], "--rows uniform --budgets 0.02"),
+])
+def test_bad_settings_stop_before_training_and_name_the_setting(bench, capsys, tmp_path, args, named):
+    with pytest.raises(SystemExit):
+        bench.main([*args, "--out", str(tmp_path / "q.json")])
+    err = capsys.readouterr().err
+    assert named in err, err
+    assert not (tmp_path / "q").exists()  # nothing trained, nothing cached
+
+
+def test_a_missing_torch_pruning_says_how_to_install_it(bench, capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)  # import torch_pruning now raises ImportError
+    with pytest.raises(SystemExit):
+        bench.main(["--rows", "tp_taylor", "--out", str(tmp_path / "q.json")])
+    err = capsys.readouterr().err
+    assert "--rows tp_taylor" in err and 'pip install "uvc[bench]"' in err, err

@@ -1,0 +1,191 @@
+"""The latency cost model (`uvc.LatencyTable`, priced by the Swift core) against an independent
+numpy interpolation, its relaxed form and gradient, the tables it refuses, and the solver spending
+a budget in milliseconds."""
+import json
+
+import numpy as np
+import pytest
+
+import uvc
+
+SPEC = uvc.ViTSpec(depth=4, embed_dim=64, num_heads=4, mlp_hidden=256, patch_size=4, image_size=28, in_channels=1,
+                   num_classes=10)
+
+
+def make_table(spec=SPEC, v_dims=(1, 4, 8, 12, 16), neurons=(1, 32, 64, 96, 128, 160, 192, 224, 256), seed=0,
+               batch_size=1):
+    """A table with times rising in every count, plus a slow odd width as real CPUs show."""
+    rng = np.random.default_rng(seed)
+    heads = list(range(1, spec.num_heads + 1))
+    att = [[0.05 + 0.01 * h * v + (0.02 if v == 12 else 0.0) + 0.001 * rng.random() for v in v_dims] for h in heads]
+    mlp = [0.04 + 0.0007 * n + 0.001 * rng.random() for n in neurons]
+    return {"format": "uvc.latency/1", "spec": spec.to_dict(),
+            "device": {"type": "cpu", "name": "test", "torch": "x", "threads": 1, "dtype": "float32", "sdpa": True},
+            "batch_size": batch_size, "heads": heads, "v_dims": list(v_dims), "neurons": list(neurons),
+            "attention_ms": att, "mlp_ms": mlp, "fixed_ms": 0.3}
+
+
+def reference(table, plan):
+    """fixed + Σ bilinear / linear interpolation, by numpy on the raw table."""
+    heads, v, n = (np.array(table[k], dtype=float) for k in ("heads", "v_dims", "neurons"))
+    att, mlp = np.array(table["attention_ms"]), np.array(table["mlp_ms"])
+    total = table["fixed_ms"]
+    for layer in plan.layers:
+        if layer.attn:
+            per_head = np.array([np.interp(layer.v_dim, v, row) for row in att])
+            total += np.interp(len(layer.heads), heads, per_head)
+        if layer.mlp:
+            total += np.interp(len(layer.neurons), n, mlp)
+    return total
+
+
+def test_predict_equals_the_interpolated_table_on_random_plans():
+    table = make_table()
+    lt = uvc.LatencyTable(table)
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        plan = uvc.random_plan(SPEC, rng, skip_prob=0.2, tokens=False)
+        assert lt.predict(plan) == pytest.approx(reference(table, plan), rel=1e-12)
+    total, layers = lt.breakdown(uvc.ArchPlan.dense(SPEC))
+    assert layers.shape == (4, 2)
+    assert total == pytest.approx(0.3 + 4 * (table["attention_ms"][-1][-1] + table["mlp_ms"][-1]))
+    assert lt.dense_ms == pytest.approx(total)
+
+
+def test_at_grid_points_the_table_and_in_between_the_neighbours():
+    table = make_table()
+    lt = uvc.LatencyTable(table)
+    dense = uvc.ArchPlan.dense(SPEC)
+
+    def with_layer0(v_dim, neurons):
+        layer = dense.layers[0]
+        first = uvc.LayerPlan(heads=layer.heads, v_index=tuple(tuple(range(v_dim)) for _ in layer.heads),
+                              neurons=tuple(range(neurons)), tokens=layer.tokens)
+        return uvc.ArchPlan(SPEC, (first,) + dense.layers[1:])
+
+    rest = lt.predict(dense) - table["attention_ms"][-1][-1] - table["mlp_ms"][-1]
+    for j, v in enumerate(table["v_dims"]):
+        for k, n in enumerate(table["neurons"]):
+            assert lt.predict(with_layer0(v, n)) - rest == pytest.approx(table["attention_ms"][-1][j] + table["mlp_ms"][k])
+    # Between 8 and 12 value dims the MHSA time walks the line between the two measured ones.
+    a8, a12 = table["attention_ms"][-1][2], table["attention_ms"][-1][3]
+    times = [lt.predict(with_layer0(v, 256)) - rest - table["mlp_ms"][-1] for v in (8, 9, 10, 11, 12)]
+    assert times == pytest.approx([a8 + (a12 - a8) * t / 4 for t in range(5)])
+    assert all(min(a8, a12) - 1e-12 <= t <= max(a8, a12) + 1e-12 for t in times)
+
+
+def test_relaxed_latency_equals_the_plan_and_its_gradient_finite_differences():
+    lt = uvc.LatencyTable(make_table())
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        plan = uvc.random_plan(SPEC, rng, skip_prob=0.3, tokens=False)
+        x = np.array([[len(l.heads) if l.attn else 0 for l in plan.layers], [l.v_dim for l in plan.layers],
+                      [len(l.neurons) if l.mlp else 0 for l in plan.layers], [float(l.attn) for l in plan.layers],
+                      [float(l.mlp) for l in plan.layers], [SPEC.num_tokens] * SPEC.depth], dtype=np.float64)
+        # A skipped part's counts are 0 in the plan row; any count prices it at 0 when its gate is 0.
+        x[0] = np.where(x[3] == 0, 1, x[0])
+        x[1] = np.where(x[1] == 0, 1, x[1])
+        x[2] = np.where(x[4] == 0, 1, x[2])
+        assert lt.expected(x) == pytest.approx(lt.predict(plan), rel=1e-12)
+    x = np.array([[1.3, 2.5, 3.7, 2.2], [5.5, 9.1, 13.3, 2.6], [40.0, 100.5, 210.2, 17.0], [0.3, 0.9, 0.5, 0.8],
+                  [0.7, 0.2, 0.6, 0.4], [SPEC.num_tokens] * 4])
+    grad = np.empty_like(x)
+    lt.expected(x, grad)
+    for i in range(5):
+        for l in range(4):
+            up, down = x.copy(), x.copy()
+            up[i, l] += 1e-5
+            down[i, l] -= 1e-5
+            assert grad[i, l] == pytest.approx((lt.expected(up) - lt.expected(down)) / 2e-5, rel=1e-6, abs=1e-9)
+    assert (grad[5] == 0).all(), "tokens are not priced"
+
+
+def test_tables_that_cannot_price_a_plan_are_refused_naming_the_table_and_the_point(tmp_path):
+    table = make_table()
+    holes = json.loads(json.dumps(table))
+    holes["attention_ms"][1][2] = 0.0
+    with pytest.raises(ValueError, match=r"latency table t\.json: attention_ms: must be finite and positive; "
+                                         r"at heads=2, v_dims=8 it is 0\.0"):
+        uvc.LatencyTable(holes, source="t.json")
+    short = dict(table, neurons=table["neurons"][:-1], mlp_ms=table["mlp_ms"][:-1])
+    with pytest.raises(ValueError, match="neurons: has no point at 256.*extrapolating above the grid is refused"):
+        uvc.LatencyTable(short)
+    with pytest.raises(ValueError, match="expected format 'uvc.latency/1'"):
+        uvc.LatencyTable(dict(table, format="uvc.latency/0"))
+    with pytest.raises(ValueError, match=r"missing keys \['mlp_ms'\]"):
+        uvc.LatencyTable({k: v for k, v in table.items() if k != "mlp_ms"})
+    path = tmp_path / "latency.json"
+    path.write_text(json.dumps(table))
+    lt = uvc.LatencyTable.load(path)
+    assert lt == uvc.LatencyTable(lt.to_dict()) and lt.source == str(path)
+    with pytest.raises(FileNotFoundError, match="uvc profile"):
+        uvc.LatencyTable.load(tmp_path / "none.json")
+    other = SPEC.replace(depth=6)
+    with pytest.raises(ValueError, match=f"latency table {path} was measured for another model shape "
+                                         r"\(depth: table 4, model 6\)"):
+        lt.check(other)
+    with pytest.raises(ValueError, match="measured at batch size 1, not 64"):
+        lt.check(SPEC, batch_size=64)
+    with pytest.raises(ValueError, match=r"measured on cpu \(test\), not cuda:0"):
+        lt.check(SPEC, device="cuda:0")
+    assert lt.check(SPEC, batch_size=1, device="cpu") is lt
+    drops = uvc.random_plan(SPEC.replace(depth=4), np.random.default_rng(0), drop_prob=1.0)
+    with pytest.raises(ValueError, match="prices plans that keep all 50"):
+        lt.predict(drops)
+
+
+def run_search(solver, steps=1200, seed=3):
+    rng = np.random.default_rng(seed)
+    heads, dims, neurons = (rng.random(shape) + 0.1 for shape in solver._groups)
+    for t in range(steps):
+        epoch = t / 100
+        gates = solver.sample_gates(epoch)
+        solver.step(dims.sum(-1), dims, neurons, gates - 2, lr=1e-3, epoch=epoch)
+    return solver
+
+
+def test_the_solver_spends_a_latency_budget_on_measured_widths():
+    table = make_table()
+    lt = uvc.LatencyTable(table)
+    solver = run_search(uvc.Solver(SPEC, 0.5, latency=lt, warmup_epochs=0.1, lr_counts=0.05, seed=1))
+    stats = solver.stats()
+    assert stats["unit"] == "ms" and solver.dense_macs == pytest.approx(lt.dense_ms)
+    plan = solver.plan()
+    ratio = lt.predict(plan) / lt.dense_ms
+    assert 0.4 < ratio <= 0.5 * 1.0001
+    for layer in plan.layers:
+        if layer.attn:
+            assert layer.v_dim in table["v_dims"]
+        if layer.mlp:
+            assert len(layer.neurons) in table["neurons"]
+    # Resume: the state carries the table; another table is refused.
+    state = json.loads(json.dumps(solver.state_dict()))
+    again = uvc.Solver.from_state_dict(state)
+    assert again.plan() == plan and again.latency == lt
+    other = uvc.Solver(SPEC, 0.5, latency=uvc.LatencyTable(make_table(seed=5)))
+    with pytest.raises(ValueError, match="saved with another latency table"):
+        other.load_state_dict(state)
+    with pytest.raises(ValueError, match="saved with another latency table|saved with a MACs budget"):
+        uvc.Solver(SPEC, 0.5).load_state_dict(state)
+    with pytest.raises(ValueError, match="round_to"):
+        solver.plan(round_to=8)
+
+
+def test_latency_budget_errors_before_any_step():
+    lt = uvc.LatencyTable(make_table())
+    # With every block part skipped only the fixed part is left.
+    with pytest.raises(ValueError, match=r"budget: .* ms .* is below the smallest cost the enabled options can reach"):
+        uvc.Solver(SPEC, 0.9 * 0.3 / lt.dense_ms, latency=lt)
+    assert uvc.Solver(SPEC, budget_ms=lt.dense_ms / 2, latency=lt).budget_macs == pytest.approx(lt.dense_ms / 2)
+    with pytest.raises(ValueError, match="budget_ms must lie in"):
+        uvc.Solver(SPEC, budget_ms=2 * lt.dense_ms, latency=lt)
+    with pytest.raises(ValueError, match="budget_ms needs a latency table"):
+        uvc.Solver(SPEC, budget_ms=1.0)
+    with pytest.raises(ValueError, match="budget_macs and a latency table exclude each other"):
+        uvc.Solver(SPEC, budget_macs=1e6, latency=lt)
+    with pytest.raises(ValueError, match="prune_tokens"):
+        uvc.Solver(SPEC, 0.5, latency=lt, prune_tokens=True)
+    with pytest.raises(ValueError, match="another model shape"):
+        uvc.Solver(SPEC.replace(mlp_hidden=128), 0.5, latency=lt)
+    with pytest.raises(TypeError, match="latency must be a uvc.LatencyTable"):
+        uvc.Solver(SPEC, 0.5, latency=make_table())

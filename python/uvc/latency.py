@@ -1,0 +1,153 @@
+"""Latency in milliseconds, priced by the Swift core from a measured table.
+
+A table (written by `uvc.torch.profile.profile` or ``uvc profile``) holds, for one model
+shape on one device at one batch size, the median latency of every part a plan can change:
+the MHSA part of a block at each kept head count × value width per head on a grid, the MLP
+part at each width on a grid, and the fixed part (patch embedding, norms, pooling, head).
+The core prices a plan as
+
+    T(plan) = fixed_ms + Σ_l [ attention runs · A(h_l, v_l) + MLP runs · M(m_l) ]     (ms)
+
+with A bilinear between grid points over (heads, value width) and M linear over neurons; the
+same formula over expected counts and gate probabilities is the relaxed latency the solver's
+budget uses, with its exact gradient (`LatencyTable.expected`). Every grid runs from 1 to the
+dense width, so no plan needs a point the table lacks. Token counts are not profiled: a table
+prices plans that keep every token.
+
+    table = uvc.LatencyTable.load("latency.json")
+    table.check(spec, batch_size=1, device="cpu")     # refuses a table made for something else
+    table.predict(plan)                               # ms
+    uvc.Solver(spec, budget=0.5, latency=table)       # budget: 0.5 of the dense latency
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._core import native
+from ._files import read_json
+from .cost import RELAXED_FIELDS
+
+__all__ = ["LatencyTable", "FORMAT"]
+
+FORMAT = "uvc.latency/1"
+_KEYS = ("spec", "device", "batch_size", "heads", "v_dims", "neurons", "attention_ms", "mlp_ms", "fixed_ms")
+
+
+class LatencyTable:
+    """A measured latency table, checked whole by the core when it is made.
+
+    Args:
+        table: the dict `uvc.torch.profile.profile` returns (format ``"uvc.latency/1"``).
+        source: how errors name the table (a path, or "table").
+
+    Raises ValueError naming the table and what is wrong: another format, a missing key, a
+    grid that does not run from 1 to the dense width (the point that is missing), times that
+    are not finite and positive (the grid point), arrays of the wrong size.
+    """
+
+    def __init__(self, table: dict, *, source: str = "table") -> None:
+        from .spec import ViTSpec
+        self.source = str(source)
+        if not isinstance(table, dict) or table.get("format") != FORMAT:
+            got = f"format {table.get('format')!r}" if isinstance(table, dict) else f"a {type(table).__name__}"
+            raise ValueError(f"latency table {self.source}: expected format {FORMAT!r}, got {got}")
+        missing = [k for k in _KEYS if k not in table]
+        if missing:
+            raise ValueError(f"latency table {self.source}: missing keys {missing}")
+        self.table = table
+        try:
+            self.spec = ViTSpec.from_dict(table["spec"])
+            self._arrays = (self._grid("heads"), self._grid("v_dims"), self._grid("neurons"),
+                            np.ascontiguousarray(table["attention_ms"], dtype=np.float64),
+                            np.ascontiguousarray(table["mlp_ms"], dtype=np.float64), float(table["fixed_ms"]))
+            self.dense_ms = self.predict()  # the core checks the whole table here
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"latency table {self.source}: {e}") from None
+
+    def _grid(self, key: str) -> np.ndarray:
+        values = self.table[key]
+        if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"{key} must be a list of ints, got {values!r}")
+        return np.asarray(values, dtype=np.int64)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LatencyTable":
+        """The table saved as JSON at ``path``."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"latency table {path}: no such file (make one with `uvc profile`)")
+        return cls(read_json(path, f"latency table {path}"), source=str(path))
+
+    @property
+    def device(self) -> dict:
+        """Where it was measured: type, name, torch version, threads, dtype, sdpa."""
+        return dict(self.table["device"])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.table["batch_size"])
+
+    def check(self, spec=None, *, batch_size: int | None = None, device: str | None = None) -> "LatencyTable":
+        """Raises ValueError naming the table and the mismatch unless it was made for ``spec``
+        (the model shape), ``batch_size`` and ``device`` ("cpu", "cuda", ...) where given.
+        Returns the table."""
+        if spec is not None and spec.replace(name=None) != self.spec.replace(name=None):
+            diff = [f"{f.name}: table {getattr(self.spec, f.name)!r}, model {getattr(spec, f.name)!r}"
+                    for f in dataclasses.fields(spec) if f.name != "name"
+                    and getattr(spec, f.name) != getattr(self.spec, f.name)]
+            raise ValueError(f"latency table {self.source} was measured for another model shape ({'; '.join(diff)}); "
+                             "profile this model with `uvc profile`")
+        if batch_size is not None and int(batch_size) != self.batch_size:
+            raise ValueError(f"latency table {self.source} was measured at batch size {self.batch_size}, not "
+                             f"{batch_size}; profile at that batch size")
+        if device is not None:
+            kind = str(device).split(":")[0]
+            if kind != self.device.get("type"):
+                raise ValueError(f"latency table {self.source} was measured on {self.device.get('type')} "
+                                 f"({self.device.get('name')}), not {device}; profile on that device")
+        return self
+
+    @property
+    def native_args(self) -> tuple:
+        """The table as the core takes it: heads, v_dims, neurons, attention_ms, mlp_ms, fixed_ms."""
+        return self._arrays
+
+    def predict(self, plan=None) -> float:
+        """The table's latency of ``plan`` (the dense model when None), in ms per batch."""
+        return float(self.breakdown(plan)[0])
+
+    def breakdown(self, plan=None) -> tuple[float, np.ndarray]:
+        """(total ms, (depth, 2) array of each block's MHSA and MLP ms); the rest is ``fixed_ms``."""
+        from .plan import ArchPlan
+        if plan is None:
+            plan = ArchPlan.dense(self.spec)
+        elif not isinstance(plan, ArchPlan):
+            raise TypeError(f"LatencyTable.predict: plan must be an ArchPlan, got {type(plan).__name__}")
+        elif plan.spec.replace(name=None) != self.spec.replace(name=None):
+            raise ValueError(f"latency table {self.source}: the plan is for another model shape than the table")
+        layers = np.empty((self.spec.depth, 2), dtype=np.float64)
+        total = native.latency_exact(self.spec.encoded, *self._arrays, plan.counts, layers)
+        return total, layers
+
+    def expected(self, x: np.ndarray, out: np.ndarray | None = None) -> float:
+        """Relaxed latency (ms) of ``x`` (float64 (6, depth), rows `uvc.cost.RELAXED_FIELDS`, every
+        token kept) and its gradient into ``out`` (allocated when None)."""
+        if out is None:
+            out = np.empty((len(RELAXED_FIELDS), self.spec.depth), dtype=np.float64)
+        return native.latency_expected(self.spec.encoded, *self._arrays, x, out)
+
+    def to_dict(self) -> dict:
+        return dict(self.table)
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, LatencyTable) and self.table == other.table
+
+    def __repr__(self) -> str:
+        d = self.device
+        return (f"LatencyTable({self.source}: {d.get('type')} {d.get('name')!r}, batch {self.batch_size}, "
+                f"{d.get('dtype')}, dense {self.dense_ms:.3f} ms)")
