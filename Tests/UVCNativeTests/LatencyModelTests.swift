@@ -179,6 +179,14 @@ final class LatencyModelTests: XCTestCase {
             if layer.attention { XCTAssertTrue(model.vDimGrid.contains(layer.vDim), "v width \(layer.vDim) is on the grid") }
             if layer.mlp { XCTAssertTrue(model.neuronGrid.contains(layer.neurons), "\(layer.neurons) neurons on the grid") }
         }
+        // The training masks keep what the plan exports: the model trains the snapped widths.
+        var trainMasks = GroupData(spec, fill: -1)
+        try scores.withScores { sc in try trainMasks.withOutputs { try s.masks(scores: sc, into: $0) } }
+        for (l, layer) in plan.layers.enumerated() where layer.attention && layer.mlp {
+            let dims = trainMasks.dims[(l * 3 * 8)..<((l + 1) * 3 * 8)].reduce(0, +)
+            XCTAssertEqual(dims, Double(layer.heads * layer.vDim), "layer \(l)")
+            XCTAssertEqual(trainMasks.neurons[(l * 32)..<((l + 1) * 32)].reduce(0, +), Double(layer.neurons))
+        }
         XCTAssertThrowsError(try scores.withScores { sc in try masks.withOutputs { try s.plan(scores: sc, roundTo: 8, into: $0) } }) {
             XCTAssertEqual(($0 as? UVCError)?.argument, "round_to")
         }

@@ -52,6 +52,19 @@ def test_predict_equals_the_interpolated_table_on_random_plans():
     assert lt.dense_ms == pytest.approx(total)
 
 
+def test_a_measured_dense_latency_scales_the_block_parts():
+    table = make_table()
+    raw = uvc.LatencyTable(table)
+    assert raw.scale == 1.0
+    scaled = uvc.LatencyTable(dict(table, dense_ms=0.3 + 0.75 * (raw.dense_ms - 0.3)))
+    assert scaled.scale == pytest.approx(0.75) and scaled.predict() == pytest.approx(table["fixed_ms"] + 0.75 *
+                                                                                      (raw.dense_ms - 0.3))
+    plan = uvc.random_plan(SPEC, np.random.default_rng(4), tokens=False)
+    assert scaled.predict(plan) - 0.3 == pytest.approx(0.75 * (raw.predict(plan) - 0.3))
+    with pytest.raises(ValueError, match="dense_ms must be finite and above fixed_ms"):
+        uvc.LatencyTable(dict(table, dense_ms=0.2))
+
+
 def test_at_grid_points_the_table_and_in_between_the_neighbours():
     table = make_table()
     lt = uvc.LatencyTable(table)

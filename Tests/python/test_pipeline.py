@@ -129,3 +129,36 @@ def test_unreachable_budget_is_reported():
     with pytest.raises(ValueError, match="budget"):
         Compressor(model, 0.001, steps_per_epoch=1, prune_heads=False, prune_dims=False, prune_neurons=False,
                    skip_blocks=False)
+
+
+def test_a_latency_budget_from_the_command_line_settings(tmp_path, tiny_checkpoint):
+    """uvc compress --budget-latency --latency-table: the search spends ms of a profiled table,
+    the exported widths are ones it measured, the summary prices the plan; bad combinations stop
+    before training."""
+    from uvc.torch.profile import profile, save_table
+    from uvc.torch.pipeline import load_model
+    model, _ = load_model("vit_tiny_patch16_224", tiny_checkpoint, **TINY)
+    table = profile(model, batch_size=32, repeats=3, warmup=1, progress=False, threads=1)
+    path = tmp_path / "latency.json"
+    save_table(table, path)
+    s1 = compress(**settings(tmp_path / "run", tiny_checkpoint, budget_latency=0.7, latency_table=str(path)))
+    lt = uvc.LatencyTable.load(path)
+    plan = uvc.ArchPlan.load(tmp_path / "run" / "plan.json")
+    assert s1["latency_table"] == str(path) and s1["predicted_ms"] == pytest.approx(lt.predict(plan))
+    assert s1["plan_ratio"] == pytest.approx(s1["predicted_ms"] / lt.dense_ms) and s1["budget_ratio"] == 0.7
+    # The search trained the snapped widths it exports: the exported model is the masked one.
+    assert s1["max_abs_logit_diff"] < 1e-4
+    for layer in plan.layers:
+        assert not layer.attn or layer.v_dim in table["v_dims"]
+        assert not layer.mlp or len(layer.neurons) in table["neurons"]
+    for bad, match in [(dict(budget_latency=0.5), "--budget-latency needs --latency-table"),
+                       (dict(latency_table=str(path)), "--latency-table is given without --budget-latency"),
+                       (dict(budget_latency=0.5, latency_table=str(path), prune_tokens=True), "token pruning"),
+                       (dict(budget_latency=1.5, latency_table=str(path)), r"must lie in \(0, 1\]"),
+                       (dict(budget_latency=0.5, latency_table=str(tmp_path / "none.json")), "no such file")]:
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
+            compress(**settings(tmp_path / "bad", tiny_checkpoint, **bad))
+        assert not (tmp_path / "bad").exists(), "refused before anything was written"
+    other = dict(TINY, depth=2)
+    with pytest.raises(ValueError, match="measured for another model shape"):
+        compress(**settings(tmp_path / "bad", None, model_kwargs=other, budget_latency=0.5, latency_table=str(path)))

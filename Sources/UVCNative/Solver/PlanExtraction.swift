@@ -3,13 +3,43 @@
 extension Solver {
     /// Keep masks (1 = kept) for the forward pass: in each layer the committed number of
     /// lowest-scoring heads, value dims (in every kept head; all dims of a removed head) and
-    /// neurons are 0. All ones until the first search step moves a count.
+    /// neurons are 0. All ones until the first search step moves a count. With a latency table
+    /// the widths are the ones `plan` exports (snapped to the table's grid), so the model trains
+    /// what it will run.
     public func masks(scores: GroupScores, into out: GroupOutputs) throws(UVCError) {
         try scores.validate(for: spec)
         try out.validate(for: spec, names: ("head_mask", "dim_mask", "neuron_mask"))
         let l = spec.depth
-        keepMasks(scores: scores, removing: { kind, layer in Int(state.committed[kind.rawValue * l + layer]) },
-                  attention: { _ in true }, mlp: { _ in true }, into: out)
+        guard latency != nil else {
+            keepMasks(scores: scores, removing: { kind, layer in Int(state.committed[kind.rawValue * l + layer]) },
+                      attention: { _ in true }, mlp: { _ in true }, into: out)
+            return
+        }
+        let (vDim, neurons) = widths(scores: scores, roundTo: 1, decisions: gateDecisions())
+        keepMasks(scores: scores, removing: { kind, layer in
+            switch kind {
+            case .heads: Int(state.committed[layer])
+            case .dims: spec.vHeadDim - vDim[layer]
+            case .neurons: spec.mlpHidden - neurons[layer]
+            }
+        }, attention: { _ in true }, mlp: { _ in true }, into: out)
+    }
+
+    /// Each layer's value-dim and MLP width in the exported plan: the committed counts, rounded
+    /// (`roundTo` > 1) or snapped to a latency table's grid, then trimmed to the budget.
+    private func widths(scores: GroupScores, roundTo: Int, decisions: [Double]) -> (vDim: [Int], neurons: [Int]) {
+        let l = spec.depth
+        var vDim = (0..<l).map { spec.vHeadDim - Int(state.committed[l + $0]) }
+        var neurons = (0..<l).map { spec.mlpHidden - Int(state.committed[2 * l + $0]) }
+        let grids = latency.map { (WidthGrid(points: $0.vDimGrid), WidthGrid(points: $0.neuronGrid)) }
+            ?? (roundTo > 1 ? (WidthGrid(roundTo: roundTo, dense: spec.vHeadDim),
+                               WidthGrid(roundTo: roundTo, dense: spec.mlpHidden)) : nil)
+        if let (dimGrid, neuronGrid) = grids {
+            vDim = vDim.map { dimGrid.nearest($0) }
+            neurons = neurons.map { neuronGrid.nearest($0) }
+            fitBudget(scores: scores, grids: (dimGrid, neuronGrid), decisions: decisions, vDim: &vDim, neurons: &neurons)
+        }
+        return (vDim, neurons)
     }
 
     /// Writes keep masks for per-layer removal counts; a part that does not run keeps nothing.
@@ -65,16 +95,7 @@ extension Solver {
                     + "leave round_to at 1 (got \(roundTo))")
         let l = spec.depth
         let decisions = gateDecisions()
-        var vDim = (0..<l).map { spec.vHeadDim - Int(state.committed[l + $0]) }
-        var neurons = (0..<l).map { spec.mlpHidden - Int(state.committed[2 * l + $0]) }
-        let grids = latency.map { (WidthGrid(points: $0.vDimGrid), WidthGrid(points: $0.neuronGrid)) }
-            ?? (roundTo > 1 ? (WidthGrid(roundTo: roundTo, dense: spec.vHeadDim),
-                               WidthGrid(roundTo: roundTo, dense: spec.mlpHidden)) : nil)
-        if let (dimGrid, neuronGrid) = grids {
-            vDim = vDim.map { dimGrid.nearest($0) }
-            neurons = neurons.map { neuronGrid.nearest($0) }
-            fitBudget(scores: scores, grids: (dimGrid, neuronGrid), decisions: decisions, vDim: &vDim, neurons: &neurons)
-        }
+        let (vDim, neurons) = widths(scores: scores, roundTo: roundTo, decisions: decisions)
         let attention = { (layer: Int) in decisions[2 * layer] == 1 }
         let mlp = { (layer: Int) in decisions[2 * layer + 1] == 1 }
         keepMasks(scores: scores, removing: { kind, layer in
