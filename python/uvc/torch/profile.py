@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .._files import read_json
-from ..latency import FORMAT as LATENCY_FORMAT
+from ..latency import FORMAT as LATENCY_FORMAT, LatencyTable
 from ..plan import ArchPlan, LayerPlan
 from ..spec import ViTSpec
 from .latency import _check_int, _measuring, _time_interleaved
@@ -249,7 +249,7 @@ def additive_dense_ms(table: dict) -> float:
 
 def save_table(table: dict, path: str | os.PathLike) -> None:
     """Writes a table from `profile` as JSON (atomically: a crash never leaves half a file)."""
-    _check_table(table, "save_table: the table")
+    _check_table(table, "given to save_table")
     tmp = f"{os.fspath(path)}.tmp"
     with open(tmp, "w") as f:
         json.dump(table, f, indent=1)
@@ -259,22 +259,18 @@ def save_table(table: dict, path: str | os.PathLike) -> None:
 def load_table(path: str | os.PathLike) -> dict:
     """Reads a table written by `save_table`. Raises FileNotFoundError, or ValueError naming
     the file when it is not JSON, of another format or version, or incomplete."""
-    where = f"latency table {os.fspath(path)}"
-    table = read_json(path, where)
-    _check_table(table, where)
+    table = read_json(path, f"latency table {os.fspath(path)}")
+    _check_table(table, os.fspath(path))
     return table
 
 
-def _check_table(table, where: str) -> None:
-    """The checks `uvc.LatencyTable` makes (format, keys, grids, times), naming ``where``."""
-    from ..latency import LatencyTable
-    try:
-        LatencyTable(table, source=where)
-    except ValueError as e:
-        raise ValueError(str(e).replace(f"latency table {where}", where, 1)) from None
+def _check_table(table, source: str) -> None:
+    """The checks `uvc.LatencyTable` makes (format, keys, grids, times) and the profiler's own
+    keys; errors start with "latency table ``source``"."""
+    LatencyTable(table, source=source)
     missing = [k for k in _TABLE_KEYS if k not in table]
     if missing:
-        raise ValueError(f"{where} lacks keys {missing}")
+        raise ValueError(f"latency table {source}: lacks keys {missing}")
 
 
 def build_profile_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

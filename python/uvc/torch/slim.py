@@ -410,7 +410,7 @@ class SlimViT(nn.Module):
         dropping tokens after its MHSA by `reduce_tokens`, with the ranking attention averaged
         over the kept heads only.
         """
-        from .introspect import gated_rows, model_config, spec_from_model
+        from .introspect import gated_rows, model_config, spec_from_model, value_rows
         if not isinstance(plan, ArchPlan):
             raise TypeError(f"SlimViT.from_timm: plan must be an ArchPlan, got {type(plan).__name__}")
         spec = spec_from_model(model)
@@ -420,14 +420,14 @@ class SlimViT(nn.Module):
         slim = cls(plan.spec, plan, **model_config(model), fused_attn=fused_attn, device=ref.device, dtype=ref.dtype)
         src = model.state_dict()
         out = {k: src[k] for k in slim.state_dict() if not k.startswith("blocks.")}
-        attn_dim = model.blocks[0].attn.attn_dim
+        attn_dim, v_start = model.blocks[0].attn.attn_dim, value_rows(model.blocks[0].attn).start
         hd = spec.qk_head_dim
         for j, l in enumerate(slim.block_index):
             layer, s, t = plan.layers[l], f"blocks.{l}.", f"blocks.{j}."
             if layer.attn:
                 qk = [h * hd + i for h in layer.heads for i in range(hd)]
                 v = [h * hd + i for h, idx in zip(layer.heads, layer.v_index) for i in idx]
-                rows = torch.tensor(qk + [attn_dim + r for r in qk] + [2 * attn_dim + r for r in v], device=ref.device)
+                rows = torch.tensor(qk + [attn_dim + r for r in qk] + [v_start + r for r in v], device=ref.device)
                 cols = torch.tensor(v, device=ref.device)
                 out[t + "attn.qkv.weight"] = src[s + "attn.qkv.weight"][rows]
                 out[t + "attn.proj.weight"] = src[s + "attn.proj.weight"][:, cols]
