@@ -9,6 +9,9 @@ Rows (per model × budget × seed):
   uvc          the UVC search (`pipeline.compress`, budget counted in the fvcore convention, the
                recipe of `uvc demo`'s stage 1) for round(search fraction × epochs) epochs, then
                fine-tuning for the rest;
+  uvc_prune    `uvc prune` without training (first-order Taylor scores on --calibration training
+               images, the budget spent across layers by the cost model, kept proj / fc2 columns
+               refit by least squares), then fine-tuning for all the epochs;
   tp_l2        Torch-Pruning global L2 magnitude on heads and MLP neurons, the ratio bisected to
                the largest model at or below the budget, then fine-tuning for all the epochs;
   tp_taylor    the same with global Taylor importance (on --calibration training images);
@@ -50,8 +53,9 @@ import torch
 
 from common import calibration_batches, require_torch_pruning, tp_at_budget
 
-ROWS = ("uvc", "tp_l2", "tp_taylor", "uniform", "uvc_scratch")
-LABELS = {"uvc": "uvc search + fine-tune", "tp_l2": "Torch-Pruning global L2 + fine-tune",
+ROWS = ("uvc", "uvc_prune", "tp_l2", "tp_taylor", "uniform", "uvc_scratch")
+LABELS = {"uvc": "uvc search + fine-tune", "uvc_prune": "uvc prune (Taylor + least squares) + fine-tune",
+          "tp_l2": "Torch-Pruning global L2 + fine-tune",
           "tp_taylor": "Torch-Pruning global Taylor + fine-tune", "uniform": "uniform heads + MLP + fine-tune",
           "uvc_scratch": "uvc's architecture from scratch"}
 MODELS = ("demo", "deep")  # the keys of uvc.torch.pipeline.SHIPPED
@@ -133,7 +137,7 @@ def key_of(args, model: str, budget: float, seed: int, row: str) -> str:
            f"_v{args.eval_subset or 'all'}")
     if row in ("uvc", "uvc_scratch"):
         key += f"_f{args.search_fraction:g}_i{args.importance}" + ("_smoke" if args.solver else "")
-    if row == "tp_taylor":
+    if row in ("tp_taylor", "uvc_prune"):
         key += f"_c{args.calibration}"
     return key
 
@@ -230,10 +234,12 @@ def scratch_model(uvc_model, seed: int):
 
 
 def start_model(row: str, dense, budget: float, calibration) -> torch.nn.Module:
-    """The pruned model tp_l2 / tp_taylor / uniform starts fine-tuning from (a `SlimViT`)."""
-    from uvc.torch import count_macs
+    """The pruned model uvc_prune / tp_l2 / tp_taylor / uniform starts fine-tuning from (a `SlimViT`)."""
+    from uvc.torch import count_macs, prune
     if row == "uniform":
         return uniform_at_budget(dense, budget)
+    if row == "uvc_prune":  # the budget in what count_macs counts, as every row's
+        return prune(dense, budget, calibration, criterion="taylor", images=None, convention="fvcore", progress=False)
     x = calibration[0][0][:1]
     pruned = tp_at_budget(dense, budget, row[3:], calibration, count_macs(dense, x)["macs"])
     return slim_from_pruned(pruned, dense)
@@ -395,7 +401,7 @@ def main(argv=None) -> dict:
     # Every pruned starting point first: a budget a baseline cannot reach stops the run before any training.
     starts = {}
     for m, b, s, r in todo:
-        if r in ("tp_l2", "tp_taylor", "uniform"):
+        if r in ("uvc_prune", "tp_l2", "tp_taylor", "uniform"):
             calibration = calibration_batches(args.calibration, spec_from_model(dense[m][0]), seed=s)
             try:
                 starts[m, b, s, r] = start_model(r, dense[m][0], b, calibration)

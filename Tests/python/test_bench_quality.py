@@ -1,4 +1,4 @@
-"""The quality benchmark's smoke mode: every row (uvc, Torch-Pruning L2 / Taylor, uniform, uvc's
+"""The quality benchmark's smoke mode: every row (uvc, uvc prune, Torch-Pruning L2 / Taylor, uniform, uvc's
 architecture from scratch) trains end to end and lands at the budget by the shared counter; a
 second run reloads the cached rows without training; bad settings stop before any training."""
 import json
@@ -11,7 +11,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks" / "bench_quality.py"
-ROWS = {"uvc", "tp_l2", "tp_taylor", "uniform", "uvc_scratch"}
+ROWS = {"uvc", "uvc_prune", "tp_l2", "tp_taylor", "uniform", "uvc_scratch"}
 
 
 def run(*args):

@@ -386,6 +386,13 @@ def test_bad_hyper_parameters_name_the_argument(kwargs, error, name):
         uvc.Solver(spec, budget, **kwargs)
 
 
+def test_one_count_step_in_a_sequence_applies_to_every_kind():
+    # `--lr-counts 0.1` reaches the solver as a one-element tuple.
+    spec = uvc.ViTSpec.from_name(TINY)
+    assert uvc.Solver(spec, 0.5, lr_counts=(0.1,)).hyper["lr_counts"] == (0.1, 0.1, 0.1)
+    assert uvc.Solver(spec, 0.5, lr_counts=[0.1, 0.2, 0.3]).hyper["lr_counts"] == (0.1, 0.2, 0.3)
+
+
 def test_bad_arrays_name_the_argument():
     spec = uvc.ViTSpec.from_name(TINY)
     solver = uvc.Solver(spec, 0.5, warmup_epochs=0.0)

@@ -39,6 +39,6 @@ def cost_table(report: "CostReport", plan: "ArchPlan") -> str:
                      layer.tokens, human(macs), f"{100 * macs / report.macs:.1f}%"])
     body = table(["layer", "heads", "v dim", "mlp", "tokens", "MACs", "share"], rows)
     g = dict(zip(("patch_embed", "final_norm", "head"), report.globals))
-    extras = f"patch embed {human(g['patch_embed'])}MACs, final norm {human(g['final_norm'])}MACs, head {human(g['head'])}MACs"
+    extras = f"patch embed {human(g['patch_embed'], 'MACs')}, final norm {human(g['final_norm'], 'MACs')}, head {human(g['head'], 'MACs')}"
     total = f"total: {report.macs / 1e9:.4f} GMACs = {report.flops / 1e9:.4f} GFLOPs (2 FLOPs per MAC)"
     return f"{body}\n{extras}\n{total}"

@@ -144,7 +144,8 @@ def _hyper(spec: ViTSpec, budget: Any, budget_macs: Any, convention: Convention,
             _number(name, value)  # one that fits in a float64: the core checks the range
             hyper[name] = int(value)
         elif n > 1:
-            values = tuple(value) if isinstance(value, (tuple, list, np.ndarray)) else (value,) * n
+            values = tuple(value) if isinstance(value, (tuple, list, np.ndarray)) else (value,)
+            values = values * n if len(values) == 1 else values  # one value for every kind (`--lr-counts 0.1`)
             if len(values) != n:
                 raise ValueError(f"Solver: {name} must be a number or {n} numbers, got {len(values)}")
             hyper[name] = tuple(_number(name, v) for v in values)
