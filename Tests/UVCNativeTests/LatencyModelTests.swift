@@ -203,4 +203,126 @@ final class LatencyModelTests: XCTestCase {
             XCTAssertEqual(($0 as? UVCError)?.argument, "prune_tokens")
         }
     }
+
+    // MARK: Skipping parts when widths buy no time
+
+    /// A table whose times do not depend on width (a CPU at batch 1): MHSA `attention` ms and
+    /// MLP `mlp` ms at every grid point.
+    private func flatTable(_ spec: ViTSpec, attention: Double, mlp: Double, fixed: Double = 0.2) throws -> LatencyModel {
+        let heads = Array(1...spec.numHeads), vDims = [1, 4, 8], neurons = [1, 16, 32]
+        return try LatencyModel(spec: spec, heads: heads, vDims: vDims, neurons: neurons,
+                                attention: [Double](repeating: attention, count: heads.count * vDims.count),
+                                mlp: [Double](repeating: mlp, count: neurons.count), fixed: fixed)
+    }
+
+    /// Drives a session on fixed random scores with a gate gradient that keeps every gate (the
+    /// gates alone never close), for `steps` steps of 1/100 epoch; returns the scores.
+    private func drive(_ session: SolverSession, steps: Int) throws -> GroupData {
+        var rng = Xoshiro256StarStar(seed: 4)
+        let scores = GroupData(session.solver.spec, &rng)
+        var factors = GroupData(session.solver.spec, fill: -1)
+        var gates = [Double](repeating: 0, count: 2 * session.solver.spec.depth)
+        for t in 0..<steps {
+            let epoch = Double(t) / 100
+            try gates.withUnsafeMutableBufferPointer { try session.sampleGates(epoch: epoch, into: $0) }
+            let push = gates.map { _ in -1.0 }
+            try scores.withScores { sc in
+                try factors.withOutputs { f in
+                    try push.withUnsafeBufferPointer {
+                        try session.step(scores: sc, gateGradient: $0, tokenScores: nil, learningRate: 1e-3,
+                                         epoch: epoch, factors: f)
+                    }
+                }
+            }
+        }
+        return scores
+    }
+
+    private func session(_ spec: ViTSpec, _ table: LatencyModel, budget: Double) throws -> SolverSession {
+        SolverSession(try Solver(spec: spec, convention: .uvc,
+                                 config: SolverConfig(budget: budget, gateGranularity: .part, warmupEpochs: 0.1,
+                                                      countLR: [0.05, 0.05, 0.05]),
+                                 seed: 3, latency: table))
+    }
+
+    /// On a flat table narrowing saves nothing: the plan meets the budget by skipping parts,
+    /// keeps the widths the counts give (none narrowed for nothing), and masks, the summary's
+    /// decisions and the training gates all follow the skips.
+    func testAFlatTableIsMetBySkippingParts() throws {
+        let spec = try smallSolverSpec(depth: 4)
+        let model = try flatTable(spec, attention: 0.3, mlp: 0.2)
+        let s = try session(spec, model, budget: 0.5)
+        let scores = try drive(s, steps: 300)
+        let solver = s.solver
+        XCTAssertEqual(solver.gateDecisions(), [Double](repeating: 1, count: 8), "the gates themselves keep every part")
+        var masks = GroupData(spec, fill: -1)
+        let (plan, ms) = try scores.withScores { sc in try masks.withOutputs { try solver.plan(scores: sc, roundTo: 1, into: $0) } }
+        XCTAssertEqual(ms, try model.exactTotal(plan), accuracy: 1e-12)
+        XCTAssertLessThanOrEqual(ms, solver.budgetMACs + 1e-12, "skipping meets the budget (dense 2.2 ms)")
+        let skipped = plan.layers.reduce(0) { $0 + ($1.attention ? 0 : 1) + ($1.mlp ? 0 : 1) }
+        XCTAssertEqual(skipped, 4, "2.2 ms to at most 1.1 ms: four parts, no more")
+        for (l, layer) in plan.layers.enumerated() {
+            if layer.mlp { XCTAssertEqual(layer.neurons, (32 - Int(solver.state.committed[2 * 4 + l])).roundedToGrid([1, 16, 32])) }
+        }
+        // The training masks and eval-mode decisions are the plan's; a skipped part keeps nothing.
+        var trainMasks = GroupData(spec, fill: -1)
+        try scores.withScores { sc in try trainMasks.withOutputs { try solver.masks(scores: sc, into: $0) } }
+        XCTAssertEqual(trainMasks, masks)
+        let decisions = try scores.withScores { solver.planDecisions(scores: $0) }
+        XCTAssertEqual(decisions, plan.layers.flatMap { [$0.attention ? 1.0 : 0, $0.mlp ? 1.0 : 0] })
+        var summary = [Double](repeating: 0, count: s.summaryLayout.reduce(0) { $0 + $1.shape.reduce(1, *) })
+        try summary.withUnsafeMutableBufferPointer { try s.summary(into: $0) }
+        XCTAssertEqual(Array(summary[8..<16]), decisions, "the summary's gates_on are the plan's")
+        XCTAssertEqual(summary[summary.count - 5], ms, accuracy: 1e-12, "and its plan cost the plan's ms")
+        var gates = [Double](repeating: -1, count: 8)
+        try gates.withUnsafeMutableBufferPointer { try s.sampleGates(epoch: 3, into: $0) }
+        for i in 0..<8 where decisions[i] == 0 { XCTAssertEqual(gates[i], 0, "part \(i) is skipped in training too") }
+        // z holds the budget over the architecture the plan runs: it does not climb without end.
+        XCTAssertLessThan(solver.state.z, 1)
+    }
+
+    /// A model that pools its class token keeps one MHSA part however costly; one that averages
+    /// its tokens may skip them all.
+    func testAClassTokenKeepsOneAttentionPart() throws {
+        for pool in [ViTSpec.Pool.token, .avg] {
+            let spec = try ViTSpec(depth: 4, embedDim: 24, numHeads: 3, qkHeadDim: 8, vHeadDim: 8, mlpHidden: 32,
+                                   patchSize: 4, imageHeight: 16, imageWidth: 16, numClasses: 10, pool: pool)
+            let model = try flatTable(spec, attention: 1.0, mlp: 0.01)
+            let s = try session(spec, model, budget: 0.1)
+            let scores = try drive(s, steps: 300)
+            var masks = GroupData(spec, fill: -1)
+            let (plan, ms) = try scores.withScores { sc in
+                try masks.withOutputs { try s.solver.plan(scores: sc, roundTo: 1, into: $0) }
+            }
+            let attention = plan.layers.filter(\.attention).count
+            if pool == .token {
+                XCTAssertEqual(attention, 1, "one MHSA part stays")
+                XCTAssertGreaterThan(ms, s.solver.budgetMACs, "so the budget is missed, and the plan says so by its cost")
+            } else {
+                XCTAssertEqual(attention, 0)
+                XCTAssertLessThanOrEqual(ms, s.solver.budgetMACs + 1e-12)
+            }
+        }
+    }
+
+    /// Where width pays (time proportional to width), the trim narrows layers and skips nothing.
+    func testAWidthProportionalTableIsMetByNarrowing() throws {
+        let spec = try smallSolverSpec(depth: 4)
+        let heads = Array(1...3), vDims = [1, 2, 4, 6, 8], neurons = [1, 8, 16, 24, 32]
+        var attention: [Double] = []
+        for h in heads { for v in vDims { attention.append(0.05 * Double(h * v)) } }
+        let model = try LatencyModel(spec: spec, heads: heads, vDims: vDims, neurons: neurons, attention: attention,
+                                     mlp: neurons.map { 0.04 * Double($0) }, fixed: 0.01)
+        let s = try session(spec, model, budget: 0.6)
+        let scores = try drive(s, steps: 300)
+        var masks = GroupData(spec, fill: -1)
+        let (plan, ms) = try scores.withScores { sc in try masks.withOutputs { try s.solver.plan(scores: sc, roundTo: 1, into: $0) } }
+        XCTAssertLessThanOrEqual(ms, s.solver.budgetMACs + 1e-12)
+        XCTAssertTrue(plan.layers.allSatisfy { $0.attention && $0.mlp }, "no part skipped")
+    }
+}
+
+private extension Int {
+    /// The grid point nearest to self (the larger on a tie), as plan extraction snaps.
+    func roundedToGrid(_ grid: [Int]) -> Int { grid.min { (abs($0 - self), -$0) < (abs($1 - self), -$1) }! }
 }

@@ -162,3 +162,30 @@ def test_a_latency_budget_from_the_command_line_settings(tmp_path, tiny_checkpoi
     other = dict(TINY, depth=2)
     with pytest.raises(ValueError, match="measured for another model shape"):
         compress(**settings(tmp_path / "bad", None, model_kwargs=other, budget_latency=0.5, latency_table=str(path)))
+
+
+def test_a_flat_latency_table_is_met_by_skipping_parts(tmp_path, tiny_checkpoint):
+    """A table whose times do not depend on width (a CPU at batch 1): narrowing buys nothing, so
+    the search meets 0.6 of the ms by skipping block parts, trains the skips it exports (the
+    exported model is the masked one in eval mode) and keeps every width the counts give."""
+    from uvc.torch import spec_from_model
+    from uvc.torch.pipeline import load_model
+    model, _ = load_model("vit_tiny_patch16_224", tiny_checkpoint, **TINY)
+    spec = spec_from_model(model)
+    heads, v_dims, neurons = list(range(1, spec.num_heads + 1)), [1, spec.v_head_dim], [1, spec.mlp_hidden]
+    table = {"format": "uvc.latency/1", "spec": spec.to_dict(),
+             "device": {"type": "cpu", "name": "flat", "torch": torch.__version__, "threads": 1, "dtype": "float32",
+                        "sdpa": True},
+             "batch_size": 1, "heads": heads, "v_dims": v_dims, "neurons": neurons,
+             "attention_ms": [[0.3] * len(v_dims) for _ in heads], "mlp_ms": [0.2] * len(neurons), "fixed_ms": 0.2}
+    path = tmp_path / "flat.json"
+    path.write_text(json.dumps(table))
+    s1 = compress(**settings(tmp_path / "run", tiny_checkpoint, budget_latency=0.6, latency_table=str(path),
+                             gate_granularity="part"))
+    plan = uvc.ArchPlan.load(tmp_path / "run" / "plan.json")
+    lt = uvc.LatencyTable.load(path)
+    dense = lt.predict(uvc.ArchPlan.dense(spec))
+    assert lt.predict(plan) <= 0.6 * dense + 1e-9, "the budget is met"
+    skipped = sum((not layer.attn) + (not layer.mlp) for layer in plan.layers)
+    assert skipped >= 1 and any(layer.attn for layer in plan.layers), "parts skipped, one MHSA kept"
+    assert s1["max_abs_logit_diff"] < 1e-4, "the masked model in eval mode is the exported one"

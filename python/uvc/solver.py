@@ -351,7 +351,9 @@ class Solver:
 
     def gate_decisions(self) -> np.ndarray:
         """Hard decisions, bool (depth, 2): whether each block's MHSA / MLP part runs (the run
-        logit beats the skip logit). What eval mode and the exported plan use."""
+        logit beats the skip logit; with a latency table, after the first search step, also
+        not a part the plan's budget trim skips under the last scores). What eval mode and the
+        exported plan use."""
         return self._summary()["gates_on"] == 1
 
     def expected_macs(self) -> float:
@@ -374,7 +376,10 @@ class Solver:
         ``round_to`` > 1 rounds every layer's value-dim and MLP width to a multiple of it, then
         trims widths greedily (most MACs saved per unit of score lost) until the plan meets
         the budget. With a latency table widths snap to the table's grid the same way
-        (``round_to`` must stay 1): every width the plan has was measured."""
+        (``round_to`` must stay 1): every width the plan has was measured; and where narrowing
+        buys less time per unit of score lost than skipping (a table flat in width, as a CPU at
+        batch 1), the trim skips block parts instead (never a class-token model's last MHSA;
+        training masks, sampled gates and `gate_decisions` follow the same skips)."""
         if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral):
             raise TypeError(f"Solver.plan: round_to must be an int, got {type(round_to).__name__}")
         if not 1 <= round_to <= 2**20:

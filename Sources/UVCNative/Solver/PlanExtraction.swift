@@ -3,43 +3,80 @@
 extension Solver {
     /// Keep masks (1 = kept) for the forward pass: in each layer the committed number of
     /// lowest-scoring heads, value dims (in every kept head; all dims of a removed head) and
-    /// neurons are 0. All ones until the first search step moves a count. With a latency table
-    /// the widths are the ones `plan` exports (snapped to the table's grid), so the model trains
-    /// what it will run.
+    /// neurons are 0. All ones until the first search step. After it, with a latency table
+    /// the widths and skipped parts are the ones `plan` exports (snapped to the table's grid,
+    /// trimmed to the budget; a part the trim skips keeps nothing), so the model trains what it
+    /// will run.
     public func masks(scores: GroupScores, into out: GroupOutputs) throws(UVCError) {
         try scores.validate(for: spec)
         try out.validate(for: spec, names: ("head_mask", "dim_mask", "neuron_mask"))
         let l = spec.depth
-        guard latency != nil else {
+        guard latency != nil, state.searchSteps > 0 else {
             keepMasks(scores: scores, removing: { kind, layer in Int(state.committed[kind.rawValue * l + layer]) },
                       attention: { _ in true }, mlp: { _ in true }, into: out)
             return
         }
-        let (vDim, neurons) = widths(scores: scores, roundTo: 1, decisions: gateDecisions())
+        let shape = self.shape(scores: scores, roundTo: 1)
         keepMasks(scores: scores, removing: { kind, layer in
             switch kind {
             case .heads: Int(state.committed[layer])
-            case .dims: spec.vHeadDim - vDim[layer]
-            case .neurons: spec.mlpHidden - neurons[layer]
+            case .dims: spec.vHeadDim - shape.vDim[layer]
+            case .neurons: spec.mlpHidden - shape.neurons[layer]
             }
-        }, attention: { _ in true }, mlp: { _ in true }, into: out)
+        }, attention: { shape.decisions[2 * $0] == 1 }, mlp: { shape.decisions[2 * $0 + 1] == 1 }, into: out)
     }
 
-    /// Each layer's value-dim and MLP width in the exported plan: the committed counts, rounded
-    /// (`roundTo` > 1) or snapped to a latency table's grid, then trimmed to the budget.
-    private func widths(scores: GroupScores, roundTo: Int, decisions: [Double]) -> (vDim: [Int], neurons: [Int]) {
+    /// Which block parts the exported plan runs (1 = runs), `depth × 2` layer-major: the gate
+    /// decisions, and with a latency table (after the first search step) also the parts the
+    /// budget trim skips under `scores`.
+    /// What eval mode uses, so the masked model in eval mode is the exported one.
+    public func planDecisions(scores: GroupScores) -> [Double] {
+        latency == nil || state.searchSteps == 0 ? gateDecisions() : shape(scores: scores, roundTo: 1).decisions
+    }
+
+    /// What the exported plan runs, per layer: value-dim width, MLP width and the decision of
+    /// each part (`depth × 2`).
+    struct PlanShape {
+        var vDim: [Int]
+        var neurons: [Int]
+        var decisions: [Double]
+    }
+
+    /// Exact cost (MACs, or ms with a latency table) of the plan `shape` describes, with the
+    /// committed head and token counts.
+    func cost(_ shape: PlanShape) -> Double {
         let l = spec.depth
-        var vDim = (0..<l).map { spec.vHeadDim - Int(state.committed[l + $0]) }
-        var neurons = (0..<l).map { spec.mlpHidden - Int(state.committed[2 * l + $0]) }
+        var removal = state.committed
+        for layer in 0..<l {
+            removal[l + layer] = Double(spec.vHeadDim - shape.vDim[layer])
+            removal[2 * l + layer] = Double(spec.mlpHidden - shape.neurons[layer])
+        }
+        return evaluate(relaxedInputs(removal: removal, tokenRemoval: state.tokenCommitted, gates: shape.decisions)).macs
+    }
+
+    /// Cost of `plan(roundTo: 1)` under `scores`: `planMACs()`, or with a latency table the
+    /// snapped and trimmed plan's ms.
+    public func planCost(scores: GroupScores) -> Double {
+        latency == nil ? planMACs() : cost(shape(scores: scores, roundTo: 1))
+    }
+
+    /// The committed counts' widths, rounded (`roundTo` > 1) or snapped to a latency table's
+    /// grid, then trimmed to the budget (with a latency table possibly skipping parts); the
+    /// gate decisions for the parts.
+    func shape(scores: GroupScores, roundTo: Int) -> PlanShape {
+        let l = spec.depth
+        var shape = PlanShape(vDim: (0..<l).map { spec.vHeadDim - Int(state.committed[l + $0]) },
+                              neurons: (0..<l).map { spec.mlpHidden - Int(state.committed[2 * l + $0]) },
+                              decisions: gateDecisions())
         let grids = latency.map { (WidthGrid(points: $0.vDimGrid), WidthGrid(points: $0.neuronGrid)) }
             ?? (roundTo > 1 ? (WidthGrid(roundTo: roundTo, dense: spec.vHeadDim),
                                WidthGrid(roundTo: roundTo, dense: spec.mlpHidden)) : nil)
         if let (dimGrid, neuronGrid) = grids {
-            vDim = vDim.map { dimGrid.nearest($0) }
-            neurons = neurons.map { neuronGrid.nearest($0) }
-            fitBudget(scores: scores, grids: (dimGrid, neuronGrid), decisions: decisions, vDim: &vDim, neurons: &neurons)
+            shape.vDim = shape.vDim.map { dimGrid.nearest($0) }
+            shape.neurons = shape.neurons.map { neuronGrid.nearest($0) }
+            fitBudget(scores: scores, grids: (dimGrid, neuronGrid), shape: &shape)
         }
-        return (vDim, neurons)
+        return shape
     }
 
     /// Writes keep masks for per-layer removal counts; a part that does not run keeps nothing.
@@ -84,9 +121,10 @@ extension Solver {
     /// multiple of `roundTo` (widths below `roundTo` in the dense model are left alone); with a
     /// latency table (where `roundTo` must be 1) to the nearest width the table measured, so the
     /// plan is priced by measured times, not interpolated ones. Then, while the plan exceeds the
-    /// budget, the width step with the most cost saved per unit of normalised score lost is
-    /// taken away, down to the smallest allowed width. If even that cannot meet the budget the
-    /// smallest such plan is returned, over budget. The result is the plan and its exact cost.
+    /// budget, the step that saves the most cost per unit of score lost is taken (see
+    /// `fitBudget`): one width step down, or with a latency table skipping a running part. If
+    /// no step can meet the budget the smallest such plan is returned, over budget. The result
+    /// is the plan and its exact cost.
     public func plan(scores: GroupScores, roundTo: Int, into out: GroupOutputs) throws(UVCError) -> (ArchPlan, Double) {
         try scores.validate(for: spec)
         try out.validate(for: spec, names: ("head_mask", "dim_mask", "neuron_mask"))
@@ -94,39 +132,51 @@ extension Solver {
         try require(latency == nil || roundTo == 1, "round_to", "a latency budget snaps widths to the table's grid; "
                     + "leave round_to at 1 (got \(roundTo))")
         let l = spec.depth
-        let decisions = gateDecisions()
-        let (vDim, neurons) = widths(scores: scores, roundTo: roundTo, decisions: decisions)
-        let attention = { (layer: Int) in decisions[2 * layer] == 1 }
-        let mlp = { (layer: Int) in decisions[2 * layer + 1] == 1 }
+        let shape = self.shape(scores: scores, roundTo: roundTo)
+        let attention = { (layer: Int) in shape.decisions[2 * layer] == 1 }
+        let mlp = { (layer: Int) in shape.decisions[2 * layer + 1] == 1 }
         keepMasks(scores: scores, removing: { kind, layer in
             switch kind {
             case .heads: Int(state.committed[layer])
-            case .dims: spec.vHeadDim - vDim[layer]
-            case .neurons: spec.mlpHidden - neurons[layer]
+            case .dims: spec.vHeadDim - shape.vDim[layer]
+            case .neurons: spec.mlpHidden - shape.neurons[layer]
             }
         }, attention: attention, mlp: mlp, into: out)
         let tokens = committedTokens
         let layers = (0..<l).map { layer in
             LayerPlan(heads: attention(layer) ? spec.numHeads - Int(state.committed[layer]) : 0,
-                      vDim: attention(layer) ? vDim[layer] : 0, neurons: mlp(layer) ? neurons[layer] : 0,
+                      vDim: attention(layer) ? shape.vDim[layer] : 0, neurons: mlp(layer) ? shape.neurons[layer] : 0,
                       attention: attention(layer), mlp: mlp(layer), tokens: tokens[layer])
         }
         let plan = ArchPlan(layers: layers)
         return (plan, exactCost(plan))
     }
 
-    /// Greedy budget repair after rounding: takes away one width step at a time.
-    private func fitBudget(scores: GroupScores, grids: (dims: WidthGrid, neurons: WidthGrid), decisions: [Double],
-                           vDim: inout [Int], neurons: inout [Int]) {
+    /// Greedy budget repair after rounding or snapping: while the plan exceeds the budget, takes
+    /// the step with the most cost saved (up to what the budget still needs) per unit of score
+    /// lost, among steps that save anything:
+    /// one part one grid width narrower, or (with a latency table and skippable blocks) one
+    /// running gate's part(s) skipped. A table flat in width (a CPU at batch 1) thus skips
+    /// parts instead of narrowing layers for nothing.
+    ///
+    /// Score lost, in units of an average part of its kind (MHSA or MLP): a part's weight w_p is
+    /// its score mass (the kept heads' value-dim scores; the neuron scores) over the mean mass of
+    /// that kind across layers; removing units costs w_p · (their share of the part's sorted,
+    /// normalised scores, per kept head for value dims); skipping a part costs w_p · (the share
+    /// its kept units hold) · 2·P(its gate runs), so an undecided gate (P = ½) prices a skip
+    /// like removing every kept unit and the gates' learned preference orders the skips. A model
+    /// pooling its class token keeps one MHSA part: without attention the class token sees no patch.
+    private func fitBudget(scores: GroupScores, grids: (dims: WidthGrid, neurons: WidthGrid), shape: inout PlanShape) {
         let l = spec.depth, h = spec.numHeads, dv = spec.vHeadDim, m = spec.mlpHidden
         // Per layer, normalised scores sorted high to low: neurons, and value dims averaged
-        // over the kept heads (rank i = the i-th best dim of each kept head).
-        var neuronRanks: [[Double]] = [], dimRanks: [[Double]] = []
+        // over the kept heads (rank i = the i-th best dim of each kept head); and the masses.
+        var neuronRanks: [[Double]] = [], dimRanks: [[Double]] = [], mass = [Double](repeating: 0, count: 2 * l)
         var scratch = [Double](repeating: 0, count: h), keptHeadIndices = [Int](repeating: 0, count: h)
         for layer in 0..<l {
             let row = Array(scores.neurons[layer * m..<(layer + 1) * m]).sorted(by: >)
             let mean = row.reduce(0, +) / Double(m)
             neuronRanks.append(row.map { mean > 0 ? $0 / mean : 0 })
+            mass[2 * layer + 1] = mean * Double(m)
             let keptCount = scratch.withUnsafeMutableBufferPointer { sc in
                 keptHeadIndices.withUnsafeMutableBufferPointer {
                     keptHeads(UnsafeBufferPointer(rebasing: scores.heads[layer * h..<(layer + 1) * h]),
@@ -142,34 +192,62 @@ extension Solver {
             }
             let dimMean = total / Double(kept * dv)
             dimRanks.append(ranks.map { dimMean > 0 ? $0 / Double(kept) / dimMean : 0 })
+            mass[2 * layer] = total
         }
-        func macs() -> Double {
-            var removal = state.committed
-            for layer in 0..<l {
-                removal[l + layer] = Double(dv - vDim[layer])
-                removal[2 * l + layer] = Double(m - neurons[layer])
-            }
-            return evaluate(relaxedInputs(removal: removal, tokenRemoval: state.tokenCommitted, gates: decisions)).macs
+        // w_p: each part's mass over its kind's mean (1 where a kind has no mass at all).
+        var weight = mass
+        for part in 0..<2 {
+            let mean = stride(from: part, to: 2 * l, by: 2).reduce(0) { $0 + mass[$1] } / Double(l)
+            for i in stride(from: part, to: 2 * l, by: 2) { weight[i] = mean > 0 ? mass[i] / mean : 1 }
         }
-        var current = macs()
+        func share(_ layer: Int, _ part: Int, _ units: Range<Int>) -> Double {
+            let ranks = part == 0 ? dimRanks[layer] : neuronRanks[layer]
+            return weight[2 * layer + part] * ranks[units].reduce(0, +) / Double(ranks.count)
+        }
+        func cost() -> Double { self.cost(shape) }
+        let probabilities = gateProbabilities()
+        let skips = latency != nil && config.skipBlocks
+        var current = cost()
         while current > budgetMACs {
-            var best: (ratio: Double, layer: Int, isDims: Bool, width: Int, macs: Double)?
+            var best: (ratio: Double, apply: (inout PlanShape) -> Void, cost: Double)?
+            func consider(_ lost: Double, _ change: @escaping (inout PlanShape) -> Void) {
+                let before = shape
+                change(&shape)
+                let after = cost()
+                shape = before
+                guard after < current else { return }
+                // Only what the budget still needs counts as saved: a large step is not
+                // preferred for savings past the budget, which the plan would throw away.
+                let ratio = min(current - after, current - budgetMACs) / (lost + 1e-12)
+                if best == nil || ratio > best!.ratio { best = (ratio, change, after) }
+            }
             for layer in 0..<l {
-                for isDims in [true, false] where decisions[2 * layer + (isDims ? 0 : 1)] == 1 {
-                    let width = isDims ? vDim[layer] : neurons[layer]
-                    guard let lower = (isDims ? grids.dims : grids.neurons).nextLower(width) else { continue }
-                    let ranks = isDims ? dimRanks[layer] : neuronRanks[layer]
-                    let lost = ranks[lower..<width].reduce(0, +)
-                    if isDims { vDim[layer] = lower } else { neurons[layer] = lower }
-                    let after = macs()
-                    if isDims { vDim[layer] = width } else { neurons[layer] = width }
-                    let ratio = (current - after) / (lost + 1e-12)
-                    if best == nil || ratio > best!.ratio { best = (ratio, layer, isDims, lower, after) }
+                if shape.decisions[2 * layer] == 1, let lower = grids.dims.nextLower(shape.vDim[layer]) {
+                    consider(share(layer, 0, lower..<shape.vDim[layer])) { $0.vDim[layer] = lower }
+                }
+                if shape.decisions[2 * layer + 1] == 1, let lower = grids.neurons.nextLower(shape.neurons[layer]) {
+                    consider(share(layer, 1, lower..<shape.neurons[layer])) { $0.neurons[layer] = lower }
+                }
+            }
+            if skips {
+                let attentionRunning = (0..<l).filter { shape.decisions[2 * $0] == 1 }.count
+                for layer in 0..<l {
+                    for part in 0..<config.gatesPerLayer {
+                        let parts = config.gatesPerLayer == 1 ? [0, 1] : [part]
+                        let running = parts.filter { shape.decisions[2 * layer + $0] == 1 }
+                        guard !running.isEmpty else { continue }
+                        if spec.pool == .token, attentionRunning == 1, running.contains(0) { continue }
+                        let lost = running.reduce(0.0) { sum, q in
+                            sum + share(layer, q, 0..<(q == 0 ? shape.vDim[layer] : shape.neurons[layer]))
+                                * 2 * probabilities[2 * layer + q]
+                        }
+                        consider(lost) { for q in running { $0.decisions[2 * layer + q] = 0 } }
+                    }
                 }
             }
             guard let step = best else { return }
-            if step.isDims { vDim[step.layer] = step.width } else { neurons[step.layer] = step.width }
-            current = step.macs
+            step.apply(&shape)
+            current = step.cost
         }
     }
 }

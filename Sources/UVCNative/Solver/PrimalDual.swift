@@ -47,7 +47,9 @@ extension Solver {
         // Expected MACs (continuous counts, gate probabilities) and its gradient.
         let expected = evaluate(relaxedInputs(removal: state.removal, tokenRemoval: state.tokenRemoval,
                                               gates: gateProbabilities()))
-        let price = budgetPrice()
+        // With a latency table the plan may skip parts its widths cannot pay for (`fitBudget`):
+        // z holds the budget over that architecture, not one the plan will never run.
+        let price = budgetPrice(decisions: latency == nil ? nil : planDecisions(scores: scores))
         primalStep(slopes: slopes, costGradient: expected.gradient, price: price)
         if config.pruneTokens { tokenStep(slopes: tokens.slopes, costGradient: expected.gradient, price: price) }
         updateGates(costGradient: expected.gradient, gateGradient: gateGradient, price: price, epoch: epoch)
@@ -58,7 +60,8 @@ extension Solver {
         for (b, leastSum) in tokens.leastSums.enumerated() {
             state.tokenDuals[b] = max(0, state.tokenDuals[b] + config.dualLR * leastSum)
         }
-        let violation = constraintMACs() / denseMACs - config.budget
+        let violation = constraintMACs(decisions: latency == nil ? nil : planDecisions(scores: scores)) / denseMACs
+            - config.budget
         let clipped = min(max(violation, -config.zGradClip), config.zGradClip)
         state.z = max(0, state.z + config.zLearningRate(epoch) * clipped)
         state.searchSteps += 1
@@ -226,16 +229,18 @@ extension Solver {
     /// of the augmented Lagrangian z·(R − B) + (ρ/2)·(R − B)², floored at 0, with R the ratio of
     /// `constraintMACs`. The ρ term prices a violation at once (z alone needs many steps to
     /// grow, then overshoots) and damps the (primal, z) pair so that it settles on the budget.
-    func budgetPrice() -> Double {
-        max(0, state.z + config.budgetDamping * (constraintMACs() / denseMACs - config.budget))
+    func budgetPrice(decisions: [Double]? = nil) -> Double {
+        max(0, state.z + config.budgetDamping * (constraintMACs(decisions: decisions) / denseMACs - config.budget))
     }
 
     /// The MACs z holds to the budget: those of the architecture the state heads for, with the
     /// gates as they will be exported (decisions, not probabilities still short of 0/1) and the
     /// counts continuous (integer counts would make z chase a staircase and cycle around one
-    /// step of it). The plan differs from it only by rounding the counts.
-    public func constraintMACs() -> Double {
-        evaluate(relaxedInputs(removal: state.removal, tokenRemoval: state.tokenRemoval, gates: gateDecisions())).macs
+    /// step of it). The plan differs from it only by rounding the counts. `decisions` replaces
+    /// the gate decisions (`planDecisions`, with a latency table).
+    public func constraintMACs(decisions: [Double]? = nil) -> Double {
+        evaluate(relaxedInputs(removal: state.removal, tokenRemoval: state.tokenRemoval,
+                               gates: decisions ?? gateDecisions())).macs
     }
 
     /// Exact MACs of the architecture the state implies (committed counts and token removals,

@@ -37,8 +37,13 @@ public final class SolverSession {
         swap(&last, &spare)
     }
 
+    /// `Solver.sampleGates`; with a latency table a part the plan's budget trim skips under the
+    /// last scores (one its gate would run) draws 0, so training runs what the export will.
     public func sampleGates(epoch: Double, into gates: UnsafeMutableBufferPointer<Double>) throws(UVCError) {
         try solver.sampleGates(epoch: epoch, into: gates)
+        guard solver.latency != nil else { return }
+        let (gated, planned) = (solver.gateDecisions(), solver.planDecisions(scores: lastScores))
+        for i in gates.indices where gated[i] == 1 && planned[i] == 0 { gates[i] = 0 }
     }
 
     /// Keep masks under the last scores (see `Solver.masks`).
@@ -66,7 +71,7 @@ public final class SolverSession {
     // MARK: Summary: what logging reads, by name.
 
     /// Names and shapes of `summary`'s values, in order (a shape `[]` is one number): gate
-    /// probabilities and decisions (depth, 2); kept heads, value dims per head and neurons by
+    /// probabilities and the plan's part decisions (depth, 2; `Solver.planDecisions`); kept heads, value dims per head and neurons by
     /// the committed counts, and tokens entering each block (depth); expected MACs (continuous
     /// counts, gate probabilities), plan MACs, dense and budget MACs; z; search steps.
     public var summaryLayout: [(name: String, shape: [Int])] {
@@ -80,13 +85,13 @@ public final class SolverSession {
     public func summary(into out: UnsafeMutableBufferPointer<Double>) throws(UVCError) {
         let count = summaryLayout.reduce(0) { $0 + $1.shape.reduce(1, *) }
         try require(out.count == count, "out", "expected \(count) values, got \(out.count)")
-        var values = solver.gateProbabilities() + solver.gateDecisions()
+        var values = solver.gateProbabilities() + solver.planDecisions(scores: lastScores)
         for kind in GroupKind.allCases {
             let row = solver.state.committed[(kind.rawValue * solver.spec.depth)...].prefix(solver.spec.depth)
             values += row.map { solver.groups(kind) - $0 }
         }
         values += solver.committedTokens.map(Double.init)
-        values += [solver.expectedMACs(), solver.planMACs(), solver.denseMACs, solver.budgetMACs,
+        values += [solver.expectedMACs(), solver.planCost(scores: lastScores), solver.denseMACs, solver.budgetMACs,
                    solver.state.z, solver.state.searchSteps]
         _ = out.update(fromContentsOf: values)
     }
