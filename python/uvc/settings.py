@@ -450,6 +450,9 @@ DEMO = Stage("demo", "compress the shipped Fashion-MNIST ViT end to end (UVC to 
     Setting("budget_latency", float, None, "uvc: budget a fraction of the dense CPU latency instead of MACs (profiles "
             "the demo model first, into <output_dir>/latency.json)", "fraction of ms"),
     Setting("latency_batch_size", int, 1, "uvc: the batch size the latency table is measured at", "images"),
+    Setting("gate_granularity", str, SOLVER_DEFAULTS["gate_granularity"], "uvc: one skip gate per block (as UVC) or "
+            "one per MHSA / MLP part (finer steps for a latency budget that skips parts)",
+            choices=next(tuple(e["choices"]) for e in _CONFIG if e["name"] == "gate_granularity")),
     Setting("methods", "strs", None, "usdc: the rows to run (default all)",
             flags=("--usdc-methods",), choices=("uvc", "static", "dynamic", "usdc", "usdc_sample", "usdc_mixed")),
     Setting("batch_sizes", "ints", None, "usdc: inference batch sizes (1, 8, 256)", "images"),

@@ -56,13 +56,15 @@ def evaluate_models(sources: list[str], *, data: str = "fashion-mnist", data_dir
 
 def run_demo(*, budget: float = 0.5, search_epochs: int = 4, finetune_epochs: int = 4, subset: int = 20000,
              output_dir: str = "runs/demo", seed: int = 0, device: str | None = None, tokens: bool = False,
-             budget_latency: float | None = None, latency_batch_size: int = 1, **_) -> dict:
+             budget_latency: float | None = None, latency_batch_size: int = 1, gate_granularity: str = "block",
+             **_) -> dict:
     """Compresses the shipped ViT to ``budget`` of its MACs: search (stage 1) on ``subset``
     training images per epoch, export, fine-tune (stage 2), then evaluate against the dense
     model on the full test set. ``tokens``: also learn the tokens each block keeps.
     ``budget_latency``: instead, keep that fraction of the dense CPU latency, priced by a table
-    profiled first on this machine at ``latency_batch_size`` (`uvc.torch.profile`). Writes
-    everything under ``output_dir``."""
+    profiled first on this machine at ``latency_batch_size`` (`uvc.torch.profile`).
+    ``gate_granularity``: "block" (one skip gate per block) or "part" (MHSA and MLP apart).
+    Writes everything under ``output_dir``."""
     from ..plots import plot_architecture
     start = time.time()
     out = Path(output_dir)
@@ -83,7 +85,7 @@ def run_demo(*, budget: float = 0.5, search_epochs: int = 4, finetune_epochs: in
         print(f"[uvc demo] stage 1: searching {what} at {budget:.0%} of the MACs")
     s1 = compress(model="demo", budget=budget, num_epochs=search_epochs, learning_rate=5e-4,
                   warmup_epochs=0.25, zlr_schedule=tuple(float(e) for e in range(1, search_epochs)),
-                  prune_tokens=tokens, **latency, **common)
+                  prune_tokens=tokens, gate_granularity=gate_granularity, **latency, **common)
     print(f"[uvc demo] exported: {s1['ratio']:.1%} of the dense MACs; exported logits match the masked "
           f"model to {s1['max_abs_logit_diff']:.2e}")
     if budget_latency is not None:
