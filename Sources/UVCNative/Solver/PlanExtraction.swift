@@ -30,8 +30,20 @@ extension Solver {
     /// decisions, and with a latency table (after the first search step) also the parts the
     /// budget trim skips under `scores`.
     /// What eval mode uses, so the masked model in eval mode is the exported one.
-    public func planDecisions(scores: GroupScores) -> [Double] {
-        latency == nil || state.searchSteps == 0 ? gateDecisions() : shape(scores: scores, roundTo: 1).decisions
+    public func planDecisions(scores: GroupScores) -> [Double] { planParts(scores: scores).decisions }
+
+    /// The plan's part decisions (`planDecisions`) and its cost (`planMACs()`, or with a latency
+    /// table the snapped and trimmed plan's ms) under `scores`, from one budget trim.
+    public func planSummary(scores: GroupScores) -> (decisions: [Double], cost: Double) {
+        let (decisions, shape) = planParts(scores: scores)
+        return (decisions, shape.map(cost) ?? planMACs())
+    }
+
+    /// `planDecisions`, with the trimmed shape it came from (nil without a latency table).
+    private func planParts(scores: GroupScores) -> (decisions: [Double], shape: PlanShape?) {
+        guard latency != nil else { return (gateDecisions(), nil) }
+        let shape = self.shape(scores: scores, roundTo: 1)
+        return (state.searchSteps == 0 ? gateDecisions() : shape.decisions, shape)
     }
 
     /// What the exported plan runs, per layer: value-dim width, MLP width and the decision of
@@ -52,12 +64,6 @@ extension Solver {
             removal[2 * l + layer] = Double(spec.mlpHidden - shape.neurons[layer])
         }
         return evaluate(relaxedInputs(removal: removal, tokenRemoval: state.tokenCommitted, gates: shape.decisions)).macs
-    }
-
-    /// Cost of `plan(roundTo: 1)` under `scores`: `planMACs()`, or with a latency table the
-    /// snapped and trimmed plan's ms.
-    public func planCost(scores: GroupScores) -> Double {
-        latency == nil ? planMACs() : cost(shape(scores: scores, roundTo: 1))
     }
 
     /// The committed counts' widths, rounded (`roundTo` > 1) or snapped to a latency table's

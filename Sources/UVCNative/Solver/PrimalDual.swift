@@ -49,7 +49,7 @@ extension Solver {
                                               gates: gateProbabilities()))
         // With a latency table the plan may skip parts its widths cannot pay for (`fitBudget`):
         // z holds the budget over that architecture, not one the plan will never run.
-        let price = budgetPrice(decisions: latency == nil ? nil : planDecisions(scores: scores))
+        let price = budgetPrice(decisions: planDecisions(scores: scores))
         primalStep(slopes: slopes, costGradient: expected.gradient, price: price)
         if config.pruneTokens { tokenStep(slopes: tokens.slopes, costGradient: expected.gradient, price: price) }
         updateGates(costGradient: expected.gradient, gateGradient: gateGradient, price: price, epoch: epoch)
@@ -60,8 +60,7 @@ extension Solver {
         for (b, leastSum) in tokens.leastSums.enumerated() {
             state.tokenDuals[b] = max(0, state.tokenDuals[b] + config.dualLR * leastSum)
         }
-        let violation = constraintMACs(decisions: latency == nil ? nil : planDecisions(scores: scores)) / denseMACs
-            - config.budget
+        let violation = constraintMACs(decisions: planDecisions(scores: scores)) / denseMACs - config.budget
         let clipped = min(max(violation, -config.zGradClip), config.zGradClip)
         state.z = max(0, state.z + config.zLearningRate(epoch) * clipped)
         state.searchSteps += 1

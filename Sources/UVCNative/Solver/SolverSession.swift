@@ -71,9 +71,10 @@ public final class SolverSession {
     // MARK: Summary: what logging reads, by name.
 
     /// Names and shapes of `summary`'s values, in order (a shape `[]` is one number): gate
-    /// probabilities and the plan's part decisions (depth, 2; `Solver.planDecisions`); kept heads, value dims per head and neurons by
-    /// the committed counts, and tokens entering each block (depth); expected MACs (continuous
-    /// counts, gate probabilities), plan MACs, dense and budget MACs; z; search steps.
+    /// probabilities and the plan's part decisions (depth, 2; `Solver.planDecisions`); kept
+    /// heads, value dims per head and neurons by the committed counts, and tokens entering each
+    /// block (depth); expected MACs (continuous counts, gate probabilities), plan MACs (ms with a
+    /// latency table: the trimmed plan's), dense and budget MACs; z; search steps.
     public var summaryLayout: [(name: String, shape: [Int])] {
         let d = solver.spec.depth
         return [("gate_probs", [d, 2]), ("gates_on", [d, 2]), ("kept_heads", [d]), ("kept_v_dims", [d]),
@@ -85,13 +86,14 @@ public final class SolverSession {
     public func summary(into out: UnsafeMutableBufferPointer<Double>) throws(UVCError) {
         let count = summaryLayout.reduce(0) { $0 + $1.shape.reduce(1, *) }
         try require(out.count == count, "out", "expected \(count) values, got \(out.count)")
-        var values = solver.gateProbabilities() + solver.planDecisions(scores: lastScores)
+        let plan = solver.planSummary(scores: lastScores)
+        var values = solver.gateProbabilities() + plan.decisions
         for kind in GroupKind.allCases {
             let row = solver.state.committed[(kind.rawValue * solver.spec.depth)...].prefix(solver.spec.depth)
             values += row.map { solver.groups(kind) - $0 }
         }
         values += solver.committedTokens.map(Double.init)
-        values += [solver.expectedMACs(), solver.planCost(scores: lastScores), solver.denseMACs, solver.budgetMACs,
+        values += [solver.expectedMACs(), plan.cost, solver.denseMACs, solver.budgetMACs,
                    solver.state.z, solver.state.searchSteps]
         _ = out.update(fromContentsOf: values)
     }
