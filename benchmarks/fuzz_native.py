@@ -104,10 +104,11 @@ NATIVE_SIGS: dict[str, list[tuple[str, str, bool]]] = {
                              ("gate_grad", "d", False), ("prob_grad", "d", False), ("tau", "s", False),
                              ("grad_out", "d", True)],
     "resource_loss": _COST_MODEL + [(n, "d", False) for n in ("head_probs", "neuron_probs", "part_probs", "rates",
-                                                              "gate_macs", "gate_probs")]
+                                                              "gate_costs", "gate_probs")]
                      + [("target", "s", False), ("gamma", "s", False), ("dual", "s", False), ("values_out", "d", True)]
-                     + [(n, "d", True) for n in ("head_grad", "neuron_grad", "part_grad", "rate_grad", "gate_macs_grad",
-                                                 "gate_probs_grad")],
+                     + [(n, "d", True) for n in ("head_grad", "neuron_grad", "part_grad", "rate_grad", "gate_costs_grad",
+                                                 "gate_probs_grad")]
+                     + [(name, "n", False) for name, _, _ in _LATENCY[:5]] + [("fixed_ms", "s", False)],
     "gram_accumulate": [("x", "d", False), ("y", "d", False), ("xtx", "d", True), ("xty", "d", True)],
     "ridge_solve": [("xtx", "d", False), ("xty", "d", False), ("kept", "q", False), ("ridge", "s", False),
                     ("out", "d", True)],
@@ -751,8 +752,8 @@ def _loss_inputs(r, sc: SpecCase, edge: bool):
             p = np.round(p) if r.random() < 0.5 else p * r.choice([0.0, 1.0, 5e-324])
         return p
 
-    gate_macs = ng.random((d, o)) * (r.choice([0.0, 1e300, 5e-324, 1e6]) if edge else 1e4)
-    return [probs((d, h)), probs((d, k)), probs((d, 2)), probs((d, 2)), gate_macs,
+    gate_costs = ng.random((d, o)) * (r.choice([0.0, 1e300, 5e-324, 1e6]) if edge else 1e4)
+    return [probs((d, h)), probs((d, k)), probs((d, 2)), probs((d, 2)), gate_costs,
             ng.dirichlet(np.ones(o), size=d) if o else np.zeros((d, 0))]
 
 
@@ -766,8 +767,10 @@ def _loss_scalars(r, edge):
 def b_resource_loss(r, c, edge):
     sc = c.case(r)
     ins = _loss_inputs(r, sc, edge)
+    # A latency budget in 3 of 10 inputs: costs in ms of a table.
+    table = _latency_table(r, sc.spec, edge and r.random() < 0.5) if r.random() < 0.3 else [None] * 6
     return _native_call("resource_loss", [sc.enc, r.choice(c.conventions), *ins, *_loss_scalars(r, edge), np.empty(3),
-                                          *(np.empty_like(a) for a in ins)])
+                                          *(np.empty_like(a) for a in ins), *table])
 
 
 # ---- two threads ----

@@ -184,9 +184,10 @@ private enum Names {
     static let gatesBackward = ["logits", "groups", "noise", "gate_grad", "prob_grad", "tau", "grad_out"]
     static let gram = ["x", "y", "xtx", "xty"]
     static let ridge = ["xtx", "xty", "kept", "ridge", "out"]
-    static let loss = ["spec", "convention", "head_probs", "neuron_probs", "part_probs", "rates", "gate_macs",
+    /// The latency table's arrays come last: all None for a MACs budget.
+    static let loss = ["spec", "convention", "head_probs", "neuron_probs", "part_probs", "rates", "gate_costs",
                        "gate_probs", "target", "gamma", "dual", "values_out", "head_grad", "neuron_grad", "part_grad",
-                       "rate_grad", "gate_macs_grad", "gate_probs_grad"]
+                       "rate_grad", "gate_costs_grad", "gate_probs_grad"] + LatencyModel.argumentNames
 }
 
 private func functions(_ function: Int32, _ call: Call) throws(UVCError) {
@@ -267,7 +268,9 @@ private func functions(_ function: Int32, _ call: Call) throws(UVCError) {
         for w in [neurons, options] {
             try require(w.shape.count == 2 && w.extent(0) == d, w.name, "expected shape (\(d), width)")
         }
-        let loss = try ResourceLoss(model: model, neuronGroups: neurons.extent(1), gateOptions: options.extent(1))
+        let latency = a.isNone(18) ? nil : try latencyModel(a, spec: model.spec, 18)
+        let loss = try ResourceLoss(model: model, latency: latency, neuronGroups: neurons.extent(1),
+                                    gateOptions: options.extent(1))
         var x: [UnsafeBufferPointer<Double>] = [], g: [UnsafeMutableBufferPointer<Double>] = []
         for (k, (_, width)) in loss.widths.enumerated() {
             x.append(try a.input(2 + k, d, width))
@@ -277,7 +280,7 @@ private func functions(_ function: Int32, _ call: Call) throws(UVCError) {
         let values = try a.output(11, 3)
         try loss.validate(inputs, target: target, gamma: gamma, dual: dual)
         let v = loss.evaluate(inputs, target: target, gamma: gamma, dual: dual, gradient: ResourceLoss.Arrays(g))
-        (values[0], values[1], values[2]) = (v.loss, v.ratio, v.macs)
+        (values[0], values[1], values[2]) = (v.loss, v.ratio, v.cost)
     default: throw UVCError("function", "unknown function \(function)", kind: .type)
     }
 }

@@ -79,6 +79,10 @@ public struct LatencyModel: Sendable {
         return (lo, (x - grid[lo]) / width, width)
     }
 
+    /// Whether `x` lies on `grid`'s span; outside it the clamped time is flat (derivative 0).
+    @inline(__always)
+    static func spans(_ grid: [Double], _ x: Double) -> Bool { x >= grid[0] && x <= grid[grid.count - 1] }
+
     /// A(h, v) and its partial derivatives in h and v.
     public func attentionTime(heads h: Double, vDim v: Double) -> (ms: Double, dHeads: Double, dVDim: Double) {
         let (i, s, wh) = LatencyModel.stretch(heads, h), (j, t, wv) = LatencyModel.stretch(vDims, v)
@@ -87,8 +91,8 @@ public struct LatencyModel: Sendable {
         let a00 = attention[i * cols + j], a10 = attention[i1 * cols + j]
         let a01 = attention[i * cols + j1], a11 = attention[i1 * cols + j1]
         let ms = (1 - s) * (1 - t) * a00 + s * (1 - t) * a10 + (1 - s) * t * a01 + s * t * a11
-        let dh = heads.count > 1 ? ((1 - t) * (a10 - a00) + t * (a11 - a01)) / wh : 0
-        let dv = cols > 1 ? ((1 - s) * (a01 - a00) + s * (a11 - a10)) / wv : 0
+        let dh = heads.count > 1 && LatencyModel.spans(heads, h) ? ((1 - t) * (a10 - a00) + t * (a11 - a01)) / wh : 0
+        let dv = cols > 1 && LatencyModel.spans(vDims, v) ? ((1 - s) * (a01 - a00) + s * (a11 - a10)) / wv : 0
         return (ms, dh, dv)
     }
 
@@ -96,7 +100,7 @@ public struct LatencyModel: Sendable {
     public func mlpTime(neurons m: Double) -> (ms: Double, dNeurons: Double) {
         let (k, u, w) = LatencyModel.stretch(neurons, m)
         guard neurons.count > 1 else { return (mlp[0], 0) }
-        return ((1 - u) * mlp[k] + u * mlp[k + 1], (mlp[k + 1] - mlp[k]) / w)
+        return ((1 - u) * mlp[k] + u * mlp[k + 1], LatencyModel.spans(neurons, m) ? (mlp[k + 1] - mlp[k]) / w : 0)
     }
 
     /// The table's latency of `plan` in ms; per layer the MHSA and MLP parts go to `layers`
@@ -123,7 +127,8 @@ public struct LatencyModel: Sendable {
 
     /// The relaxed latency in ms of continuous inputs laid out as `RelaxedField` rows, and its
     /// gradient (the token row's is 0: tokens are not priced). Counts outside a grid are
-    /// clamped to it (the solver's never are).
+    /// clamped to it, where the latency is flat in them (gradient 0): the solver's never are,
+    /// USDC's expected head counts can fall below 1.
     /// - Precondition: both buffers have `RelaxedField.allCases.count` × depth entries.
     public func expected(_ inputs: UnsafeBufferPointer<Double>, gradient: UnsafeMutableBufferPointer<Double>) -> Double {
         let depth = spec.depth

@@ -44,10 +44,13 @@ def group_gates_backward(logits: F, groups: I, noise: F, gate_grad: F, prob_grad
     """Backward of `group_gates`: gate_grad, prob_grad and grad_out (B, C)."""
 
 def resource_loss(spec: I, convention: F, head_probs: F, neuron_probs: F, part_probs: F, rates: F,
-                  gate_macs: F, gate_probs: F, target: float, gamma: float, dual: float,
+                  gate_costs: F, gate_probs: F, target: float, gamma: float, dual: float,
                   values_out: F, head_grad: F, neuron_grad: F, part_grad: F, rate_grad: F,
-                  gate_macs_grad: F, gate_probs_grad: F) -> None:
-    """USDC's resource loss; values_out (3,): loss, F, expected MACs; each grad its input's shape."""
+                  gate_costs_grad: F, gate_probs_grad: F, heads: Optional[I], v_dims: Optional[I],
+                  neurons: Optional[I], attention_ms: Optional[F], mlp_ms: Optional[F],
+                  fixed_ms: Optional[float]) -> None:
+    """USDC's resource loss; values_out (3,): loss, F, expected cost (MACs, or ms with the latency
+    table's arrays, all None for MACs; see `latency_exact`); each grad its input's shape."""
 
 def gram_accumulate(x: npt.NDArray[np.floating], y: npt.NDArray[np.floating], xtx: F, xty: F) -> None:
     """Adds XᵀX to xtx (d, d) and XᵀY to xty (d, m) for x (n, d), y (n, m), both float32 or both

@@ -347,6 +347,9 @@ def _usdc_budget() -> tuple[Setting, ...]:
         Setting("dual_lr", float, 1.0, "step of z per optimizer step (dual mode)"),
         Setting("gate_lr", float, 0.03, "learning rate of the gate networks"),
         Setting("convention", str, "uvc", "what the MACs count", choices=tuple(sorted(CONVENTIONS))),
+        Setting("latency_table", str, None, "a latency table made by `uvc profile` for this model at the batch size "
+                "and on the device you deploy on: the budget counts its ms (--target, --static-target: fractions of "
+                "its dense latency; the gate networks are timed there)"),
     )
 
 
@@ -447,9 +450,10 @@ DEMO = Stage("demo", "compress the shipped Fashion-MNIST ViT end to end (UVC to 
     Setting("seed", int, 0, "every random choice flows from this seed"),
     Setting("device", str, None, "cpu, cuda, ... (default cpu)"),
     Setting("tokens", bool, False, "uvc: also learn how many tokens each block keeps"),
-    Setting("budget_latency", float, None, "uvc: budget a fraction of the dense CPU latency instead of MACs (profiles "
-            "the demo model first, into <output_dir>/latency.json)", "fraction of ms"),
-    Setting("latency_batch_size", int, 1, "uvc: the batch size the latency table is measured at", "images"),
+    Setting("budget_latency", float, None, "budget a fraction of the dense CPU latency instead of MACs (profiles "
+            "the demo model first, into <output_dir>/latency.json; usdc: every row, gate networks timed too)",
+            "fraction of ms"),
+    Setting("latency_batch_size", int, 1, "the batch size the latency table is measured at", "images"),
     Setting("gate_granularity", str, SOLVER_DEFAULTS["gate_granularity"], "uvc: one skip gate per block (as UVC) or "
             "one per MHSA / MLP part (finer steps for a latency budget that skips parts)",
             choices=next(tuple(e["choices"]) for e in _CONFIG if e["name"] == "gate_granularity")),

@@ -10,11 +10,12 @@ tested against `group_gates` here.
 * `group_gates` / `group_gates_backward`: every sub-group pools its members' gate log-odds
   (mean) and takes one straight-through Gumbel-sigmoid decision, broadcast back to its members;
   the backward pass hands each member its share of the group's gradient.
-* `resource_loss`: γ·(F − target)² (+ a dual's z·(F − target)) with F the expected MACs of the statically (keep
+* `resource_loss`: γ·(F − target)² (+ a dual's z·(F − target)) with F the expected cost of the statically (keep
   probabilities a₀) and dynamically (execution rates g) compressed model, gate networks
-  included, over the dense MACs; with its exact gradient w.r.t. every input array.
+  included, over the dense cost; with its exact gradient w.r.t. every input array. The cost
+  is MACs, or with a `uvc.LatencyTable` milliseconds of that table.
 
-Units: MACs (multiply-accumulates; FLOPs = 2 × MACs).
+Units: MACs (multiply-accumulates; FLOPs = 2 × MACs), or ms per batch of the table's batch size.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from ._core import LAYOUTS, check_format, decode_state, encode_state, native, seed_bits
 from .cost import Convention, as_convention
+from .latency import LatencyTable
 from .spec import ViTSpec
 
 __all__ = ["GroupSampler", "Partition", "group_sizes", "group_gates", "group_gates_backward", "whole_batch",
@@ -196,21 +198,31 @@ def group_gates_backward(logits, groups, noise, gate_grad, prob_grad=None, *, ta
 
 @dataclasses.dataclass(frozen=True)
 class ResourceLossResult:
-    """``loss`` = γ·(F − target)² + dual·(F − target); ``ratio`` = F; ``macs``: expected MACs, gate networks
-    included; ``grad``: ∂loss/∂(each input array) by input name."""
+    """``loss`` = γ·(F − target)² + dual·(F − target); ``ratio`` = F; ``cost``: the expected cost,
+    gate networks included, in ``unit`` ("MACs", or "ms" with a latency table); ``grad``:
+    ∂loss/∂(each input array) by input name."""
 
     loss: float
     ratio: float
-    macs: float
+    cost: float
+    unit: str
     grad: dict[str, np.ndarray]
+
+    @property
+    def macs(self) -> float:
+        """The expected MACs (``cost`` of a MACs budget)."""
+        if self.unit != "MACs":
+            raise ValueError(f"ResourceLossResult.macs: this loss was priced in {self.unit} by a latency table; "
+                             f"read .cost")
+        return self.cost
 
 
 _LOSS_INPUTS = ("head_probs", "neuron_probs", "part_probs", "rates", "gate_macs", "gate_probs")
 
 
 def resource_loss(spec: ViTSpec, *, head_probs, neuron_probs, part_probs, rates, gate_macs=None, gate_probs=None,
-                  target: float, gamma: float = 100.0, dual: float = 0.0,
-                  convention: "str | Convention" = "uvc") -> ResourceLossResult:
+                  target: float, gamma: float = 100.0, dual: float = 0.0, convention: "str | Convention" = "uvc",
+                  latency: LatencyTable | None = None, gate_ms=None) -> ResourceLossResult:
     """USDC's resource loss γ·(F − target)² + dual·(F − target) (seed 002, Eq. 9–11) and its
     exact gradient. ``dual`` = 0 is the paper's penalty; ``gamma`` = 0 with a dual z ≥ 0 that
     the caller raises while F > target is a UVC-style primal-dual budget term.
@@ -227,21 +239,39 @@ def resource_loss(spec: ViTSpec, *, head_probs, neuron_probs, part_probs, rates,
          + Σ_l alive_l·Σ_o p_{l,o}·G_{l,o}] / dense MACs, with C the cost model's expected MACs
     under ``convention`` (dense value dims and tokens) and alive_l = 1 − (1 − a_attn)(1 − a_mlp)
     (a layer's gate network goes only with the whole layer). ``target``: the wanted F.
+
+    ``latency``: a `uvc.LatencyTable` measured for ``spec``: C is then the table's latency in ms
+    at the expected counts (piecewise linear, exact at 0/1 inputs), F a ratio of the table's
+    dense latency, and the gate networks' cost is ``gate_ms`` (depth, O): ms per batch of each
+    option at the table's batch size (`uvc.torch.profile.gate_latency`), in place of
+    ``gate_macs``. ``grad`` then names that input ``gate_ms``.
     """
     if not isinstance(spec, ViTSpec):
         raise TypeError(f"spec must be a ViTSpec, got {type(spec).__name__}")
     conv = as_convention(convention)
-    if (gate_macs is None) != (gate_probs is None):
-        raise ValueError("gate_macs and gate_probs go together: give both or neither")
-    if gate_macs is None:
-        gate_macs = gate_probs = np.zeros((spec.depth, 0))
-    given = dict(head_probs=head_probs, neuron_probs=neuron_probs, part_probs=part_probs, rates=rates,
-                 gate_macs=gate_macs, gate_probs=gate_probs)
+    if latency is None:
+        if gate_ms is not None:
+            raise ValueError("resource_loss: gate_ms prices gate networks in a latency budget; without latency= "
+                             "give gate_macs")
+        cost_name, gate_cost, table = "gate_macs", gate_macs, (None,) * 6
+    else:
+        if not isinstance(latency, LatencyTable):
+            raise TypeError(f"resource_loss: latency must be a uvc.LatencyTable, got {type(latency).__name__}")
+        if gate_macs is not None:
+            raise ValueError("resource_loss: a latency budget prices gate networks in ms: give gate_ms, not gate_macs")
+        cost_name, gate_cost, table = "gate_ms", gate_ms, latency.check(spec).native_args
+    if (gate_cost is None) != (gate_probs is None):
+        raise ValueError(f"{cost_name} and gate_probs go together: give both or neither")
+    if gate_cost is None:
+        gate_cost = gate_probs = np.zeros((spec.depth, 0))
+    names = _LOSS_INPUTS[:4] + (cost_name, "gate_probs")
+    given = dict(zip(names, (head_probs, neuron_probs, part_probs, rates, gate_cost, gate_probs)))
     d = spec.depth
     limits = dict(head_probs=d * spec.num_heads, neuron_probs=d * spec.mlp_hidden, part_probs=2 * d, rates=2 * d)
-    inputs = [_array(name, given[name], np.float64, limits.get(name, MAX_ELEMENTS)) for name in _LOSS_INPUTS]
+    inputs = [_array(name, given[name], np.float64, limits.get(name, MAX_ELEMENTS)) for name in names]
     grads = [np.empty_like(a) for a in inputs]
     values = np.empty(3)
     native.resource_loss(spec.encoded, conv.encoded, *inputs, _real("target", target), _real("gamma", gamma),
-                         _real("dual", dual), values, *grads)
-    return ResourceLossResult(float(values[0]), float(values[1]), float(values[2]), dict(zip(_LOSS_INPUTS, grads)))
+                         _real("dual", dual), values, *grads, *table)
+    return ResourceLossResult(float(values[0]), float(values[1]), float(values[2]),
+                              "MACs" if latency is None else "ms", dict(zip(names, grads)))

@@ -1,7 +1,9 @@
 /// USDC's resource loss (seed 002, Eq. 9–11), L = γ·(F − f_t)² + z·(F − f_t), with F the expected
-/// MACs of the statically and dynamically compressed model, gate networks included, over the
-/// dense MACs. z = 0 is the paper's penalty; γ = 0 with a dual z ≥ 0 raised by the caller while
-/// F > f_t is the UVC-style primal-dual budget term.
+/// cost of the statically and dynamically compressed model, gate networks included, over the
+/// dense cost. The cost is MACs (`CostModel`), or with a `LatencyModel` milliseconds of its
+/// table (the gate networks' costs then in ms at the table's batch size too). z = 0 is the
+/// paper's penalty; γ = 0 with a dual z ≥ 0 raised by the caller while F > f_t is the
+/// UVC-style primal-dual budget term.
 ///
 /// Inputs per layer l (all probabilities in [0, 1]):
 /// - `headProbs[l, i]`: static keep probability a₀ of head i (`numHeads` per layer);
@@ -9,34 +11,41 @@
 ///   mlpHidden / neuronGroups neurons);
 /// - `partProbs[l, p]`: that of the MHSA (p = 0) and MLP (p = 1) part;
 /// - `rates[l, p]`: dynamic execution rate g of the part (its gate's mean over the batch);
-/// - `gateMACs[l, o]`, `gateProbs[l, o]`: MACs of gate network option o and its architecture
-///   weight (softmax over the options during search, one-hot once chosen). No options: no gates.
+/// - `gateCosts[l, o]`, `gateProbs[l, o]`: cost of gate network option o (MACs, or ms) and its
+///   architecture weight (softmax over the options during search, one-hot once chosen). No
+///   options: no gates.
 ///
-/// With the cost model's expected cost C (`CostModel.expected`, dense value dims and tokens):
+/// With the expected cost C (`CostModel.expected` or `LatencyModel.expected`, dense value dims
+/// and tokens):
 ///
-///     macs = C(heads = Σᵢ a_h, neurons = (M/K)·Σₖ a_n, attn gate = a_attn·g_attn, mlp gate = a_mlp·g_mlp)
+///     cost = C(heads = Σᵢ a_h, neurons = (M/K)·Σₖ a_n, attn gate = a_attn·g_attn, mlp gate = a_mlp·g_mlp)
 ///          + Σ_l alive_l · Σ_o p_{l,o}·G_{l,o},   alive_l = 1 − (1 − a_attn)(1 − a_mlp)
-///     F = macs / dense MACs
+///     F = cost / dense cost
 ///
-/// The cost is multilinear in these, so with independent keep decisions it is their exact
-/// expectation; a layer's gate network goes only with the whole layer (alive).
+/// MACs are multilinear in these, so with independent keep decisions C is their exact
+/// expectation; the table's latency is piecewise linear in the counts, so C is the latency at
+/// the expected counts (exact at 0/1 inputs). A layer's gate network goes only with the whole
+/// layer (alive).
 public struct ResourceLoss {
     public let model: CostModel
+    /// Prices the plan in ms when set (then `model` only validates the spec).
+    public let latency: LatencyModel?
     public let neuronGroups: Int
     public let gateOptions: Int
-    public let denseMACs: Double
+    /// Cost of the dense model without gate networks: MACs, or ms with `latency`.
+    public let denseCost: Double
 
     /// The six per-layer arrays, `depth × width` row-major each (widths: numHeads, neuronGroups,
     /// 2, 2, gateOptions, gateOptions).
     public struct Arrays<Buffer> {
-        public var headProbs, neuronProbs, partProbs, rates, gateMACs, gateProbs: Buffer
-        public init(headProbs: Buffer, neuronProbs: Buffer, partProbs: Buffer, rates: Buffer, gateMACs: Buffer,
+        public var headProbs, neuronProbs, partProbs, rates, gateCosts, gateProbs: Buffer
+        public init(headProbs: Buffer, neuronProbs: Buffer, partProbs: Buffer, rates: Buffer, gateCosts: Buffer,
                     gateProbs: Buffer) {
             self.headProbs = headProbs
             self.neuronProbs = neuronProbs
             self.partProbs = partProbs
             self.rates = rates
-            self.gateMACs = gateMACs
+            self.gateCosts = gateCosts
             self.gateProbs = gateProbs
         }
 
@@ -44,46 +53,57 @@ public struct ResourceLoss {
         /// - Precondition: `all.count == 6`.
         public init(_ all: [Buffer]) {
             precondition(all.count == 6)
-            self.init(headProbs: all[0], neuronProbs: all[1], partProbs: all[2], rates: all[3], gateMACs: all[4],
+            self.init(headProbs: all[0], neuronProbs: all[1], partProbs: all[2], rates: all[3], gateCosts: all[4],
                       gateProbs: all[5])
         }
     }
 
     public struct Value: Sendable {
         public var loss: Double
-        /// F: expected MACs over the dense MACs.
+        /// F: expected cost over the dense cost.
         public var ratio: Double
-        /// Expected MACs, gate networks included.
-        public var macs: Double
+        /// Expected cost, gate networks included (MACs, or ms).
+        public var cost: Double
     }
 
-    public init(model: CostModel, neuronGroups: Int, gateOptions: Int) throws(UVCError) {
+    /// - Precondition: none; a `latency` table of another spec than `model`'s throws, naming it.
+    public init(model: CostModel, latency: LatencyModel? = nil, neuronGroups: Int, gateOptions: Int) throws(UVCError) {
         let m = model.spec.mlpHidden
         try require(neuronGroups >= 1 && m % neuronGroups == 0, "neuron_probs",
                     "needs a number of neuron groups dividing mlp_hidden \(m), got \(neuronGroups)")
         try require(gateOptions >= 0, "gate_probs", "needs at least 0 gate options, got \(gateOptions)")
+        if let latency {
+            try require(latency.spec == model.spec, "latency", "the table was measured for another model shape "
+                        + "(\(latency.spec)), not this spec (\(model.spec))")
+        }
         self.model = model
+        self.latency = latency
         self.neuronGroups = neuronGroups
         self.gateOptions = gateOptions
-        denseMACs = model.exactTotal(ArchPlan.dense(model.spec))
+        denseCost = try latency?.exactTotal(.dense(model.spec)) ?? model.exactTotal(.dense(model.spec))
     }
 
-    /// Widths of the six arrays, in `Arrays` order, and their Python names.
+    /// What the costs count: "MACs", or "ms" with a latency table.
+    public var unit: String { latency == nil ? "MACs" : "ms" }
+
+    /// Widths of the six arrays, in `Arrays` order, and their Python names (the gate networks'
+    /// costs are `gate_macs`, or `gate_ms` with a latency table).
     public var widths: [(name: String, width: Int)] {
         [("head_probs", model.spec.numHeads), ("neuron_probs", neuronGroups), ("part_probs", 2), ("rates", 2),
-         ("gate_macs", gateOptions), ("gate_probs", gateOptions)]
+         (latency == nil ? "gate_macs" : "gate_ms", gateOptions), ("gate_probs", gateOptions)]
     }
 
-    /// Checks every value: probabilities in [0, 1], gate MACs finite and ≥ 0, target finite
+    /// Checks every value: probabilities in [0, 1], gate costs finite and ≥ 0, target finite
     /// and > 0, γ and z finite and ≥ 0.
     public func validate(_ x: Arrays<UnsafeBufferPointer<Double>>, target: Double, gamma: Double,
                          dual z: Double) throws(UVCError) {
-        try require(target.isFinite && target > 0, "target", "must be finite and > 0 (a ratio of the dense MACs), got \(target)")
+        try require(target.isFinite && target > 0, "target",
+                    "must be finite and > 0 (a ratio of the dense \(unit)), got \(target)")
         try require(gamma.isFinite && gamma >= 0, "gamma", "must be finite and >= 0, got \(gamma)")
         try require(z.isFinite && z >= 0, "dual", "must be finite and >= 0, got \(z)")
-        let arrays = [x.headProbs, x.neuronProbs, x.partProbs, x.rates, x.gateMACs, x.gateProbs]
+        let arrays = [x.headProbs, x.neuronProbs, x.partProbs, x.rates, x.gateCosts, x.gateProbs]
         for (k, (name, width)) in widths.enumerated() {
-            let upper = name == "gate_macs" ? Double.infinity : 1
+            let upper = k == 4 ? Double.infinity : 1
             for (i, v) in arrays[k].enumerated() {
                 try require(v.isFinite && v >= 0 && v <= upper, name,
                             "value at (\(i / width), \(i % width)) is \(v), expected a finite value in [0, \(upper)]")
@@ -91,7 +111,7 @@ public struct ResourceLoss {
         }
     }
 
-    /// The loss, F and the expected MACs; writes ∂L/∂(each input) into `gradient`.
+    /// The loss, F and the expected cost; writes ∂L/∂(each input) into `gradient`.
     public func evaluate(_ x: Arrays<UnsafeBufferPointer<Double>>, target: Double, gamma: Double, dual z: Double,
                          gradient g: Arrays<UnsafeMutableBufferPointer<Double>>) -> Value {
         let spec = model.spec, depth = spec.depth, heads = spec.numHeads, groups = neuronGroups
@@ -111,19 +131,19 @@ public struct ResourceLoss {
             relaxed[at(.attentionGate, l)] = x.partProbs[2 * l] * x.rates[2 * l]
             relaxed[at(.mlpGate, l)] = x.partProbs[2 * l + 1] * x.rates[2 * l + 1]
             relaxed[at(.tokens, l)] = Double(spec.numTokens)
-            for o in 0..<options { gateCost[l] += x.gateProbs[l * options + o] * x.gateMACs[l * options + o] }
+            for o in 0..<options { gateCost[l] += x.gateProbs[l * options + o] * x.gateCosts[l * options + o] }
         }
-        var macs = relaxed.withUnsafeBufferPointer { r in
-            partial.withUnsafeMutableBufferPointer { model.expected(r, gradient: $0) }
+        var cost = relaxed.withUnsafeBufferPointer { r in
+            partial.withUnsafeMutableBufferPointer { latency?.expected(r, gradient: $0) ?? model.expected(r, gradient: $0) }
         }
         for l in 0..<depth {
             let alive = 1 - (1 - x.partProbs[2 * l]) * (1 - x.partProbs[2 * l + 1])
-            macs += alive * gateCost[l]
+            cost += alive * gateCost[l]
         }
-        let ratio = macs / denseMACs
+        let ratio = cost / denseCost
         let loss = gamma * (ratio - target) * (ratio - target) + z * (ratio - target)
-        // ∂L/∂macs: the chain's common factor.
-        let scale = (2 * gamma * (ratio - target) + z) / denseMACs
+        // ∂L/∂cost: the chain's common factor.
+        let scale = (2 * gamma * (ratio - target) + z) / denseCost
         for l in 0..<depth {
             let aa = x.partProbs[2 * l], am = x.partProbs[2 * l + 1]
             let ga = x.rates[2 * l], gm = x.rates[2 * l + 1]
@@ -136,10 +156,10 @@ public struct ResourceLoss {
             g.rates[2 * l] = scale * dAttn * aa
             g.rates[2 * l + 1] = scale * dMlp * am
             for o in 0..<options {
-                g.gateMACs[l * options + o] = scale * alive * x.gateProbs[l * options + o]
-                g.gateProbs[l * options + o] = scale * alive * x.gateMACs[l * options + o]
+                g.gateCosts[l * options + o] = scale * alive * x.gateProbs[l * options + o]
+                g.gateProbs[l * options + o] = scale * alive * x.gateCosts[l * options + o]
             }
         }
-        return Value(loss: loss, ratio: ratio, macs: macs)
+        return Value(loss: loss, ratio: ratio, cost: cost)
     }
 }

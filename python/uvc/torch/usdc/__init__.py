@@ -9,10 +9,10 @@ inference with batch-level block skipping, and saving/loading of the dynamic mod
 from .budget import BUDGET_MODES, ResourceBudget
 from .dynamic import DynamicViT, USDCFinetune
 from .export import is_dynamic_folder, load, save
-from .gates import GATE_KINDS, GateChoice, GateNet, gate_macs, group_gates
+from .gates import GATE_KINDS, GateChoice, GateNet, gate_macs, gate_ms, group_gates
 
 __all__ = ["USDCSearch", "USDCArch", "DynamicViT", "USDCFinetune", "ResourceBudget", "BUDGET_MODES", "GateNet",
-           "GateChoice", "GATE_KINDS", "gate_macs", "group_gates", "save", "load", "is_dynamic_folder"]
+           "GateChoice", "GATE_KINDS", "gate_macs", "gate_ms", "group_gates", "save", "load", "is_dynamic_folder"]
 
 _LAZY = {"USDCSearch": "search", "USDCArch": "search"}
 

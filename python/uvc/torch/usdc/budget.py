@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ...cost import Convention, as_convention
+from ...latency import LatencyTable
 from ...settings import BUDGET_MODES
 from ...spec import ViTSpec
 from ...usdc import resource_loss
@@ -37,13 +38,15 @@ class _ResourceLoss(torch.autograd.Function):
 
 
 class ResourceBudget:
-    """USDC's budget on F, the expected MACs over the dense MACs (gate networks included).
+    """USDC's budget on F, the expected cost over the dense cost (gate networks included): MACs,
+    or with ``latency`` (a `uvc.LatencyTable`) ms of that table.
 
     ``mode="penalty"``: the paper's γ·(F − ``target``)² (γ = ``gamma``, 100 by default).
     ``mode="dual"``: UVC-style primal-dual, z·(F − target) with the dual z raised by `step`
     (z ← max(0, z + ``dual_lr``·(F − target)) after every optimizer step), so F is pushed down
-    for as long as it exceeds the target. ``gate_macs``: (depth, options) MACs per sample of
-    each gate-network option (zero columns: no gates).
+    for as long as it exceeds the target. ``gate_costs``: (depth, options) cost of each
+    gate-network option, MACs per sample, or with ``latency`` ms per batch of the table's batch
+    size (`uvc.torch.usdc.gates.gate_ms`); zero columns: no gates.
 
     ``static_target``: also γ·(F_s − static_target)² with F_s the static part alone (every kept
     part running, no gate networks), which fixes how the budget splits between static and
@@ -52,13 +55,14 @@ class ResourceBudget:
     alone and prunes nothing.
     """
 
-    def __init__(self, spec: ViTSpec, target: float, gate_macs: np.ndarray, *, gamma: float = 100.0,
+    def __init__(self, spec: ViTSpec, target: float, gate_costs: np.ndarray, *, gamma: float = 100.0,
                  mode: str = "penalty", dual_lr: float = 1.0, static_target: float | None = None,
-                 convention: "str | Convention" = "uvc") -> None:
+                 convention: "str | Convention" = "uvc", latency: LatencyTable | None = None) -> None:
         if mode not in BUDGET_MODES:
             raise ValueError(f"ResourceBudget: mode must be one of {BUDGET_MODES}, got {mode!r}")
         if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 < target:
-            raise ValueError(f"ResourceBudget: target must be a positive ratio of the dense MACs, got {target!r}")
+            raise ValueError(f"ResourceBudget: target must be a positive ratio of the dense "
+                             f"{'MACs' if latency is None else 'latency'}, got {target!r}")
         if not isinstance(dual_lr, (int, float)) or isinstance(dual_lr, bool) or dual_lr < 0:
             raise ValueError(f"ResourceBudget: dual_lr must be a number >= 0, got {dual_lr!r}")
         if static_target is not None and (isinstance(static_target, bool) or not isinstance(static_target, (int, float))
@@ -69,22 +73,31 @@ class ResourceBudget:
         self.dual_lr, self.z = float(dual_lr), 0.0
         self.static_target = None if static_target is None else float(static_target)
         self.convention = as_convention(convention)
-        self.gate_macs = np.ascontiguousarray(gate_macs, dtype=np.float64)
+        if latency is not None and not isinstance(latency, LatencyTable):
+            raise TypeError(f"ResourceBudget: latency must be a uvc.LatencyTable, got {type(latency).__name__}")
+        self.latency = None if latency is None else latency.check(spec)
+        self.gate_costs = np.ascontiguousarray(gate_costs, dtype=np.float64)
         self.last = self.last_static = None
+
+    @property
+    def unit(self) -> str:
+        """What the costs count: "MACs", or "ms" with a latency table."""
+        return "MACs" if self.latency is None else "ms"
+
+    def _loss(self, **arrays):
+        return resource_loss(self.spec, **arrays, convention=self.convention, latency=self.latency)
 
     def evaluate(self, head_probs, neuron_probs, part_probs, rates, gate_probs):
         """`uvc.usdc.resource_loss` with this budget's settings (numpy in, numpy out); with a
         ``static_target``, its term is added to the loss and the gradients."""
-        self.last = res = resource_loss(self.spec, head_probs=head_probs, neuron_probs=neuron_probs,
-                                        part_probs=part_probs, rates=rates, gate_macs=self.gate_macs,
-                                        gate_probs=gate_probs, target=self.target, gamma=self.gamma, dual=self.z,
-                                        convention=self.convention)
+        gates = {"gate_macs" if self.latency is None else "gate_ms": self.gate_costs, "gate_probs": gate_probs}
+        self.last = res = self._loss(head_probs=head_probs, neuron_probs=neuron_probs, part_probs=part_probs,
+                                     rates=rates, **gates, target=self.target, gamma=self.gamma, dual=self.z)
         if self.static_target is None:
             return res
-        self.last_static = st = resource_loss(self.spec, head_probs=head_probs, neuron_probs=neuron_probs,
-                                              part_probs=part_probs, rates=np.ones_like(rates),
-                                              target=self.static_target, gamma=self.gamma or 100.0,
-                                              convention=self.convention)
+        self.last_static = st = self._loss(head_probs=head_probs, neuron_probs=neuron_probs, part_probs=part_probs,
+                                           rates=np.ones_like(rates), target=self.static_target,
+                                           gamma=self.gamma or 100.0)
         grad = dict(res.grad)
         for name in ("head_probs", "neuron_probs", "part_probs"):
             grad[name] = grad[name] + st.grad[name]
@@ -102,11 +115,12 @@ class ResourceBudget:
             self.z = max(0.0, self.z + self.dual_lr * (self.last.ratio - self.target))
 
     def stats(self) -> dict:
-        """Plain floats of the last evaluation: F (``expected_ratio``), its MACs, the whole loss,
-        z, and F_s with a ``static_target``."""
+        """Plain floats of the last evaluation: F (``expected_ratio``), its MACs
+        (``expected_macs``) or ms (``expected_ms``), the whole loss, z, and F_s with a
+        ``static_target``."""
         if self.last is None:
             return {}
-        out = {"expected_ratio": self.last.ratio, "expected_macs": self.last.macs,
+        out = {"expected_ratio": self.last.ratio, f"expected_{self.unit.lower()}": self.last.cost,
                "resource_loss": self.last.loss, "target_ratio": self.target, "z": self.z}
         if self.last_static is not None:
             out.update(static_expected_ratio=self.last_static.ratio, static_target_ratio=self.static_target)

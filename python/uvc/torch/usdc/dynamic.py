@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from ...cost import Convention, as_convention, count
+from ...latency import LatencyTable
 from ...plan import ArchPlan
 from ...spec import ViTSpec
 from ...usdc import GROUPINGS, GroupSampler, resource_loss
 from ..slim import SlimViT
 from .budget import ResourceBudget
-from .gates import GateNet, gate_macs, group_gates
+from .gates import GateNet, gate_macs, gate_ms, group_gates
 
 __all__ = ["DynamicViT", "USDCFinetune"]
 
@@ -122,10 +123,11 @@ class DynamicViT(nn.Module):
             out[l] = [rates[j, 0] if layer.attn else np.nan, rates[j, 1] if layer.mlp else np.nan]
         return out
 
-    def static_inputs(self, convention: "str | Convention" = "uvc") -> dict:
+    def static_inputs(self, convention: "str | Convention" = "uvc", latency: LatencyTable | None = None) -> dict:
         """The fixed arrays of `uvc.usdc.resource_loss` for this model: 0/1 keep probabilities of
         heads (depth, heads), neurons (depth, mlp_hidden) and parts (depth, 2), and each layer's
-        gate-network MACs (depth, 1) with weight 1."""
+        gate-network MACs (``gate_macs``, depth × 1) with weight 1; with a ``latency`` table the
+        gate networks' ms where it was made (``gate_ms``, `uvc.torch.usdc.gates.gate_ms`)."""
         spec, plan = self.spec, self.plan
         d = spec.depth
         heads, neurons, parts = np.zeros((d, spec.num_heads)), np.zeros((d, spec.mlp_hidden)), np.zeros((d, 2))
@@ -134,11 +136,19 @@ class DynamicViT(nn.Module):
             heads[l, list(layer.heads)] = 1
             neurons[l, list(layer.neurons)] = 1
             parts[l] = [layer.attn, layer.mlp]
+        if latency is None:
+            for j, l in enumerate(self.slim.block_index):
+                g = self.gates[j]
+                macs[l] = gate_macs(g.kind, spec.embed_dim, spec.num_tokens, hidden=g.hidden, kernel=g.kernel,
+                                    convention=convention)
+            return dict(head_probs=heads, neuron_probs=neurons, part_probs=parts, gate_macs=macs, gate_probs=probs)
+        # One timing per distinct gate network.
+        kinds = sorted({(g.kind, g.hidden, g.kernel) for g in self.gates})
+        ms = {k: float(gate_ms(latency, [k[0]], hidden=k[1], kernel=k[2])[0]) for k in kinds}
         for j, l in enumerate(self.slim.block_index):
             g = self.gates[j]
-            macs[l] = gate_macs(g.kind, spec.embed_dim, spec.num_tokens, hidden=g.hidden, kernel=g.kernel,
-                                convention=convention)
-        return dict(head_probs=heads, neuron_probs=neurons, part_probs=parts, gate_macs=macs, gate_probs=probs)
+            macs[l] = ms[(g.kind, g.hidden, g.kernel)]
+        return dict(head_probs=heads, neuron_probs=neurons, part_probs=parts, gate_ms=macs, gate_probs=probs)
 
     def average_macs(self, convention: "str | Convention" = "uvc") -> dict:
         """MACs per image averaged over the images since `reset_stats` (eval mode), gate
@@ -153,6 +163,26 @@ class DynamicViT(nn.Module):
                              convention=conv).macs
         return {"macs": avg, "ratio": avg / dense, "static_macs": full, "dense_macs": dense}
 
+    def average_latency(self, table: LatencyTable, *, rates: np.ndarray | None = None,
+                        gate_ms: np.ndarray | None = None) -> dict:
+        """The ``table``'s ms per batch at the execution rates since `reset_stats` (eval mode),
+        gate networks included: ``ms``, ``ratio`` (to the table's dense ms), ``static_ms`` (every
+        kept part running), ``dense_ms``. A prediction: linear in the rates, as the budget
+        counts it. ``rates``: (depth, 2) rates to price instead (NaN: a pruned part), as
+        `execution_rates` gives them. ``gate_ms``: (depth, 1) ms of each layer's gate network
+        (`static_inputs` times them where the table was made when None)."""
+        if gate_ms is None:
+            fixed = self.static_inputs(latency=table)
+        else:
+            fixed = self.static_inputs()
+            del fixed["gate_macs"]
+            fixed["gate_ms"] = gate_ms
+        rates = np.nan_to_num(self.execution_rates() if rates is None else rates, nan=0.0)
+        avg = resource_loss(self.spec, **fixed, rates=rates, target=1.0, gamma=0.0, latency=table).cost
+        full = resource_loss(self.spec, **fixed, rates=np.ones_like(rates), target=1.0, gamma=0.0,
+                             latency=table).cost
+        return {"ms": avg, "ratio": avg / table.dense_ms, "static_ms": full, "dense_ms": table.dense_ms}
+
 
 class USDCFinetune:
     """USDC stage 2 on a `DynamicViT`: the budget F(g) (seed 002, Eq. 11) on the statically
@@ -162,16 +192,20 @@ class USDCFinetune:
         loss = criterion(x, model(x), y) + ft.resource_loss()
         ...; opt.step(); ft.step()
 
-    ``gamma``, ``budget_mode``, ``dual_lr``, ``convention``: see `ResourceBudget`."""
+    ``gamma``, ``budget_mode``, ``dual_lr``, ``convention``, ``latency`` (a `uvc.LatencyTable`:
+    ``target`` is then a ratio of its dense ms): see `ResourceBudget`."""
 
     def __init__(self, model: DynamicViT, target: float = 0.6, *, gamma: float = 100.0, budget_mode: str = "penalty",
-                 dual_lr: float = 1.0, convention: str = "uvc") -> None:
+                 dual_lr: float = 1.0, convention: str = "uvc", latency: LatencyTable | None = None) -> None:
         if not isinstance(model, DynamicViT):
             raise TypeError(f"USDCFinetune: model must be a DynamicViT, got {type(model).__name__}")
+        if latency is not None and not isinstance(latency, LatencyTable):
+            raise TypeError(f"USDCFinetune: latency must be a uvc.LatencyTable, got {type(latency).__name__}")
         self.model = model
-        fixed = model.static_inputs(convention)
-        self.budget = ResourceBudget(model.spec, target, fixed.pop("gate_macs"), gamma=gamma, mode=budget_mode,
-                                     dual_lr=dual_lr, convention=convention)
+        fixed = model.static_inputs(convention, latency=None if latency is None else latency.check(model.spec))
+        costs = fixed.pop("gate_macs" if latency is None else "gate_ms")
+        self.budget = ResourceBudget(model.spec, target, costs, gamma=gamma, mode=budget_mode, dual_lr=dual_lr,
+                                     convention=convention, latency=latency)
         # What `uvc.torch.train.fit` logs each epoch: the budget term's state.
         self.solver = self.budget
         ref = model.slim.pos_embed

@@ -1,5 +1,5 @@
-"""USDC's dynamic gates in torch: the gate-network menu, its MACs, the searched mixture of
-options, and group-level gates computed on the model's device.
+"""USDC's dynamic gates in torch: the gate-network menu, its MACs and its measured ms, the
+searched mixture of options, and group-level gates computed on the model's device.
 
 A gate network reads a block's input tokens (B, N, D) and returns (B, 2) log-odds of running
 the block's MHSA and MLP part. `group_gates` is the torch twin of `uvc.usdc.group_gates` (the
@@ -8,14 +8,19 @@ by their mean and takes one straight-through Gumbel-sigmoid decision for all of 
 """
 from __future__ import annotations
 
+import functools
+from typing import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...cost import Convention, as_convention
+from ...latency import LatencyTable
 from ...settings import GATE_KINDS
 
-__all__ = ["GATE_KINDS", "GateNet", "GateChoice", "gate_macs", "group_gates"]
+__all__ = ["GATE_KINDS", "GateNet", "GateChoice", "gate_macs", "gate_ms", "group_gates"]
 
 
 class GateNet(nn.Module):
@@ -79,6 +84,51 @@ def gate_macs(kind: str, dim: int, tokens: int, *, hidden: int = 16, kernel: int
     if kind == "conv1d":
         return float(tokens * dim * hidden * kernel + 2 * hidden) + b * (tokens * hidden + 2)
     raise ValueError(f"gate_macs: kind must be one of {GATE_KINDS}, got {kind!r}")
+
+
+def gate_ms(table: LatencyTable, kinds: Sequence[str] = GATE_KINDS, *, hidden: int = 16, kernel: int = 3,
+            repeats: int = 30, warmup: int = 5) -> np.ndarray:
+    """ms per batch of a `GateNet` of each of ``kinds``, where ``table`` was measured: its
+    device type, dtype, CPU threads and batch size, on the spec's (B, N, D) tokens. Timed with
+    what a `DynamicViT` does with the log-odds at inference: one decision per part for the
+    batch, read by the host (at batch 1 on a CPU that costs as much as the network itself).
+
+    Each gate is timed interleaved with the block's dense MHSA part (`uvc.torch.slim.SlimBlock`),
+    and priced at the table's (scaled) dense MHSA ms times the measured ratio, so the machine's
+    drift since the table was made cancels and the gate costs share the table's scale.
+    Medians over ``repeats`` passes after ``warmup``. Raises ValueError when the table's device
+    is not available here."""
+    from ..latency import _measuring, _time_interleaved
+    from ..profile import DTYPES, _resolve_device, _resolve_dtype
+    from ..slim import SlimBlock
+    if not isinstance(table, LatencyTable):
+        raise TypeError(f"gate_ms: table must be a uvc.LatencyTable, got {type(table).__name__}")
+    unknown = [k for k in kinds if k not in GATE_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"gate_ms: kinds must be a non-empty list of {GATE_KINDS}, got {list(kinds)!r}")
+    info, spec = table.device, table.spec
+    try:
+        dev = _resolve_device(info.get("type", "cpu"))
+        dtype = _resolve_dtype(DTYPES.get(info.get("dtype", "float32"), info.get("dtype")), dev)
+    except ValueError as e:
+        raise ValueError(f"gate_ms: latency table {table.source} was measured on {info.get('type')} "
+                         f"({info.get('name')}); its gate networks must be timed there too: {e}") from None
+    dd = dict(device=dev, dtype=dtype)
+    gates = [GateNet(k, spec.embed_dim, hidden=hidden, kernel=kernel, **dd) for k in kinds]
+    reference = SlimBlock(spec.embed_dim, num_heads=spec.num_heads, v_dim=spec.v_head_dim, mlp_hidden=0,
+                          qk_dim=spec.qk_head_dim, gated_mlp=spec.gated_mlp, qk_norm=spec.qk_norm,
+                          fused_attn=bool(info.get("sdpa", True)), **dd)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    tokens = torch.randn((table.batch_size, spec.num_tokens, spec.embed_dim), generator=gen, device=dev).to(dtype)
+    def decide(gate):
+        return (gate(tokens).mean(dim=0) > 0).tolist()
+
+    with _measuring(gates + [reference], info.get("threads")):
+        times = _time_interleaved([functools.partial(decide, g) for g in gates] + [functools.partial(reference, tokens)],
+                                  warmup=warmup, repeats=repeats, device=dev)
+    median = np.median(times, axis=1)
+    dense_attention = float(table.native_args[3][-1, -1])  # all heads, full value width, scaled
+    return median[:-1] / median[-1] * dense_attention
 
 
 class GateChoice(nn.Module):

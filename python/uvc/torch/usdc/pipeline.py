@@ -36,8 +36,29 @@ SEARCH_KEYS = ("static", "dynamic", "neuron_group_size", "gate_kinds", "gate_hid
                "static_tau", "convention")
 
 # What a checkpoint must share with the run that resumes it (the model and the budget).
-RESUME_KEYS = {"search": ("model", "model_kwargs", "num_classes", "img_size", "target", "static_target", "convention"),
-               "finetune": ("model", "teacher", "model_kwargs", "num_classes", "img_size", "target", "convention")}
+RESUME_KEYS = {"search": ("model", "model_kwargs", "num_classes", "img_size", "target", "static_target", "convention",
+                          "latency_table"),
+               "finetune": ("model", "teacher", "model_kwargs", "num_classes", "img_size", "target", "convention",
+                            "latency_table")}
+
+
+def _latency(settings: dict, spec):
+    """The latency table of a latency budget (None for a MACs budget), checked before training."""
+    from ...latency import LatencyTable
+    if settings["latency_table"] is None:
+        return None
+    return LatencyTable.load(settings["latency_table"]).check(spec)
+
+
+def _check_exported(summary: dict, ratio: float, target: float, latency, stage: str, hint: str) -> None:
+    """Adds whether the exported model meets ``target`` (`check_budget`; a miss warns), in MACs or
+    in the latency table's ms."""
+    if latency is None:
+        summary.update(check_budget(ratio, target, stage, f"{hint} or allow more MACs (--target)"))
+    else:
+        summary.update(predicted_ms=ratio * latency.dense_ms, dense_predicted_ms=latency.dense_ms,
+                       latency_table=latency.source,
+                       **check_budget(ratio, target, stage, f"{hint} or allow more latency (--target)", unit="latency"))
 
 
 def _optimizer(weights, arch, gates, settings) -> torch.optim.Optimizer:
@@ -62,9 +83,10 @@ def search(**settings) -> dict:
     """Stage 1. Writes to ``output_dir``: ``stage1/`` (checkpoint, log.jsonl), ``plan.json``,
     ``stage1_model/`` (the `DynamicViT`, or a `SlimViT` without gates) and
     ``summary_stage1.json``. ``target``: wanted F (expected MACs over the dense MACs, gate
-    networks included). The summary says whether the exported model meets it (``budget_met``,
-    ``plan_ratio``: its MACs over the dense MACs, averaged over the test images at the eval batch
-    size when it has gates, ``budget_ratio``); a miss also warns (`BudgetMissWarning`).
+    networks included; with ``latency_table`` the table's ms over its dense ms). The summary says
+    whether the exported model meets it (``budget_met``, ``plan_ratio``: its cost over the
+    dense cost, averaged over the test images at the eval batch size when it has gates,
+    ``budget_ratio``); a miss also warns (`BudgetMissWarning`).
     ``settings``: those of `uvc.settings.USDC_SEARCH`; the resolved ones go to settings.json."""
     from .search import USDCSearch
     settings = USDC_SEARCH.resolve(settings, source="usdc search")
@@ -74,10 +96,12 @@ def search(**settings) -> dict:
     model.to(device)
     teacher = copy.deepcopy(model).eval()
     spec = spec_from_model(model)
+    latency = _latency(settings, spec)
     train, test = _loaders(spec, settings, 0, 1)
     kwargs = {k: settings[k] for k in SEARCH_KEYS if settings[k] is not None}
     epochs = settings["num_epochs"]
-    usdc = USDCSearch(model, settings["target"], anneal_steps=epochs * len(train), seed=settings["seed"], **kwargs)
+    usdc = USDCSearch(model, settings["target"], anneal_steps=epochs * len(train), seed=settings["seed"],
+                      latency=latency, **kwargs)
     arch = [p for p in (usdc.arch.head_logits, usdc.arch.neuron_logits, usdc.arch.part_logits) if p is not None]
     gates = []
     if usdc.dynamic:
@@ -110,10 +134,13 @@ def search(**settings) -> dict:
                "static_macs": cost.count(spec, plan).macs, "dense_macs": dense, **usdc.stats()}
     summary["static_ratio"] = summary["static_macs"] / dense
     conv = usdc.budget.convention
-    ratio = (exported.average_macs(conv)["ratio"] if dynamic
-             else cost.count(spec, plan, conv).macs / cost.count(spec, None, conv).macs)
-    summary.update(check_budget(ratio, settings["target"], "uvc usdc-search",
-                                "search longer (more --epochs) or allow more MACs (--target)"))
+    if latency is not None:
+        ratio = exported.average_latency(latency)["ratio"] if dynamic else latency.predict(plan) / latency.dense_ms
+    elif dynamic:
+        ratio = exported.average_macs(conv)["ratio"]
+    else:
+        ratio = cost.count(spec, plan, conv).macs / cost.count(spec, None, conv).macs
+    _check_exported(summary, ratio, settings["target"], latency, "uvc usdc-search", "search longer (more --epochs)")
     plan.save(out / "plan.json")
     if dynamic:
         save_dynamic(exported, out / "stage1_model", meta=meta)
@@ -128,7 +155,8 @@ def finetune(**settings) -> dict:
     """Stage 2: fine-tune the `DynamicViT` in ``model`` (a folder written by `search`) with its
     group gates under the budget ``target`` and distillation from the dense ``teacher``.
     Writes ``stage2/`` and the final ``model/`` to ``output_dir``. The summary says whether the
-    model's average MACs on the test images meet ``target`` (``budget_met``, as in `search`).
+    model's average MACs (or, with ``latency_table``, the table's ms at its execution rates) on
+    the test images meet ``target`` (``budget_met``, as in `search`).
     ``settings``: those of `uvc.settings.USDC_FINETUNE`."""
     settings = USDC_FINETUNE.resolve(settings, source="usdc finetune")
     device = _single_process(settings)
@@ -139,9 +167,11 @@ def finetune(**settings) -> dict:
     if settings["distillation_type"] != "none":
         teacher, _ = load_model(settings["teacher"], settings["teacher_checkpoint"], **timm_kwargs(settings))
         teacher.to(device).eval()
+    latency = _latency(settings, model.spec)
     train, test = _loaders(model.spec, settings, 0, 1)
     keys = ("gamma", "budget_mode", "dual_lr", "convention")
-    ft = USDCFinetune(model, settings["target"], **{k: settings[k] for k in keys if settings[k] is not None})
+    ft = USDCFinetune(model, settings["target"], latency=latency,
+                      **{k: settings[k] for k in keys if settings[k] is not None})
     gate_params = list(model.gates.parameters())
     optimizer = _optimizer(list(model.slim.parameters()), [], gate_params, settings)
     epochs = settings["epochs"]
@@ -158,8 +188,8 @@ def finetune(**settings) -> dict:
     model.reset_stats()
     summary = {"stage": 2, "acc": evaluate(model, test, device), "epochs": epochs, "records": records,
                **model.average_macs(settings["convention"])}
-    summary.update(check_budget(summary["ratio"], settings["target"], "uvc usdc-finetune",
-                                "train longer (more --epochs) or allow more MACs (--target)"))
+    ratio = summary["ratio"] if latency is None else model.average_latency(latency)["ratio"]
+    _check_exported(summary, ratio, settings["target"], latency, "uvc usdc-finetune", "train longer (more --epochs)")
     save_dynamic(model.eval(), out / "model", meta=meta)
     (out / "summary_stage2.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -203,28 +233,32 @@ def evaluate_batch_sizes(model: torch.nn.Module, batch_sizes=(1, 8, 256), *, dat
 
 @torch.inference_mode()
 def latency_on_data(models: dict, batch_sizes=(1, 8, 256), *, images: int = 256, repeats: int = 3,
-                    data: str = "fashion-mnist", data_dir=None) -> dict:
+                    data: str = "fashion-mnist", data_dir=None, threads: int | None = None) -> dict:
     """Median wall time (ms) of one forward pass per model and batch size, on real test batches
     (a dynamic model's work depends on its input) of about ``images`` images per batch size,
-    each timed ``repeats`` times. Models take turns batch by batch, so load changes on a shared
-    machine hit all of them alike. Returns ``{name: {batch: ms}}``."""
+    each timed ``repeats`` times, in eval and inference mode with ``threads`` CPU threads
+    (torch's when None), as `uvc.torch.profile` times a table's parts. Models take turns batch by
+    batch, so load changes on a shared machine hit all of them alike. Returns
+    ``{name: {batch: ms}}``."""
+    from ..latency import _measuring
     spec = _spec(next(iter(models.values())))
     out = {name: {} for name in models}
-    for m in models.values():
-        m.eval()
+    batches = {}
     for b in batch_sizes:
         loader = make_loader(data, "test", b, image_size=spec.image_size, in_chans=spec.in_channels,
                              data_dir=data_dir)
-        xs = [x for _, (x, _) in zip(range(max(1, images // b)), loader.batches(0))]
-        times = {name: [] for name in models}
-        for m in models.values():
-            m(xs[0])
-        for _ in range(repeats):
-            for x in xs:
-                for name, m in models.items():
-                    t0 = time.perf_counter()
-                    m(x)
-                    times[name].append(time.perf_counter() - t0)
-        for name in models:
-            out[name][b] = 1e3 * float(np.median(times[name]))
+        batches[b] = [x for _, (x, _) in zip(range(max(1, images // b)), loader.batches(0))]
+    with _measuring(list(models.values()), threads):
+        for b, xs in batches.items():
+            times = {name: [] for name in models}
+            for m in models.values():
+                m(xs[0])
+            for _ in range(repeats):
+                for x in xs:
+                    for name, m in models.items():
+                        t0 = time.perf_counter()
+                        m(x)
+                        times[name].append(time.perf_counter() - t0)
+            for name in models:
+                out[name][b] = 1e3 * float(np.median(times[name]))
     return out

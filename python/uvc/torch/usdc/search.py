@@ -21,13 +21,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...latency import LatencyTable
 from ...plan import ArchPlan, LayerPlan
 from ...settings import STATIC_MODES
 from ...usdc import GROUPINGS, GroupSampler
 from ..introspect import check_supported, spec_from_model
 from ..slim import SlimViT
 from .budget import ResourceBudget
-from .gates import GATE_KINDS, GateChoice, gate_macs, group_gates
+from .gates import GATE_KINDS, GateChoice, gate_macs, gate_ms, group_gates
 
 __all__ = ["USDCSearch", "USDCArch", "STATIC_MODES"]
 
@@ -119,7 +120,10 @@ class USDCSearch:
     straight-through decision per part at temperature ``tau``. Eval: one decision per part for
     the whole batch (mean log-odds > 0).
 
-    ``target``: wanted F, the expected MACs over the dense MACs, gate networks included.
+    ``target``: wanted F, the expected MACs over the dense MACs, gate networks included; with
+    ``latency`` (a `uvc.LatencyTable` measured for this model's shape) the expected ms of that
+    table over its dense ms instead, the gate networks timed where the table was made
+    (`uvc.torch.usdc.gates.gate_ms`), and ``static_target`` a ratio of the dense ms too.
     ``static`` / ``dynamic``: search a / g (both: USDC; dynamic only: a = 1). Neurons are pruned
     in groups of ``neuron_group_size``. ``keep_init``: initial a₀. ``static_mode``: how a acts
     in the forward pass (`USDCArch.static_scales`): ``"sample"`` (default) multiplies by a
@@ -143,9 +147,13 @@ class USDCSearch:
                  grouping: str = "mixed", static_mode: str = "sample", gamma: float = 100.0,
                  budget_mode: str = "penalty", dual_lr: float = 1.0, static_target: float | None = None,
                  static_tau: tuple[float, float] = (1.0, 0.05), anneal_steps: int | None = None,
-                 convention: str = "uvc", seed: int = 0) -> None:
+                 convention: str = "uvc", seed: int = 0, latency: LatencyTable | None = None) -> None:
         check_supported(model)
         spec = spec_from_model(model)
+        if latency is not None:
+            if not isinstance(latency, LatencyTable):
+                raise TypeError(f"USDCSearch: latency must be a uvc.LatencyTable, got {type(latency).__name__}")
+            latency.check(spec)
         if not (static or dynamic):
             raise ValueError("USDCSearch: search static, dynamic or both; got neither")
         if isinstance(neuron_group_size, bool) or not isinstance(neuron_group_size, int) \
@@ -180,11 +188,17 @@ class USDCSearch:
                              device=ref.device, dtype=ref.dtype)
         self.arch.train(model.training)
         model.usdc = self.arch
-        macs = [gate_macs(k, spec.embed_dim, spec.num_tokens, hidden=gate_hidden, kernel=gate_kernel,
-                          convention=convention) for k in self.gate_kinds] if dynamic else []
-        self.budget = ResourceBudget(spec, target, np.tile(np.array(macs, dtype=np.float64), (spec.depth, 1)),
+        if not dynamic:
+            costs = np.zeros(0)
+        elif latency is None:
+            costs = np.array([gate_macs(k, spec.embed_dim, spec.num_tokens, hidden=gate_hidden, kernel=gate_kernel,
+                                        convention=convention) for k in self.gate_kinds])
+        else:
+            costs = gate_ms(latency, self.gate_kinds, hidden=gate_hidden, kernel=gate_kernel)
+        self.budget = ResourceBudget(spec, target, np.tile(costs.astype(np.float64), (spec.depth, 1)),
                                      gamma=gamma, mode=budget_mode, dual_lr=dual_lr,
-                                     static_target=static_target if static else None, convention=convention)
+                                     static_target=static_target if static else None, convention=convention,
+                                     latency=latency)
         # What `uvc.torch.train.fit` logs each epoch: the budget term's state.
         self.solver = self.budget
         self.sampler = GroupSampler(seed)
