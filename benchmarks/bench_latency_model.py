@@ -4,13 +4,16 @@ exported models (issue 13).
     python benchmarks/bench_latency_model.py                                # the demo model, CPU, batch 1
     python benchmarks/bench_latency_model.py --model deit_small_patch16_224 --batch-size 16 --threads 2
     python benchmarks/bench_latency_model.py --device cuda --dtype float16 --batch-size 64
+    python benchmarks/bench_latency_model.py --tokens --threads 2           # and plans that prune tokens
     python benchmarks/bench_latency_model.py --smoke --out /tmp/lm.json     # tiny, for the test
 
 Profiles the model's spec (`uvc.torch.profile.profile`; the table is cached in the results
 folder, keyed by model, device, dtype, batch size and threads, so reruns skip it; ``--table``
 reuses a given one), then draws ``--plans`` random plans that keep every token: a third fully
 random (value widths and MLP widths anywhere, interpolated by the table), a third snapped to the
-table's grid, a third with many skipped block parts. Each is exported as a `SlimViT` (random
+table's grid, a third with many skipped block parts. With ``--tokens`` the table has a token axis
+(`default_tokens`) and every fourth plan drops tokens instead (kind "tokens": most blocks drop
+some, the counts anywhere between the table's token points). Each is exported as a `SlimViT` (random
 weights, the model's configuration) and all of them plus the dense one are timed interleaved in
 one run (`compare_latency`). Prints per plan the table's price and the measured median, and
 writes them to benchmarks/results/latency_model.json (or ``--out``).
@@ -36,7 +39,7 @@ from uvc.report import table as text_table
 from uvc.spec import ViTSpec
 from uvc.torch.latency import compare_latency
 from uvc.torch.pipeline import load_model
-from uvc.torch.profile import DTYPES, load_table, profile, save_table, spec_and_config
+from uvc.torch.profile import DTYPES, default_tokens, load_table, profile, save_table, spec_and_config
 from uvc.torch.slim import SlimViT
 
 from common import RESULTS
@@ -62,14 +65,17 @@ def _snap(grid, x: int) -> int:
     return int(grid[np.abs(grid - x).argmin()])
 
 
-def draw_plans(spec: ViTSpec, table: dict, count: int, seed: int) -> dict[str, tuple[str, ArchPlan]]:
-    """``count`` plans keeping every token, by name: (kind, plan); kinds cycle through random,
-    snapped (value and MLP widths on the table's grid) and skip (half the block parts off)."""
+def draw_plans(spec: ViTSpec, table: dict, count: int, seed: int, tokens: bool = False) -> dict[str, tuple[str, ArchPlan]]:
+    """``count`` plans, by name: (kind, plan); kinds cycle through random, snapped (value and MLP
+    widths on the table's grid) and skip (half the block parts off), all keeping every token,
+    and with ``tokens`` also "tokens" (blocks drop tokens with probability 0.7)."""
     rng = np.random.default_rng(seed)
+    kinds = ("random", "snapped", "skip") + (("tokens",) if tokens else ())
     plans = {}
     for i in range(count):
-        kind = ("random", "snapped", "skip")[i % 3]
-        plan = random_plan(spec, rng, skip_prob=0.5 if kind == "skip" else 0.15, tokens=False)
+        kind = kinds[i % len(kinds)]
+        plan = random_plan(spec, rng, skip_prob=0.5 if kind == "skip" else 0.15, tokens=kind == "tokens",
+                           drop_prob=0.7)
         if kind == "snapped":
             rows = plan.counts.copy()
             col = {name: PLAN_ROW.index(name) for name in PLAN_ROW}
@@ -85,7 +91,7 @@ def draw_plans(spec: ViTSpec, table: dict, count: int, seed: int) -> dict[str, t
 
 def _cache_path(folder: Path, model: str, args, threads: int) -> Path:
     key = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).name if Path(model).is_dir() else model)
-    extra = ("" if args.sdpa else "_nosdpa") + ("_smoke" if args.smoke else "")
+    extra = ("" if args.sdpa else "_nosdpa") + ("_tokens" if args.tokens else "") + ("_smoke" if args.smoke else "")
     return folder / f"latency_table_{key}_{args.device}_{args.dtype}_b{args.batch_size}_t{threads}{extra}.json"
 
 
@@ -101,7 +107,8 @@ def get_table(source, spec: ViTSpec, args, threads: int, folder: Path) -> tuple[
         if args.table:
             raise SystemExit(f"--table {path} was measured for another spec than {args.model}'s")
     table = profile(source, device=args.device, batch_size=args.batch_size, dtype=args.dtype, threads=threads,
-                    repeats=args.repeats, warmup=args.warmup, sdpa=args.sdpa)
+                    tokens=default_tokens(spec) if args.tokens else None, repeats=args.repeats, warmup=args.warmup,
+                    sdpa=args.sdpa)
     folder.mkdir(parents=True, exist_ok=True)
     save_table(table, path)
     print(f"latency table: {path} (profiled, {table['repeats']} repeats)")
@@ -121,6 +128,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-sdpa", dest="sdpa", action="store_false")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--table", help="a latency table to use instead of profiling")
+    p.add_argument("--tokens", action="store_true", help="profile token counts too and draw plans that drop tokens")
     p.add_argument("--out", default=str(RESULTS / "latency_model.json"))
     p.add_argument("--smoke", action="store_true", help="tiny: the demo model, 6 plans, 3 repeats, 1 thread")
     args = p.parse_args(argv)
@@ -135,7 +143,9 @@ def main(argv=None) -> int:
     table, table_path = get_table(source, spec, args, threads, out.parent)
     priced = LatencyTable(table, source=str(table_path))  # the core's price of a plan
     dense = ArchPlan.dense(spec)
-    plans = {"dense": ("dense", dense), **draw_plans(spec, table, args.plans, args.seed)}
+    if args.tokens and len(priced.tokens) == 1:
+        raise SystemExit(f"--tokens: the table {table_path} has no token axis; profile one (drop --table)")
+    plans = {"dense": ("dense", dense), **draw_plans(spec, table, args.plans, args.seed, tokens=args.tokens)}
     dd = dict(device=torch.device(args.device), dtype=DTYPES[args.dtype])
     models = {name: SlimViT(spec, plan, **config, fused_attn=args.sdpa, **dd) for name, (_, plan) in plans.items()}
     measured = compare_latency(models, (spec.in_channels, *spec.image_size), (args.batch_size,),
@@ -158,6 +168,8 @@ def main(argv=None) -> int:
     rho = float(spearmanr(pred, meas).statistic)
     rho_macs = float(spearmanr([r["macs_ratio"] for r in rows], meas).statistic)
     met = {"median_abs_rel_err": err <= TARGET_ERR, "spearman": rho >= TARGET_RHO}
+    by_kind = {k: float(np.median([abs(r["rel_err"]) for r in rows if r["kind"] == k]))
+               for k in dict.fromkeys(r["kind"] for r in rows)}
 
     print(text_table(["plan", "MACs ratio", "predicted ms", "measured ms", "p10-p90 ms", "error"],
                      [[r["name"], f"{r['macs_ratio']:.3f}", f"{r['predicted_ms']:.3f}", f"{r['measured_ms']:.3f}",
@@ -168,6 +180,7 @@ def main(argv=None) -> int:
           f"{len(rows)} plans, {args.repeats} repeats")
     print(f"median |error| {err:.1%} (target <= {TARGET_ERR:.0%}), Spearman {rho:.3f} (target >= {TARGET_RHO}); "
           f"MACs' Spearman {rho_macs:.3f}; median |error| of the latency ratios to dense {ratio_err:.1%}")
+    print("median |error| by kind: " + ", ".join(f"{k} {v:.1%}" for k, v in by_kind.items()))
     if all(met.values()):
         print("targets met")
     else:
@@ -178,8 +191,8 @@ def main(argv=None) -> int:
 
     data = {"benchmark": "latency_model", "model": args.model, "spec": spec.to_dict(), "device": d,
             "batch_size": args.batch_size, "threads": threads, "repeats": args.repeats, "warmup": args.warmup,
-            "seed": args.seed, "smoke": args.smoke, "table": str(table_path), "plan_row": list(PLAN_ROW),
-            "median_abs_rel_err": err, "median_abs_ratio_err": ratio_err, "spearman": rho, "macs_spearman": rho_macs,
+            "seed": args.seed, "smoke": args.smoke, "tokens": args.tokens, "table": str(table_path), "plan_row": list(PLAN_ROW),
+            "median_abs_rel_err": err, "median_abs_ratio_err": ratio_err, "median_abs_rel_err_by_kind": by_kind, "spearman": rho, "macs_spearman": rho_macs,
             "targets": {"median_abs_rel_err": TARGET_ERR, "spearman": TARGET_RHO}, "met": met, "plans": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1))

@@ -92,8 +92,8 @@ EXPECTED = (TypeError, ValueError)
 _GROUPS_OUT = lambda prefix: [(f"head_{prefix}", "d", True), (f"dim_{prefix}", "d", True),  # noqa: E731
                               (f"neuron_{prefix}", "d", True)]
 _COST_MODEL = [("spec", "q", False), ("convention", "d", False)]
-_LATENCY = [("heads", "q", False), ("v_dims", "q", False), ("neurons", "q", False), ("attention_ms", "d", False),
-            ("mlp_ms", "d", False), ("fixed_ms", "s", False)]
+_LATENCY = [("heads", "q", False), ("v_dims", "q", False), ("neurons", "q", False), ("tokens", "q", False),
+            ("attention_ms", "d", False), ("mlp_ms", "d", False), ("drop_ms", "d", False), ("fixed_ms", "s", False)]
 NATIVE_SIGS: dict[str, list[tuple[str, str, bool]]] = {
     "layouts": [],
     "cost_exact": _COST_MODEL + [("plan", "q", False), ("layers_out", "d", True), ("globals_out", "d", True)],
@@ -108,14 +108,14 @@ NATIVE_SIGS: dict[str, list[tuple[str, str, bool]]] = {
                      + [("target", "s", False), ("gamma", "s", False), ("dual", "s", False), ("values_out", "d", True)]
                      + [(n, "d", True) for n in ("head_grad", "neuron_grad", "part_grad", "rate_grad", "gate_costs_grad",
                                                  "gate_probs_grad")]
-                     + [(name, "n", False) for name, _, _ in _LATENCY[:5]] + [("fixed_ms", "s", False)],
+                     + [(name, "n", False) for name, _, _ in _LATENCY[:-1]] + [("fixed_ms", "s", False)],
     "gram_accumulate": [("x", "d", False), ("y", "d", False), ("xtx", "d", True), ("xty", "d", True)],
     "ridge_solve": [("xtx", "d", False), ("xty", "d", False), ("kept", "q", False), ("ridge", "s", False),
                     ("out", "d", True)],
     "latency_exact": [("spec", "q", False)] + _LATENCY + [("plan", "q", False), ("layers_out", "d", True)],
     "latency_expected": [("spec", "q", False)] + _LATENCY + [("x", "d", False), ("out", "d", True)],
     "Solver": _COST_MODEL + [("config", "d", False), ("zlr_schedule", "d", False), ("seed", "i", False)]
-              + [(name, "n", False) for name, _, _ in _LATENCY[:5]] + [("fixed_ms", "s", False)],
+              + [(name, "n", False) for name, _, _ in _LATENCY[:-1]] + [("fixed_ms", "s", False)],
     "Solver.layout": [],
     "Solver.sample_gates": [("epoch", "s", False), ("gates_out", "d", True)],
     "Solver.step": [("head_scores", "d", False), ("dim_scores", "d", False), ("neuron_scores", "d", False),
@@ -220,7 +220,7 @@ def _native_args(spec: uvc.ViTSpec, hyper: dict, convention, seed: int) -> tuple
         values.extend(v if e["count"] > 1 else (v,))
     return (_ro(spec.encoded), _ro(convention.encoded), _ro(np.array(values, dtype=np.float64)),
             _ro(np.array(hyper["zlr_schedule"], dtype=np.float64).reshape(-1)),
-            seed - 2 ** 64 if seed >= 2 ** 63 else seed) + (None,) * 6  # a MACs budget: no latency table
+            seed - 2 ** 64 if seed >= 2 ** 63 else seed) + (None,) * len(_LATENCY)  # a MACs budget: no latency table
 
 
 @dataclasses.dataclass
@@ -421,44 +421,61 @@ def b_cost_exact(r, c, edge):
 
 
 def _latency_table(r, spec: uvc.ViTSpec, edge: bool) -> list:
-    """A latency table's six arguments for ``spec``: grids from 1 to the dense width with a few
-    points between, positive times; with ``edge`` a grid point or a time at or past its limits."""
-    def grid(dense):
-        inner = sorted(r.sample(range(2, dense), min(max(dense - 2, 0), r.randrange(4)))) if dense > 2 else []
-        return [1] + inner + ([dense] if dense > 1 else [])
+    """A latency table's arguments for ``spec``: width grids from 1 to the dense width with a few
+    points between, a token grid ending at the model's tokens (half the time from prefix + 2,
+    else the one point), positive times; with ``edge`` a grid point or a time at or past its
+    limits."""
+    def grid(dense, first=1):
+        inner = sorted(r.sample(range(first + 1, dense), min(max(dense - first - 1, 0), r.randrange(4)))) \
+            if dense > first + 1 else []
+        return [first] + inner + ([dense] if dense > first else [])
     heads, v, n = grid(spec.num_heads), grid(spec.v_head_dim), grid(spec.mlp_hidden)
-    att = np.array([[0.01 + r.random() for _ in v] for _ in heads])
-    mlp = np.array([0.01 + r.random() for _ in n])
+    nt = spec.num_tokens
+    t = grid(nt, min(spec.prefix_tokens + 2, nt)) if r.random() < 0.5 else [nt]
+    att = np.array([[[0.01 + r.random() for _ in t] for _ in v] for _ in heads])
+    mlp = np.array([[0.01 + r.random() for _ in t] for _ in n])
+    drop = np.array([r.random() * 0.1 for _ in t])
     fixed = r.random()
     if edge:
-        which = r.randrange(4)
+        which = r.randrange(6)
         if which == 0:
-            att[r.randrange(len(heads)), r.randrange(len(v))] = r.choice([0.0, -1.0, math.nan, math.inf, 5e-324])
+            att[r.randrange(len(heads)), r.randrange(len(v)), r.randrange(len(t))] = \
+                r.choice([0.0, -1.0, math.nan, math.inf, 5e-324])
         elif which == 1:
             n[0] = r.choice([0, 2, -1])
         elif which == 2:
             v[-1] = r.choice([spec.v_head_dim + 1, spec.v_head_dim - 1, 1 << 40])
+        elif which == 3:
+            t[-1] = r.choice([nt + 1, nt - 1, 0, -1])
+        elif which == 4:
+            drop[r.randrange(len(t))] = r.choice([-1.0, math.nan, math.inf, -5e-324])
         else:
             fixed = r.choice([-1.0, math.nan, 0.0, 1e308])
-    return [np.array(heads, dtype=np.int64), np.array(v, dtype=np.int64), np.array(n, dtype=np.int64), att, mlp, fixed]
+    return [np.array(heads, dtype=np.int64), np.array(v, dtype=np.int64), np.array(n, dtype=np.int64),
+            np.array(t, dtype=np.int64), att, mlp, drop, fixed]
 
 
 def b_latency_exact(r, c, edge):
     sc = c.case(r)
     d = sc.spec.depth
-    plans = [p for p, a in zip(sc.plans, sc.arch_plans) if all(l.tokens == sc.spec.num_tokens for l in a.layers)]
+    table = _latency_table(r, sc.spec, edge)
+    # Plans the table's token grid spans, and (edge) any plan: the rest are refused.
+    first = int(table[3][0]) if table[3].size else sc.spec.num_tokens
+    plans = [p for p, a in zip(sc.plans, sc.arch_plans) if all(l.tokens >= first for l in a.layers)] or sc.plans
     plan = r.choice(plans) if not edge or r.random() < 0.5 else r.choice(sc.plans)
-    return _native_call("latency_exact", [sc.enc, *_latency_table(r, sc.spec, edge), plan, np.empty((d, 2))])
+    return _native_call("latency_exact", [sc.enc, *table, plan, np.empty((d, 2))])
 
 
 def b_latency_expected(r, c, edge):
     sc = c.case(r)
     d = sc.spec.depth
     x = r.choice(sc.xs).copy()
-    x[5] = sc.spec.num_tokens  # a table prices plans that keep every token
+    table = _latency_table(r, sc.spec, edge)
+    first = float(table[3][0]) if table[3].size else sc.spec.num_tokens
+    x[5] = np.maximum(x[5], first) if r.random() < 0.9 else x[5]  # mostly token counts the table spans
     if edge:
         x[r.randrange(6)] = r.choice([0.0, 5e-324, 1.0, -1.0])
-    return _native_call("latency_expected", [sc.enc, *_latency_table(r, sc.spec, edge), x, np.empty((6, d))])
+    return _native_call("latency_expected", [sc.enc, *table, x, np.empty((6, d))])
 
 
 def b_cost_expected(r, c, edge):
@@ -536,7 +553,7 @@ def _scores(r, sc: SpecCase, edge: bool):
 def b_solver_new(r, c, edge):
     s = _snap(r, c)
     spec, conv, config, schedule, seed, *latency = s.fixed
-    if not s.tokens and r.random() < 0.3:  # a latency budget (tables price plans that keep every token)
+    if r.random() < 0.3:  # a latency budget (refused with token pruning unless the token grid reaches prefix + 2)
         latency = _latency_table(r, s.spec, edge and r.random() < 0.5)
     seed = r.choice([0, -1, 2 ** 63 - 1, -2 ** 63]) if edge else r.getrandbits(64) - 2 ** 63
     if edge and r.random() < 0.5:
@@ -768,7 +785,7 @@ def b_resource_loss(r, c, edge):
     sc = c.case(r)
     ins = _loss_inputs(r, sc, edge)
     # A latency budget in 3 of 10 inputs: costs in ms of a table.
-    table = _latency_table(r, sc.spec, edge and r.random() < 0.5) if r.random() < 0.3 else [None] * 6
+    table = _latency_table(r, sc.spec, edge and r.random() < 0.5) if r.random() < 0.3 else [None] * len(_LATENCY)
     return _native_call("resource_loss", [sc.enc, r.choice(c.conventions), *ins, *_loss_scalars(r, edge), np.empty(3),
                                           *(np.empty_like(a) for a in ins), *table])
 

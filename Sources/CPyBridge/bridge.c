@@ -5,7 +5,7 @@
 #include "uvc_bridge.h"
 #include "UVCExports-Swift.h"
 
-#define MAX_ARGS 24
+#define MAX_ARGS 32  /* the widest call, resource_loss with a latency table, takes 26 */
 _Static_assert(sizeof(Py_ssize_t) == sizeof(int64_t), "shapes cross the ABI as int64");
 
 typedef struct {

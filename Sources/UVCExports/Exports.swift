@@ -207,12 +207,12 @@ private func functions(_ function: Int32, _ call: Call) throws(UVCError) {
     case Int32(UVC_LATENCY_EXACT):
         let a = try call.arguments(Names.latencyExact)
         let model = try latencyModel(a, spec: try spec(a, 0), 1), d = model.spec.depth
-        let plan = try ArchPlan(encoded: try a.ints(7, (d, LayerPlan.encodedCount, -1)).input, spec: model.spec)
-        call.float(try model.exact(plan, layers: try a.output(8, d, 2)))
+        let plan = try ArchPlan(encoded: try a.ints(9, (d, LayerPlan.encodedCount, -1)).input, spec: model.spec)
+        call.float(try model.exact(plan, layers: try a.output(10, d, 2)))
     case Int32(UVC_LATENCY_EXPECTED):
         let a = try call.arguments(Names.latencyExpected)
         let model = try latencyModel(a, spec: try spec(a, 0), 1), rows = RelaxedField.allCases.count
-        let x = try a.input(7, rows, model.spec.depth), out = try a.output(8, rows, model.spec.depth)
+        let x = try a.input(9, rows, model.spec.depth), out = try a.output(10, rows, model.spec.depth)
         try model.validateRelaxed(x)
         call.float(model.expected(x, gradient: out))
     case Int32(UVC_GROUP_GATES), Int32(UVC_GROUP_GATES_BACKWARD):
@@ -318,15 +318,16 @@ func costModel(_ a: Arguments, _ i: Int, _ j: Int) throws(UVCError) -> CostModel
     CostModel(spec: try spec(a, i), convention: try CostConvention(encoded: try a.input(j, CostConvention.encodedCount)))
 }
 
-/// The latency table of `spec` in the six arguments from `i` on (`LatencyModel.argumentNames`).
+/// The latency table of `spec` in the eight arguments from `i` on (`LatencyModel.argumentNames`).
 func latencyModel(_ a: Arguments, spec: ViTSpec, _ i: Int) throws(UVCError) -> LatencyModel {
     func grid(_ k: Int) throws(UVCError) -> [Int] {
         let g = try a.ints(i + k)
         try require(g.shape.count == 1, g.name, "expected a 1-d array of counts")
         return g.input.map { Int($0) }
     }
-    let (heads, vDims, neurons) = (try grid(0), try grid(1), try grid(2))
-    return try LatencyModel(spec: spec, heads: heads, vDims: vDims, neurons: neurons,
-                            attention: Array(try a.input(i + 3, heads.count, vDims.count)),
-                            mlp: Array(try a.input(i + 4, neurons.count)), fixed: try a.real(i + 5))
+    let (heads, vDims, neurons, tokens) = (try grid(0), try grid(1), try grid(2), try grid(3))
+    return try LatencyModel(spec: spec, heads: heads, vDims: vDims, neurons: neurons, tokens: tokens,
+                            attention: Array(try a.input(i + 4, heads.count, vDims.count, tokens.count)),
+                            mlp: Array(try a.input(i + 5, neurons.count, tokens.count)),
+                            drop: Array(try a.input(i + 6, tokens.count)), fixed: try a.real(i + 7))
 }

@@ -33,6 +33,7 @@ enum Layouts {
             ("global_components", strings(CostModel.GlobalComponent.names)),
             ("relaxed_fields", strings(RelaxedField.allCases.map(\.name))),
             ("groupings", strings(GroupPartition.Grouping.allCases.map(\.name))), ("max_size", "\(ViTSpec.maxSize)"),
+            ("latency_table", strings(LatencyModel.argumentNames)),
             ("solver_config", list(config)), ("zlr_schedule", list(defaults.zLRSchedule.map { "\($0)" })),
         ])
     }

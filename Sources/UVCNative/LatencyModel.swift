@@ -2,55 +2,81 @@
 /// size, priced from a table of the parts a plan can change (`uvc.torch.profile`).
 ///
 /// With A the MHSA part of a block (norm1, attention, projection, residual) measured at kept
-/// head counts `heads` × value widths per head `vDims`, M the MLP part (norm2, MLP, residual)
-/// at widths `neurons`, and F the fixed part (patch embedding, norms, pooling, head):
+/// head counts `heads` × value widths per head `vDims` × tokens in `tokens`, D the extra time
+/// of a block that drops tokens after its MHSA (ranking attention and fusion) at each of
+/// `tokens` in, M the MLP part (norm2, MLP, residual) at widths `neurons` × `tokens`, and F
+/// the fixed part (patch embedding, norms, pooling, head):
 ///
-///     T(plan) = F + Σ_l [ a_l · A(h_l, v_l) + g_l · M(m_l) ]
+///     T(plan) = F + Σ_l [ a_l · (A(h_l, v_l, n_l) + r_l · D(n_l)) + g_l · M(m_l, n_{l+1}) ]
 ///
-/// A is bilinear between grid points over (heads, value width), M linear over neurons: at a
-/// grid point the table's value, in between the straight line between the two neighbours
-/// (so never above the larger nor below the smaller). With expected counts and gate
-/// probabilities the same formula is the relaxed latency the solver's budget term uses;
-/// `expected(_:gradient:)` gives its exact gradient, piecewise constant in each count
-/// (what one more head, value dim or neuron costs in ms on that stretch of the grid). Every
-/// grid starts at 1 and ends at the dense width, so no plan needs a point the table lacks.
-/// A table prices plans that keep every token (token counts are not profiled).
+/// with n_l the tokens entering block l (n_{depth} = n_{depth−1}) and r_l = [n_{l+1} < n_l],
+/// as in `CostModel`: the MLP runs on the tokens the block keeps. A, M and D are multilinear
+/// between grid points: at a grid point the table's value, in between the straight line
+/// between neighbours along each count (so never above the largest nor below the smallest
+/// corner). With expected counts and gate probabilities the same formula is the relaxed
+/// latency the solver's budget term uses; `expected(_:gradient:)` gives its exact gradient,
+/// piecewise constant in each count (what one more head, value dim, neuron or token costs in
+/// ms on that stretch of the grid), r taken as locally constant. The head, value and neuron
+/// grids start at 1 and end at the dense width, so no width needs a point the table lacks;
+/// the token grid ends at `spec.numTokens` and a plan with fewer tokens than its first point
+/// is refused. A table without a token grid (`tokens` nil: the one point `numTokens`) prices
+/// plans that keep every token. D does not depend on how many tokens the block keeps
+/// (`uvc.torch.profile` times it dropping half), nor F on the tokens leaving the last block.
 public struct LatencyModel: Sendable {
     public let spec: ViTSpec
-    /// Grid points, increasing from 1 to the dense count.
-    public let heads: [Double], vDims: [Double], neurons: [Double]
-    /// ms of the MHSA part, row-major over (`heads`, `vDims`).
+    /// Grid points, increasing from 1 (`tokens`: from its first point) to the dense count.
+    public let heads: [Double], vDims: [Double], neurons: [Double], tokens: [Double]
+    /// ms of the MHSA part, row-major over (`heads`, `vDims`, `tokens`).
     public let attention: [Double]
-    /// ms of the MLP part at each of `neurons`.
+    /// ms of the MLP part, row-major over (`neurons`, `tokens`).
     public let mlp: [Double]
+    /// Extra ms of a block that drops tokens, at each of `tokens` in (0 where none can drop).
+    public let drop: [Double]
     /// ms of everything outside the blocks.
     public let fixed: Double
 
     /// Names of the table's arrays as the Python API spells them, in argument order.
-    public static let argumentNames = ["heads", "v_dims", "neurons", "attention_ms", "mlp_ms", "fixed_ms"]
+    public static let argumentNames = ["heads", "v_dims", "neurons", "tokens", "attention_ms", "mlp_ms", "drop_ms",
+                                       "fixed_ms"]
 
-    /// - Precondition: none; a grid that misses 1 or the dense width, is not strictly
-    ///   increasing, or a time that is not finite and positive throws, naming the array and
-    ///   the point.
-    public init(spec: ViTSpec, heads: [Int], vDims: [Int], neurons: [Int], attention: [Double], mlp: [Double],
-                fixed: Double) throws(UVCError) {
+    /// - Precondition: none; a grid that misses 1 or the dense width (a token grid: that ends
+    ///   elsewhere than `spec.numTokens`), is not strictly increasing, or a time that is not
+    ///   finite and positive (`drop`: non-negative) throws, naming the array and the point.
+    ///   `tokens` and `drop` nil: the one token point `spec.numTokens`, dropping costs 0.
+    public init(spec: ViTSpec, heads: [Int], vDims: [Int], neurons: [Int], tokens: [Int]? = nil,
+                attention: [Double], mlp: [Double], drop: [Double]? = nil, fixed: Double) throws(UVCError) {
         try LatencyModel.checkGrid(heads, "heads", dense: spec.numHeads, what: "kept heads")
         try LatencyModel.checkGrid(vDims, "v_dims", dense: spec.vHeadDim, what: "value dims per head")
         try LatencyModel.checkGrid(neurons, "neurons", dense: spec.mlpHidden, what: "MLP neurons")
-        try require(attention.count == heads.count * vDims.count, "attention_ms",
-                    "expected \(heads.count) x \(vDims.count) times (heads x v_dims), got \(attention.count)")
-        try require(mlp.count == neurons.count, "mlp_ms", "expected \(neurons.count) times (one per neurons point), got \(mlp.count)")
-        for (i, t) in attention.enumerated() where !(t.isFinite && t > 0) {
-            throw UVCError("attention_ms", "must be finite and positive; at heads=\(heads[i / vDims.count]), "
-                           + "v_dims=\(vDims[i % vDims.count]) it is \(t)")
+        let tokens = tokens ?? [spec.numTokens], drop = drop ?? [Double](repeating: 0, count: tokens.count)
+        try require(!tokens.isEmpty, "tokens", "is empty; expected token counts up to \(spec.numTokens)")
+        try require(zip(tokens, tokens.dropFirst()).allSatisfy(<), "tokens", "must be strictly increasing, got \(tokens)")
+        try require(tokens[0] >= 1, "tokens", "must be at least 1, got \(tokens[0])")
+        try require(tokens.last == spec.numTokens, "tokens", "has no point at \(spec.numTokens), the model's tokens "
+                    + "(its last is \(tokens[tokens.count - 1])); profile it there")
+        let t = tokens.count
+        try require(attention.count == heads.count * vDims.count * t, "attention_ms", "expected \(heads.count) x "
+                    + "\(vDims.count) x \(t) times (heads x v_dims x tokens), got \(attention.count)")
+        try require(mlp.count == neurons.count * t, "mlp_ms",
+                    "expected \(neurons.count) x \(t) times (neurons x tokens), got \(mlp.count)")
+        try require(drop.count == t, "drop_ms", "expected \(t) times (one per tokens point), got \(drop.count)")
+        for (i, x) in attention.enumerated() where !(x.isFinite && x > 0) {
+            let (hv, k) = i.quotientAndRemainder(dividingBy: t)
+            throw UVCError("attention_ms", "must be finite and positive; at heads=\(heads[hv / vDims.count]), "
+                           + "v_dims=\(vDims[hv % vDims.count])\(t > 1 ? ", tokens=\(tokens[k])" : "") it is \(x)")
         }
-        for (i, t) in mlp.enumerated() where !(t.isFinite && t > 0) {
-            throw UVCError("mlp_ms", "must be finite and positive; at neurons=\(neurons[i]) it is \(t)")
+        for (i, x) in mlp.enumerated() where !(x.isFinite && x > 0) {
+            throw UVCError("mlp_ms", "must be finite and positive; at neurons=\(neurons[i / t])"
+                           + "\(t > 1 ? ", tokens=\(tokens[i % t])" : "") it is \(x)")
+        }
+        for (k, x) in drop.enumerated() where !(x.isFinite && x >= 0) {
+            throw UVCError("drop_ms", "must be finite and >= 0; at tokens=\(tokens[k]) it is \(x)")
         }
         try require(fixed.isFinite && fixed >= 0, "fixed_ms", "must be finite and >= 0, got \(fixed)")
         self.spec = spec
         (self.heads, self.vDims, self.neurons) = (heads.map(Double.init), vDims.map(Double.init), neurons.map(Double.init))
-        (self.attention, self.mlp, self.fixed) = (attention, mlp, fixed)
+        self.tokens = tokens.map(Double.init)
+        (self.attention, self.mlp, self.drop, self.fixed) = (attention, mlp, drop, fixed)
     }
 
     private static func checkGrid(_ grid: [Int], _ name: String, dense: Int, what: String) throws(UVCError) {
@@ -83,37 +109,81 @@ public struct LatencyModel: Sendable {
     @inline(__always)
     static func spans(_ grid: [Double], _ x: Double) -> Bool { x >= grid[0] && x <= grid[grid.count - 1] }
 
-    /// A(h, v) and its partial derivatives in h and v.
-    public func attentionTime(heads h: Double, vDim v: Double) -> (ms: Double, dHeads: Double, dVDim: Double) {
-        let (i, s, wh) = LatencyModel.stretch(heads, h), (j, t, wv) = LatencyModel.stretch(vDims, v)
-        let cols = vDims.count
-        let i1 = min(i + 1, heads.count - 1), j1 = min(j + 1, cols - 1)
-        let a00 = attention[i * cols + j], a10 = attention[i1 * cols + j]
-        let a01 = attention[i * cols + j1], a11 = attention[i1 * cols + j1]
-        let ms = (1 - s) * (1 - t) * a00 + s * (1 - t) * a10 + (1 - s) * t * a01 + s * t * a11
-        let dh = heads.count > 1 && LatencyModel.spans(heads, h) ? ((1 - t) * (a10 - a00) + t * (a11 - a01)) / wh : 0
-        let dv = cols > 1 && LatencyModel.spans(vDims, v) ? ((1 - s) * (a01 - a00) + s * (a11 - a10)) / wv : 0
-        return (ms, dh, dv)
+    /// Multilinear interpolation of `values` (row-major over `grids`) at `point`, and its
+    /// partial derivatives: Σ over the 2^d corners of the stretch of each corner's value times
+    /// Π_d (f_d or 1 − f_d), whose derivative in coordinate d is ±Π_{e≠d}(...) / width_d
+    /// (0 where the coordinate is clamped to its grid or the grid has one point).
+    /// - Complexity: O(d · 2^d + Σ log grid sizes); d ≤ 3 here.
+    static func interpolate(_ values: [Double], _ grids: [[Double]], at point: [Double]) -> (ms: Double, gradient: [Double]) {
+        let dims = grids.count
+        var low = [Int](repeating: 0, count: dims), high = low, strides = [Int](repeating: 1, count: dims)
+        var fraction = [Double](repeating: 0, count: dims), slope = fraction
+        for d in stride(from: dims - 2, through: 0, by: -1) { strides[d] = strides[d + 1] * grids[d + 1].count }
+        for d in 0..<dims {
+            let (i, f, w) = stretch(grids[d], point[d])
+            (low[d], high[d], fraction[d]) = (i, min(i + 1, grids[d].count - 1), f)
+            slope[d] = grids[d].count > 1 && spans(grids[d], point[d]) ? 1 / w : 0
+        }
+        var ms = 0.0, gradient = [Double](repeating: 0, count: dims)
+        for corner in 0..<(1 << dims) {
+            func upper(_ d: Int) -> Bool { corner >> d & 1 == 1 }
+            var offset = 0
+            for d in 0..<dims { offset += (upper(d) ? high[d] : low[d]) * strides[d] }
+            let value = values[offset]
+            for d in 0...dims {
+                // d == dims: the corner's weight; else its derivative in coordinate d.
+                var w = d == dims ? 1.0 : (upper(d) ? slope[d] : -slope[d])
+                for e in 0..<dims where e != d { w *= upper(e) ? fraction[e] : 1 - fraction[e] }
+                if d == dims { ms += w * value } else { gradient[d] += w * value }
+            }
+        }
+        return (ms, gradient)
     }
 
-    /// M(m) and its derivative in m.
-    public func mlpTime(neurons m: Double) -> (ms: Double, dNeurons: Double) {
-        let (k, u, w) = LatencyModel.stretch(neurons, m)
-        guard neurons.count > 1 else { return (mlp[0], 0) }
-        return ((1 - u) * mlp[k] + u * mlp[k + 1], LatencyModel.spans(neurons, m) ? (mlp[k + 1] - mlp[k]) / w : 0)
+    /// A(h, v, n) and its partial derivatives; `tokens` nil: all of the model's.
+    public func attentionTime(heads h: Double, vDim v: Double, tokens n: Double? = nil)
+        -> (ms: Double, dHeads: Double, dVDim: Double, dTokens: Double) {
+        let (ms, g) = LatencyModel.interpolate(attention, [heads, vDims, tokens],
+                                               at: [h, v, n ?? Double(spec.numTokens)])
+        return (ms, g[0], g[1], g[2])
     }
 
-    /// The table's latency of `plan` in ms; per layer the MHSA and MLP parts go to `layers`
-    /// (depth × 2, row-major).
+    /// M(m, n) and its partial derivatives; `tokens` nil: all of the model's.
+    public func mlpTime(neurons m: Double, tokens n: Double? = nil) -> (ms: Double, dNeurons: Double, dTokens: Double) {
+        let (ms, g) = LatencyModel.interpolate(mlp, [neurons, tokens], at: [m, n ?? Double(spec.numTokens)])
+        return (ms, g[0], g[1])
+    }
+
+    /// D(n), the extra time of a block that drops tokens with `n` in, and its derivative.
+    public func dropTime(tokens n: Double) -> (ms: Double, dTokens: Double) {
+        let (ms, g) = LatencyModel.interpolate(drop, [tokens], at: [n])
+        return (ms, g[0])
+    }
+
+    /// Refuses token counts the token grid does not span, naming the point that is missing.
+    private func checkTokens(_ n: Double, _ name: String, layer l: Int) throws(UVCError) {
+        guard !LatencyModel.spans(tokens, n) else { return }
+        let grid = tokens.map { Int($0) }, count = n == n.rounded() && abs(n) < 1e9 ? "\(Int(n))" : "\(n)"
+        throw UVCError(name, "layer \(l) takes \(count) tokens; the latency table's token grid \(grid) "
+                       + (tokens.count == 1 ? "prices plans that keep all \(spec.numTokens) (profile token counts "
+                          + "with `uvc profile --tokens`)"
+                          : "starts at \(grid[0]): profile it at \(count) tokens (extrapolating below the grid "
+                          + "is refused)"))
+    }
+
+    /// The table's latency of `plan` in ms; per layer the MHSA (with the drop, if any) and MLP
+    /// parts go to `layers` (depth × 2, row-major).
     /// - Precondition: `plan` was validated for `spec`; `layers` has 2 × depth entries.
     public func exact(_ plan: ArchPlan, layers: UnsafeMutableBufferPointer<Double>) throws(UVCError) -> Double {
         precondition(layers.count == 2 * plan.layers.count)
         var total = fixed
         for (l, p) in plan.layers.enumerated() {
-            try require(p.tokens == spec.numTokens, "plan", "layer \(l) takes \(p.tokens) tokens; a latency table "
-                        + "prices plans that keep all \(spec.numTokens) (token counts are not profiled)")
-            layers[2 * l] = p.attention ? attentionTime(heads: Double(p.heads), vDim: Double(p.vDim)).ms : 0
-            layers[2 * l + 1] = p.mlp ? mlpTime(neurons: Double(p.neurons)).ms : 0
+            let n = Double(p.tokens), kept = l + 1 < plan.layers.count ? Double(plan.layers[l + 1].tokens) : n
+            try checkTokens(n, "plan", layer: l)
+            let drops = p.attention && kept < n
+            layers[2 * l] = p.attention ? attentionTime(heads: Double(p.heads), vDim: Double(p.vDim), tokens: n).ms
+                + (drops ? dropTime(tokens: n).ms : 0) : 0
+            layers[2 * l + 1] = p.mlp ? mlpTime(neurons: Double(p.neurons), tokens: kept).ms : 0
             total += layers[2 * l] + layers[2 * l + 1]
         }
         return total
@@ -126,38 +196,44 @@ public struct LatencyModel: Sendable {
     }
 
     /// The relaxed latency in ms of continuous inputs laid out as `RelaxedField` rows, and its
-    /// gradient (the token row's is 0: tokens are not priced). Counts outside a grid are
-    /// clamped to it, where the latency is flat in them (gradient 0): the solver's never are,
-    /// USDC's expected head counts can fall below 1.
-    /// - Precondition: both buffers have `RelaxedField.allCases.count` × depth entries.
+    /// gradient. `tokens[l + 1]` (for the last block `tokens[l]`) sizes block l's MLP, and
+    /// r_l = [tokens[l + 1] < tokens[l]] is locally constant, as in `CostModel.expected`, so the
+    /// token row accumulates: ∂T/∂n_l = a_l·(∂A/∂n + r_l·∂D/∂n) + g_{l−1}·∂M_{l−1}/∂n. Counts
+    /// outside the width grids are clamped to them, where the latency is flat in them
+    /// (gradient 0): the solver's never are, USDC's expected head counts can fall below 1.
+    /// - Precondition: `inputs` passed `validateRelaxed`; both buffers have
+    ///   `RelaxedField.allCases.count` × depth entries.
     public func expected(_ inputs: UnsafeBufferPointer<Double>, gradient: UnsafeMutableBufferPointer<Double>) -> Double {
         let depth = spec.depth
         precondition(inputs.count == RelaxedField.allCases.count * depth && gradient.count == inputs.count)
         var total = fixed
         func row(_ f: RelaxedField) -> Int { f.rawValue * depth }
+        for l in 0..<depth { gradient[row(.tokens) + l] = 0 }
         for l in 0..<depth {
             let a = inputs[row(.attentionGate) + l], g = inputs[row(.mlpGate) + l]
-            let attn = attentionTime(heads: inputs[row(.heads) + l], vDim: inputs[row(.vDim) + l])
-            let mlp = mlpTime(neurons: inputs[row(.neurons) + l])
-            total += a * attn.ms + g * mlp.ms
+            let out = row(.tokens) + (l + 1 < depth ? l + 1 : l)
+            let n = inputs[row(.tokens) + l], kept = inputs[out]
+            let attn = attentionTime(heads: inputs[row(.heads) + l], vDim: inputs[row(.vDim) + l], tokens: n)
+            let fuse = kept < n ? dropTime(tokens: n) : (ms: 0, dTokens: 0)
+            let mlp = mlpTime(neurons: inputs[row(.neurons) + l], tokens: kept)
+            total += a * (attn.ms + fuse.ms) + g * mlp.ms
             gradient[row(.heads) + l] = a * attn.dHeads
             gradient[row(.vDim) + l] = a * attn.dVDim
             gradient[row(.neurons) + l] = g * mlp.dNeurons
-            gradient[row(.attentionGate) + l] = attn.ms
+            gradient[row(.attentionGate) + l] = attn.ms + fuse.ms
             gradient[row(.mlpGate) + l] = mlp.ms
-            gradient[row(.tokens) + l] = 0
+            gradient[row(.tokens) + l] += a * (attn.dTokens + fuse.dTokens)
+            gradient[out] += g * mlp.dTokens
         }
         return total
     }
 
-    /// The relaxed inputs `expected` accepts: those of `CostModel.validateRelaxed`, every token kept.
+    /// The relaxed inputs `expected` accepts: those of `CostModel.validateRelaxed`, with token
+    /// counts the token grid spans.
     public func validateRelaxed(_ inputs: UnsafeBufferPointer<Double>) throws(UVCError) {
         try CostModel(spec: spec, convention: .uvc).validateRelaxed(inputs)
-        let tokens = RelaxedField.tokens.rawValue * spec.depth
-        for l in 0..<spec.depth where inputs[tokens + l] != Double(spec.numTokens) {
-            throw UVCError("x", "tokens of layer \(l) is \(inputs[tokens + l]); a latency table prices plans that keep "
-                           + "all \(spec.numTokens) tokens (token counts are not profiled)")
-        }
+        let row = RelaxedField.tokens.rawValue * spec.depth
+        for l in 0..<spec.depth { try checkTokens(inputs[row + l], "x", layer: l) }
     }
 
     /// Widths a plan priced by this table may take: the grid points (`PlanExtraction` snaps to them).

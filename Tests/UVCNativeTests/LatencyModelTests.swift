@@ -21,6 +21,28 @@ final class LatencyModelTests: XCTestCase {
 
     private func exact(_ model: LatencyModel, _ plan: ArchPlan) throws -> Double { try model.exactTotal(plan) }
 
+    /// The relaxed latency of `x` and its gradient.
+    private func relaxed(_ model: LatencyModel, _ x: [Double]) -> (Double, [Double]) {
+        var g = [Double](repeating: 0, count: x.count)
+        let v = x.withUnsafeBufferPointer { xb in g.withUnsafeMutableBufferPointer { model.expected(xb, gradient: $0) } }
+        return (v, g)
+    }
+
+    /// Checks the gradient at `x` against central differences of `step` in every input; returns it.
+    @discardableResult
+    private func assertFiniteDifferences(_ model: LatencyModel, _ x: [Double], step h: Double,
+                                         file: StaticString = #filePath, line: UInt = #line) -> [Double] {
+        let grad = relaxed(model, x).1
+        for i in x.indices {
+            var up = x, down = x
+            up[i] += h
+            down[i] -= h
+            XCTAssertEqual(grad[i], (relaxed(model, up).0 - relaxed(model, down).0) / (2 * h), accuracy: 1e-7,
+                           "input \(i)", file: file, line: line)
+        }
+        return grad
+    }
+
     func testGridPointsPriceAtTheTable() throws {
         let spec = try smallSolverSpec()
         let model = try table(spec)
@@ -43,7 +65,8 @@ final class LatencyModelTests: XCTestCase {
         for v in stride(from: 6.0, through: 8.0, by: 0.25) {
             let t = (v - 6) / 2
             let left = model.attentionTime(heads: 2, vDim: 6).ms, right = model.attentionTime(heads: 2, vDim: 8).ms
-            let (ms, dh, dv) = model.attentionTime(heads: 2, vDim: v)
+            let (ms, dh, dv, dn) = model.attentionTime(heads: 2, vDim: v)
+            XCTAssertEqual(dn, 0, "one token point: flat in tokens")
             XCTAssertEqual(ms, (1 - t) * left + t * right, accuracy: 1e-12)
             XCTAssertTrue(min(left, right) - 1e-12 <= ms && ms <= max(left, right) + 1e-12, "monotone between points")
             XCTAssertEqual(dv, (right - left) / 2, accuracy: 1e-12)
@@ -84,11 +107,6 @@ final class LatencyModelTests: XCTestCase {
         let model = try table(spec)
         var rng = TestRNG(state: 9)
         let d = spec.depth
-        func value(_ x: [Double]) -> (Double, [Double]) {
-            var g = [Double](repeating: 0, count: x.count)
-            let v = x.withUnsafeBufferPointer { xb in g.withUnsafeMutableBufferPointer { model.expected(xb, gradient: $0) } }
-            return (v, g)
-        }
         for _ in 0..<50 {
             var x = [Double](repeating: 0, count: RelaxedField.allCases.count * d)
             for l in 0..<d {
@@ -100,15 +118,7 @@ final class LatencyModelTests: XCTestCase {
                 x[RelaxedField.mlpGate.rawValue * d + l] = rng.unit()
                 x[RelaxedField.tokens.rawValue * d + l] = 17
             }
-            let (_, grad) = value(x)
-            for i in x.indices {
-                let h = 1e-4
-                var up = x, down = x
-                up[i] += h
-                down[i] -= h
-                let numeric = (value(up).0 - value(down).0) / (2 * h)
-                XCTAssertEqual(grad[i], numeric, accuracy: 1e-7, "input \(i)")
-            }
+            assertFiniteDifferences(model, x, step: 1e-4)
         }
     }
 
@@ -202,6 +212,112 @@ final class LatencyModelTests: XCTestCase {
                                         latency: try table(spec))) {
             XCTAssertEqual(($0 as? UVCError)?.argument, "prune_tokens")
         }
+    }
+
+    // MARK: A token axis
+
+    /// Times linear in the tokens between grid points (so interpolation is exact): A(h, v, n) =
+    /// a(h, v)·(0.3 + n/17), M(m, n) = m(m)·(0.2 + n/17), D = 0, 0.05, 0.09 at tokens 3, 9, 17.
+    private let tokenGrid = [3, 9, 17], dropMs = [0.0, 0.05, 0.09]
+    private func a(_ h: Double, _ v: Double, _ n: Double) -> Double { (0.2 + 0.05 * h * v) * (0.3 + n / 17) }
+    private func m(_ k: Double, _ n: Double) -> Double { (0.1 + 0.01 * k) * (0.2 + n / 17) }
+
+    private func tokenTable(_ spec: ViTSpec, tokens: [Int]? = nil) throws -> LatencyModel {
+        let heads = Array(1...spec.numHeads), vDims = [1, 4, 8], neurons = [1, 16, 32], t = tokens ?? tokenGrid
+        var attention: [Double] = [], mlp: [Double] = []
+        for h in heads { for v in vDims { for n in t { attention.append(a(Double(h), Double(v), Double(n))) } } }
+        for k in neurons { for n in t { mlp.append(m(Double(k), Double(n))) } }
+        return try LatencyModel(spec: spec, heads: heads, vDims: vDims, neurons: neurons, tokens: t,
+                                attention: attention, mlp: mlp, drop: Array(dropMs.suffix(t.count)), fixed: 0.7)
+    }
+
+    func testATokenAxisPricesEachBlockOnItsTokensAndEachDrop() throws {
+        let spec = try smallSolverSpec()
+        let model = try tokenTable(spec)
+        // Block 0 drops 17 → 9, block 1 drops 9 → 5 (between grid points), block 2 keeps 5.
+        let plan = ArchPlan(layers: [LayerPlan(heads: 2, vDim: 4, neurons: 16, tokens: 17),
+                                     LayerPlan(heads: 3, vDim: 8, neurons: 32, tokens: 9),
+                                     LayerPlan(heads: 1, vDim: 1, neurons: 1, tokens: 5)])
+        try plan.validate(for: spec)
+        var layers = [Double](repeating: -1, count: 6)
+        let total = try layers.withUnsafeMutableBufferPointer { try model.exact(plan, layers: $0) }
+        let d5 = 0.05 * (5 - 3) / 6  // D between its 0 at 3 tokens and 0.05 at 9
+        let expected = [a(2, 4, 17) + 0.09, m(16, 9), a(3, 8, 9) + 0.05, m(32, 5), a(1, 1, 5), m(1, 5)]
+        for (got, want) in zip(layers, expected) { XCTAssertEqual(got, want, accuracy: 1e-12) }
+        XCTAssertEqual(total, 0.7 + expected.reduce(0, +), accuracy: 1e-12)
+        XCTAssertEqual(model.dropTime(tokens: 5).ms, d5, accuracy: 1e-12)
+        // The relaxed latency at the plan's counts is the exact one.
+        let x = relaxedInputs(plan)
+        var g = [Double](repeating: 0, count: x.count)
+        let relaxed = x.withUnsafeBufferPointer { xb in g.withUnsafeMutableBufferPointer { model.expected(xb, gradient: $0) } }
+        XCTAssertEqual(relaxed, total, accuracy: 1e-12)
+        // Trilinear inside a cell: the mean of its eight corners at the centre.
+        var corners = 0.0
+        for h in [1.0, 2.0] { for v in [1.0, 4.0] { for n in [3.0, 9.0] { corners += a(h, v, n) } } }
+        XCTAssertEqual(model.attentionTime(heads: 1.5, vDim: 2.5, tokens: 6).ms, corners / 8, accuracy: 1e-12)
+    }
+
+    func testATokenAxisGradientMatchesFiniteDifferences() throws {
+        let spec = try smallSolverSpec(depth: 4)
+        let model = try tokenTable(spec)
+        let d = spec.depth
+        var rng = TestRNG(state: 21)
+        for _ in 0..<30 {
+            var x = [Double](repeating: 0, count: RelaxedField.allCases.count * d)
+            // Strictly decreasing tokens off the grid points: every drop indicator stays put.
+            let tokens = [16.5 - rng.unit(), 13.8 - 4 * rng.unit(), 8.7 - 2 * rng.unit(), 5.5 - 2 * rng.unit()]
+            for l in 0..<d {
+                x[RelaxedField.heads.rawValue * d + l] = 1.1 + 1.8 * rng.unit()
+                x[RelaxedField.vDim.rawValue * d + l] = 4.2 + 3.6 * rng.unit()
+                x[RelaxedField.neurons.rawValue * d + l] = 16.5 + 15 * rng.unit()
+                x[RelaxedField.attentionGate.rawValue * d + l] = rng.unit()
+                x[RelaxedField.mlpGate.rawValue * d + l] = rng.unit()
+                x[RelaxedField.tokens.rawValue * d + l] = tokens[l]
+            }
+            let grad = assertFiniteDifferences(model, x, step: 1e-5)
+            for l in 0..<d { XCTAssertGreaterThan(grad[RelaxedField.tokens.rawValue * d + l], 0, "fewer tokens, less time") }
+        }
+    }
+
+    func testTokenGridsAreCheckedAndCountsBelowThemRefused() throws {
+        let spec = try smallSolverSpec()
+        func refused(_ argument: String, _ message: String, _ build: () throws -> Any) {
+            XCTAssertThrowsError(try build()) { error in
+                let e = error as? UVCError
+                XCTAssertEqual(e?.argument, argument)
+                XCTAssertTrue(e?.message.contains(message) ?? false, "\(e?.message ?? "")")
+            }
+        }
+        let heads = [1, 2, 3], v = [1, 4, 8], n = [1, 16, 32]
+        refused("tokens", "has no point at 17") {
+            try LatencyModel(spec: spec, heads: heads, vDims: v, neurons: n, tokens: [3, 9],
+                             attention: .init(repeating: 1, count: 18), mlp: .init(repeating: 1, count: 6), fixed: 0)
+        }
+        refused("attention_ms", "expected 3 x 3 x 2 times") {
+            try LatencyModel(spec: spec, heads: heads, vDims: v, neurons: n, tokens: [9, 17],
+                             attention: .init(repeating: 1, count: 9), mlp: .init(repeating: 1, count: 6), fixed: 0)
+        }
+        refused("mlp_ms", "at neurons=16, tokens=9 it is 0.0") {
+            try LatencyModel(spec: spec, heads: heads, vDims: v, neurons: n, tokens: [9, 17],
+                             attention: .init(repeating: 1, count: 18), mlp: [1, 1, 0, 1, 1, 1], fixed: 0)
+        }
+        refused("drop_ms", "at tokens=9 it is -1.0") {
+            try LatencyModel(spec: spec, heads: heads, vDims: v, neurons: n, tokens: [9, 17],
+                             attention: .init(repeating: 1, count: 18), mlp: .init(repeating: 1, count: 6),
+                             drop: [-1, 0], fixed: 0)
+        }
+        let coarse = try tokenTable(spec, tokens: [9, 17])
+        let plan = ArchPlan(layers: [LayerPlan(heads: 3, vDim: 8, neurons: 32, tokens: 17),
+                                     LayerPlan(heads: 3, vDim: 8, neurons: 32, tokens: 9),
+                                     LayerPlan(heads: 3, vDim: 8, neurons: 32, tokens: 4)])
+        refused("plan", "layer 2 takes 4 tokens; the latency table's token grid [9, 17] starts at 9: profile it at 4") {
+            try coarse.exactTotal(plan)
+        }
+        let config = try SolverConfig(pruneTokens: true)
+        refused("prune_tokens", "token grid starts at 9, above the 3 tokens a block may keep") {
+            try Solver(spec: spec, convention: .uvc, config: config, seed: 0, latency: coarse)
+        }
+        XCTAssertNoThrow(try Solver(spec: spec, convention: .uvc, config: config, seed: 0, latency: try tokenTable(spec)))
     }
 
     // MARK: Skipping parts when widths buy no time

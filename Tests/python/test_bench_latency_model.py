@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "bench_latency_model.py"
 
 
-def _run(out: Path) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out)], capture_output=True, text=True,
-                          timeout=600, cwd=out.parent)
+def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out), *extra], capture_output=True,
+                          text=True, timeout=600, cwd=out.parent)
     assert done.returncode == 0, done.stdout + done.stderr
     return done
 
@@ -56,3 +56,26 @@ def test_smoke_rows_are_priced_by_the_table(tmp_path):
 
     # A rerun takes the cached table.
     assert f"{table_path} (cached)" in _run(out).stdout
+
+
+def test_smoke_with_a_token_axis_prices_plans_that_drop_tokens(tmp_path):
+    from uvc import LatencyTable
+    from uvc.spec import ViTSpec
+    from uvc.torch.profile import default_tokens, load_table
+    out = tmp_path / "latency_model.json"
+    _run(out, "--tokens", "--seed", "1")
+    data = json.loads(out.read_text())
+    assert data["tokens"] is True and "tokens" in data["median_abs_rel_err_by_kind"]
+    spec = ViTSpec.from_dict(data["spec"])
+    table = LatencyTable(load_table(data["table"]))
+    assert table.tokens == default_tokens(spec) and "_tokens" in data["table"]
+    dropping = [r for r in data["plans"] if r["kind"] == "tokens"]
+    assert dropping and any(min(c[-1] for c in r["counts"]) < spec.num_tokens for r in dropping)
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_latency_model as bench
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    for row in data["plans"]:
+        assert row["predicted_ms"] == pytest.approx(table.predict(bench.plan_from_counts(spec, row["counts"])),
+                                                    rel=1e-12)

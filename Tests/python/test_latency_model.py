@@ -123,7 +123,7 @@ def test_tables_that_cannot_price_a_plan_are_refused_naming_the_table_and_the_po
     short = dict(table, neurons=table["neurons"][:-1], mlp_ms=table["mlp_ms"][:-1])
     with pytest.raises(ValueError, match="neurons: has no point at 256.*extrapolating above the grid is refused"):
         uvc.LatencyTable(short)
-    with pytest.raises(ValueError, match="expected format 'uvc.latency/1'"):
+    with pytest.raises(ValueError, match="expected format 'uvc.latency/2'"):
         uvc.LatencyTable(dict(table, format="uvc.latency/0"))
     with pytest.raises(ValueError, match=r"missing keys \['mlp_ms'\]"):
         uvc.LatencyTable({k: v for k, v in table.items() if k != "mlp_ms"})
@@ -202,3 +202,101 @@ def test_latency_budget_errors_before_any_step():
         uvc.Solver(SPEC.replace(mlp_hidden=128), 0.5, latency=lt)
     with pytest.raises(TypeError, match="latency must be a uvc.LatencyTable"):
         uvc.Solver(SPEC, 0.5, latency=make_table())
+
+
+def make_token_table(spec=SPEC, tokens=(3, 13, 25, 50), seed=0):
+    """`make_table` with a token axis: every time rising in tokens, drops costing more with more tokens."""
+    base = make_table(spec, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    n = np.asarray(tokens, dtype=float) / spec.num_tokens
+    att = np.array(base["attention_ms"])[..., None] * (0.2 + 0.8 * n ** 1.5) + 0.001 * rng.random(len(tokens))
+    mlp = np.array(base["mlp_ms"])[:, None] * (0.1 + 0.9 * n) + 0.001 * rng.random(len(tokens))
+    drop = [0.0] + [0.004 + 0.01 * t for t in n[1:]]
+    return dict(base, format="uvc.latency/2", tokens=list(tokens), attention_ms=att.tolist(), mlp_ms=mlp.tolist(),
+                drop_ms=drop)
+
+
+def token_reference(table, plan):
+    """fixed + Σ [A(h, v, n) + [drops]·D(n) + M(m, n')]: separable interpolation by numpy, axis by axis."""
+    heads, v, m, t = (np.array(table[k], dtype=float) for k in ("heads", "v_dims", "neurons", "tokens"))
+    att, mlp, drop = np.array(table["attention_ms"]), np.array(table["mlp_ms"]), np.array(table["drop_ms"])
+    total = table["fixed_ms"]
+    layers = plan.layers
+    for l, layer in enumerate(layers):
+        n = layer.tokens
+        kept = layers[l + 1].tokens if l + 1 < len(layers) else n
+        if layer.attn:
+            over_t = np.array([[np.interp(n, t, att[i, j]) for j in range(len(v))] for i in range(len(heads))])
+            total += np.interp(len(layer.heads), heads, [np.interp(layer.v_dim, v, row) for row in over_t])
+            if kept < n:
+                total += np.interp(n, t, drop)
+        if layer.mlp:
+            total += np.interp(len(layer.neurons), m, [np.interp(kept, t, row) for row in mlp])
+    return total
+
+
+def relaxed_row(plan):
+    x = np.array([[len(l.heads) if l.attn else 1 for l in plan.layers], [l.v_dim or 1 for l in plan.layers],
+                  [len(l.neurons) if l.mlp else 1 for l in plan.layers], [float(l.attn) for l in plan.layers],
+                  [float(l.mlp) for l in plan.layers], [l.tokens for l in plan.layers]], dtype=np.float64)
+    return x
+
+
+def test_a_token_axis_prices_plans_that_drop_tokens():
+    table = make_token_table()
+    lt = uvc.LatencyTable(table)
+    assert lt.tokens == [3, 13, 25, 50]
+    rng = np.random.default_rng(5)
+    dropping = 0
+    for _ in range(100):
+        plan = uvc.random_plan(SPEC, rng, skip_prob=0.2, drop_prob=0.5)
+        dropping += any(a.tokens > b.tokens for a, b in zip(plan.layers, plan.layers[1:]))
+        assert lt.predict(plan) == pytest.approx(token_reference(table, plan), rel=1e-12)
+        # The relaxed latency at the plan's counts is the plan's latency.
+        assert lt.expected(relaxed_row(plan)) == pytest.approx(lt.predict(plan), rel=1e-12)
+    assert dropping > 30
+    # Format 1 is the one-token-point table of format 2.
+    flat = make_table()
+    one = dict(flat, format="uvc.latency/2", tokens=[SPEC.num_tokens], drop_ms=[0.0],
+               attention_ms=np.array(flat["attention_ms"])[..., None].tolist(),
+               mlp_ms=np.array(flat["mlp_ms"])[:, None].tolist())
+    plan = uvc.random_plan(SPEC, rng, tokens=False)
+    assert uvc.LatencyTable(one).predict(plan) == uvc.LatencyTable(flat).predict(plan)
+
+
+def test_the_token_rows_gradient_matches_finite_differences():
+    lt = uvc.LatencyTable(make_token_table())
+    # Tokens strictly decreasing off the grid points, so every drop indicator stays put.
+    x = np.array([[1.3, 2.5, 3.7, 2.2], [5.5, 9.1, 13.3, 2.6], [40.0, 100.5, 210.2, 17.0], [0.3, 0.9, 0.5, 0.8],
+                  [0.7, 0.2, 0.6, 0.4], [50.0, 41.5, 20.2, 7.7]])
+    grad = np.empty_like(x)
+    lt.expected(x, grad)
+    for i in range(6):
+        for l in range(4):
+            if i == 5 and l == 0:
+                continue  # tokens[0] sits at the grid's end, where the one-sided slopes differ
+            up, down = x.copy(), x.copy()
+            up[i, l] += 1e-5
+            down[i, l] -= 1e-5
+            assert grad[i, l] == pytest.approx((lt.expected(up) - lt.expected(down)) / 2e-5, rel=1e-6, abs=1e-9)
+    assert (grad[5, 1:] > 0).all(), "fewer tokens, less time"
+
+
+def test_token_counts_below_the_grid_are_refused_and_the_solver_prunes_tokens_in_ms():
+    table = make_token_table(tokens=(10, 25, 50))
+    lt = uvc.LatencyTable(table)
+    plan = uvc.random_plan(SPEC, np.random.default_rng(0), drop_prob=1.0)
+    low = min(l.tokens for l in plan.layers)
+    assert low < 10
+    with pytest.raises(ValueError, match=rf"layer \d takes {low} tokens; the latency table's token grid "
+                                         rf"\[10, 25, 50\] starts at 10: profile it at {low} tokens"):
+        lt.predict(plan)
+    with pytest.raises(ValueError, match="token grid starts at 10, above the 3 tokens a block may keep"):
+        uvc.Solver(SPEC, 0.5, latency=lt, prune_tokens=True)
+    full = uvc.LatencyTable(make_token_table())
+    solver = run_search(uvc.Solver(SPEC, 0.5, latency=full, prune_tokens=True, warmup_epochs=0.1, lr_counts=0.05,
+                                   seed=1))
+    plan = solver.plan()
+    assert full.predict(plan) / full.dense_ms <= 0.5 * 1.0001
+    assert plan.layers[-1].tokens < SPEC.num_tokens, "tokens are traded against widths in ms"
+    assert solver.stats()["unit"] == "ms"

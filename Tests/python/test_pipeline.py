@@ -153,7 +153,8 @@ def test_a_latency_budget_from_the_command_line_settings(tmp_path, tiny_checkpoi
         assert not layer.mlp or len(layer.neurons) in table["neurons"]
     for bad, match in [(dict(budget_latency=0.5), "--budget-latency needs --latency-table"),
                        (dict(latency_table=str(path)), "--latency-table is given without --budget-latency"),
-                       (dict(budget_latency=0.5, latency_table=str(path), prune_tokens=True), "token pruning"),
+                       (dict(budget_latency=0.5, latency_table=str(path), prune_tokens=True),
+                        "prune_tokens: the latency table prices plans that keep every token.*uvc profile --tokens"),
                        (dict(budget_latency=1.5, latency_table=str(path)), r"must lie in \(0, 1\]"),
                        (dict(budget_latency=0.5, latency_table=str(tmp_path / "none.json")), "no such file")]:
         with pytest.raises((ValueError, FileNotFoundError), match=match):
@@ -189,3 +190,35 @@ def test_a_flat_latency_table_is_met_by_skipping_parts(tmp_path, tiny_checkpoint
     skipped = sum((not layer.attn) + (not layer.mlp) for layer in plan.layers)
     assert skipped >= 1 and any(layer.attn for layer in plan.layers), "parts skipped, one MHSA kept"
     assert s1["max_abs_logit_diff"] < 1e-4, "the masked model in eval mode is the exported one"
+
+
+def test_a_token_axis_lets_a_latency_budget_prune_tokens(tmp_path, tiny_checkpoint):
+    """uvc compress --budget-latency --enable_patch_gating 1 with a table that has token counts:
+    the search drops tokens and widths under one budget in ms, and the summary prices the plan
+    with its token schedule."""
+    from uvc.torch import spec_from_model
+    from uvc.torch.pipeline import load_model
+    from uvc.torch.profile import default_tokens
+    model, _ = load_model("vit_tiny_patch16_224", tiny_checkpoint, **TINY)
+    spec = spec_from_model(model)
+    heads, v_dims, neurons, tokens = (list(range(1, spec.num_heads + 1)), [1, spec.v_head_dim],
+                                      [1, spec.mlp_hidden], default_tokens(spec))
+    share = [n / spec.num_tokens for n in tokens]  # time proportional to the tokens
+    table = {"format": "uvc.latency/2", "spec": spec.to_dict(),
+             "device": {"type": "cpu", "name": "tokens", "torch": torch.__version__, "threads": 1,
+                        "dtype": "float32", "sdpa": True},
+             "batch_size": 1, "heads": heads, "v_dims": v_dims, "neurons": neurons, "tokens": tokens,
+             "attention_ms": [[[0.05 + 0.1 * h * v / spec.v_head_dim * t for t in share] for v in v_dims]
+                              for h in heads],
+             "mlp_ms": [[0.05 + 0.3 * n / spec.mlp_hidden * t for t in share] for n in neurons],
+             "drop_ms": [0.0] + [0.01] * (len(tokens) - 1), "fixed_ms": 0.2}
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps(table))
+    s1 = compress(**settings(tmp_path / "run", tiny_checkpoint, budget_latency=0.6, latency_table=str(path),
+                             prune_tokens=True))
+    lt = uvc.LatencyTable.load(path)
+    plan = uvc.ArchPlan.load(tmp_path / "run" / "plan.json")
+    assert s1["predicted_ms"] == pytest.approx(lt.predict(plan))
+    assert s1["plan_ratio"] == pytest.approx(s1["predicted_ms"] / lt.dense_ms) and s1["plan_ratio"] <= 0.6 * 1.0001
+    assert min(layer.tokens for layer in plan.layers) < spec.num_tokens, "tokens dropped"
+    assert s1["max_abs_logit_diff"] < 1e-4

@@ -10,16 +10,16 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from uvc.spec import ViTSpec  # noqa: E402
-from uvc.torch.profile import (TABLE_FORMAT, additive_dense_ms, default_neurons, default_v_dims,  # noqa: E402
-                               load_table, profile, profile_main, save_table)
+from uvc.torch.profile import (TABLE_FORMAT, additive_dense_ms, default_neurons, default_tokens,  # noqa: E402
+                               default_v_dims, load_table, profile, profile_main, save_table)
 
 # The demo model's shape, with random weights.
 DEMO = ViTSpec(depth=6, embed_dim=64, num_heads=4, mlp_hidden=256, patch_size=4, image_size=28, in_channels=1,
                num_classes=10)
 V_DIMS, NEURONS = [1, 8, 16], [1, 128, 256]
 FAST = dict(repeats=3, warmup=1, progress=False, v_dims=V_DIMS, neurons=NEURONS)
-KEYS = {"format", "spec", "device", "batch_size", "heads", "v_dims", "neurons", "attention_ms", "attention_spread_ms",
-        "mlp_ms", "mlp_spread_ms", "fixed_ms", "fixed_spread_ms", "dense_ms", "dense_spread_ms", "repeats", "warmup",
+KEYS = {"format", "spec", "device", "batch_size", "heads", "v_dims", "neurons", "tokens", "attention_ms",
+        "attention_spread_ms", "mlp_ms", "mlp_spread_ms", "drop_ms", "drop_spread_ms", "fixed_ms", "fixed_spread_ms", "dense_ms", "dense_spread_ms", "repeats", "warmup",
         "created"}
 
 
@@ -36,11 +36,14 @@ def test_table_shape_keys_and_positive_times(table):
     assert table["device"]["name"] and table["device"]["torch"] == torch.__version__
     assert (table["batch_size"], table["repeats"], table["warmup"]) == (2, 3, 1)
     assert table["heads"] == [1, 2, 3, 4] and table["v_dims"] == V_DIMS and table["neurons"] == NEURONS
-    assert np.shape(table["attention_ms"]) == np.shape(table["attention_spread_ms"]) == (4, 3)
-    assert np.shape(table["mlp_ms"]) == np.shape(table["mlp_spread_ms"]) == (3,)
-    times = np.concatenate([np.ravel(table["attention_ms"]), table["mlp_ms"], [table["fixed_ms"], table["dense_ms"]]])
+    assert table["tokens"] == [DEMO.num_tokens], "without tokens= every part runs on all tokens"
+    assert np.shape(table["attention_ms"]) == np.shape(table["attention_spread_ms"]) == (4, 3, 1)
+    assert np.shape(table["mlp_ms"]) == np.shape(table["mlp_spread_ms"]) == (3, 1)
+    assert table["drop_ms"] == table["drop_spread_ms"] == [0.0], "no token count to drop from is timed"
+    times = np.concatenate([np.ravel(table["attention_ms"]), np.ravel(table["mlp_ms"]),
+                            [table["fixed_ms"], table["dense_ms"]]])
     assert np.all(np.isfinite(times)) and np.all(times > 0)
-    spreads = np.concatenate([np.ravel(table["attention_spread_ms"]), table["mlp_spread_ms"],
+    spreads = np.concatenate([np.ravel(table["attention_spread_ms"]), np.ravel(table["mlp_spread_ms"]),
                               [table["fixed_spread_ms"], table["dense_spread_ms"]]])
     assert np.all(np.isfinite(spreads)) and np.all(spreads >= 0)
     assert table["created"].endswith("Z")
@@ -48,8 +51,8 @@ def test_table_shape_keys_and_positive_times(table):
 
 def test_parts_add_up_to_the_dense_model_loosely(table):
     estimate = additive_dense_ms(table)
-    assert estimate == pytest.approx(table["fixed_ms"] + DEMO.depth * (table["attention_ms"][3][2]
-                                                                       + table["mlp_ms"][2]))
+    assert estimate == pytest.approx(table["fixed_ms"] + DEMO.depth * (table["attention_ms"][3][2][0]
+                                                                       + table["mlp_ms"][2][0]))
     assert 0.5 <= estimate / table["dense_ms"] <= 2.0, (estimate, table["dense_ms"])
 
 
@@ -64,9 +67,9 @@ def test_json_round_trip_and_format_refusal(table, tmp_path):
     path = tmp_path / "latency.json"
     save_table(table, path)
     assert load_table(path) == table
-    for bad in ({**table, "format": "uvc.latency/2"}, {**table, "format": "uvc.plan/1"}, [1, 2]):
+    for bad in ({**table, "format": "uvc.latency/3"}, {**table, "format": "uvc.plan/1"}, [1, 2]):
         path.write_text(json.dumps(bad))
-        with pytest.raises(ValueError, match=f"{path}.*uvc.latency/1"):
+        with pytest.raises(ValueError, match=f"{path}.*uvc.latency/2"):
             load_table(path)
     path.write_text(json.dumps({k: v for k, v in table.items() if k != "mlp_ms"}))
     with pytest.raises(ValueError, match=f"{path}.*mlp_ms"):
@@ -87,6 +90,23 @@ def test_default_grids():
     odd = DEMO.replace(v_head_dim=18, mlp_hidden=100)
     assert default_v_dims(odd) == [1, 4, 8, 12, 16, 18] and default_neurons(odd)[-2:] == [96, 100]
     assert default_v_dims(DEMO.replace(v_head_dim=1)) == [1]
+    assert default_tokens(deit_s) == [3, 49, 98, 148, 197] and default_tokens(DEMO) == [3, 12, 25, 38, 50]
+    assert default_tokens(DEMO.replace(prefix_tokens=0, class_token=False, pool="avg")) == [2, 12, 24, 37, 49]
+
+
+def test_a_token_axis_times_every_part_at_every_token_count():
+    import uvc
+    spec = DEMO.replace(depth=2)
+    t = profile(spec, tokens=[3, 4, 20, 50], **FAST)
+    assert t["tokens"] == [3, 4, 20, 50]
+    assert np.shape(t["attention_ms"]) == (4, 3, 4) and np.shape(t["mlp_ms"]) == (3, 4)
+    assert t["drop_ms"][0] == 0.0, "3 tokens (prefix + 2) leave nothing to drop"
+    assert all(math.isfinite(x) and x >= 0 for x in t["drop_ms"])
+    assert all(x > 0 for x in np.ravel(t["attention_ms"]).tolist() + np.ravel(t["mlp_ms"]).tolist())
+    table = uvc.LatencyTable(t)
+    assert table.tokens == [3, 4, 20, 50]
+    plan = uvc.random_plan(spec, np.random.default_rng(0), drop_prob=1.0)
+    assert plan.layers[1].tokens < spec.num_tokens and table.predict(plan) > 0
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -105,6 +125,10 @@ def test_default_grids():
     (dict(v_dims=[1, 8.0, 16]), "v_dims must hold ints"),
     (dict(neurons=[1, 100]), "neurons must end at 256"),
     (dict(neurons=[]), "neurons must start at 1"),
+    (dict(tokens=[3, 30]), "tokens must end at 50"),
+    (dict(tokens=[0, 50]), "tokens must be strictly increasing counts >= 1"),
+    (dict(tokens=[3, 3, 50]), "tokens must be strictly increasing"),
+    (dict(tokens="all"), "tokens must be a list of ints"),
     (dict(config={"fused_attn": False}), "sdpa"),
     (dict(config={"act": "relu6"}), "act must be one of"),
 ])
@@ -125,7 +149,7 @@ def test_layout_variants_explicit_attention_and_bfloat16(changes):
     spec = DEMO.replace(depth=2, **changes)
     t = profile(spec, sdpa=False, dtype="bfloat16", config={"act": "silu", "init_values": 1e-5}, **FAST)
     assert t["device"]["sdpa"] is False and t["device"]["dtype"] == "bfloat16"
-    assert all(math.isfinite(x) and x > 0 for x in np.ravel(t["attention_ms"]).tolist() + t["mlp_ms"])
+    assert all(math.isfinite(x) and x > 0 for x in np.ravel(t["attention_ms"]).tolist() + np.ravel(t["mlp_ms"]).tolist())
 
 
 def test_timm_and_slim_models_give_their_spec():

@@ -18,7 +18,7 @@ I = npt.NDArray[np.int64]
 
 def layouts() -> str:
     """JSON: the names and order of every flat encoding (spec, convention, plan row, cost
-    components, relaxed fields, groupings, solver config fields with kinds and defaults)."""
+    components, relaxed fields, groupings, solver config fields with kinds and defaults, the latency table's arrays)."""
 
 def cost_exact(spec: I, convention: F, plan: I, layers_out: F, globals_out: F) -> float:
     """Exact MACs of a plan (d, len(plan_row)); writes the (d, len(layer_components)) and (len(global_components),) breakdown."""
@@ -26,13 +26,15 @@ def cost_exact(spec: I, convention: F, plan: I, layers_out: F, globals_out: F) -
 def cost_expected(spec: I, convention: F, x: F, out: F) -> float:
     """Expected MACs of the relaxed (6, d) input ``x``; writes d(MACs)/dx into ``out``."""
 
-def latency_exact(spec: I, heads: I, v_dims: I, neurons: I, attention_ms: F, mlp_ms: F, fixed_ms: float,
-                  plan: I, layers_out: F) -> float:
-    """A latency table's ms of a plan (d, len(plan_row)) keeping every token; writes each block's
-    MHSA and MLP ms into the (d, 2) ``layers_out``. The table is checked whole."""
+def latency_exact(spec: I, heads: I, v_dims: I, neurons: I, tokens: I, attention_ms: F, mlp_ms: F, drop_ms: F,
+                  fixed_ms: float, plan: I, layers_out: F) -> float:
+    """A latency table's ms of a plan (d, len(plan_row)) whose token counts the table's ``tokens``
+    grid spans; attention_ms (heads, v_dims, tokens), mlp_ms (neurons, tokens), drop_ms (tokens,)
+    (`layouts`' ``latency_table`` lists these names in order); writes each block's MHSA (with its
+    drop) and MLP ms into the (d, 2) ``layers_out``. The table is checked whole."""
 
-def latency_expected(spec: I, heads: I, v_dims: I, neurons: I, attention_ms: F, mlp_ms: F, fixed_ms: float,
-                     x: F, out: F) -> float:
+def latency_expected(spec: I, heads: I, v_dims: I, neurons: I, tokens: I, attention_ms: F, mlp_ms: F, drop_ms: F,
+                     fixed_ms: float, x: F, out: F) -> float:
     """A latency table's relaxed ms of the (6, d) input ``x``; writes d(ms)/dx into ``out``."""
 
 def group_gates(logits: F, groups: I, noise: F, tau: float, straight_through: float,
@@ -47,8 +49,8 @@ def resource_loss(spec: I, convention: F, head_probs: F, neuron_probs: F, part_p
                   gate_costs: F, gate_probs: F, target: float, gamma: float, dual: float,
                   values_out: F, head_grad: F, neuron_grad: F, part_grad: F, rate_grad: F,
                   gate_costs_grad: F, gate_probs_grad: F, heads: Optional[I], v_dims: Optional[I],
-                  neurons: Optional[I], attention_ms: Optional[F], mlp_ms: Optional[F],
-                  fixed_ms: Optional[float]) -> None:
+                  neurons: Optional[I], tokens: Optional[I], attention_ms: Optional[F], mlp_ms: Optional[F],
+                  drop_ms: Optional[F], fixed_ms: Optional[float]) -> None:
     """USDC's resource loss; values_out (3,): loss, F, expected cost (MACs, or ms with the latency
     table's arrays, all None for MACs; see `latency_exact`); each grad its input's shape."""
 
@@ -64,8 +66,8 @@ class Solver:
     """UVC's solver, its state and the scores of its last step, owned by the core."""
 
     def __init__(self, spec: I, convention: F, config: F, zlr_schedule: F, seed: int, heads: Optional[I],
-                 v_dims: Optional[I], neurons: Optional[I], attention_ms: Optional[F], mlp_ms: Optional[F],
-                 fixed_ms: Optional[float]) -> None:
+                 v_dims: Optional[I], neurons: Optional[I], tokens: Optional[I], attention_ms: Optional[F],
+                 mlp_ms: Optional[F], drop_ms: Optional[F], fixed_ms: Optional[float]) -> None:
         """``config``: the ``solver_config`` fields of `layouts` in order; ``seed``: an int64
         (the bit pattern of a uint64 seed); the latency table's arrays (all None: a MACs budget;
         see `latency_exact`). Raises ValueError for an unreachable budget."""

@@ -2,21 +2,24 @@
 
 A table (written by `uvc.torch.profile.profile` or ``uvc profile``) holds, for one model
 shape on one device at one batch size, the median latency of every part a plan can change:
-the MHSA part of a block at each kept head count × value width per head on a grid, the MLP
-part at each width on a grid, and the fixed part (patch embedding, norms, pooling, head).
+the MHSA part of a block at each kept head count × value width per head × tokens in on a
+grid, the extra time of a block that drops tokens at each token count, the MLP part at each
+width × token count on a grid, and the fixed part (patch embedding, norms, pooling, head).
 The core prices a plan as
 
-    T(plan) = fixed_ms + Σ_l [ attention runs · A(h_l, v_l) + MLP runs · M(m_l) ]     (ms)
+    T(plan) = fixed_ms + Σ_l [ MHSA runs · (A(h_l, v_l, n_l) + drops · D(n_l)) + MLP runs · M(m_l, n_{l+1}) ]   (ms)
 
-with A bilinear between grid points over (heads, value width) and M linear over neurons, both
-scaled by one factor so that the dense plan prices at the dense model's measured latency
-(``dense_ms``, when the table has it): a part timed alone pays the call overhead that
-consecutive parts inside the model partly share, so the raw sum overestimates every plan by
-about the same fraction (28 % for the demo model at batch 1 on this CPU); the
-same formula over expected counts and gate probabilities is the relaxed latency the solver's
-budget uses, with its exact gradient (`LatencyTable.expected`). Every grid runs from 1 to the
-dense width, so no plan needs a point the table lacks. Token counts are not profiled: a table
-prices plans that keep every token.
+with A, M and D multilinear between grid points (n_l: tokens entering block l; the MLP runs on
+the tokens the block keeps), all scaled by one factor so that the dense plan prices at the
+dense model's measured latency (``dense_ms``, when the table has it): a part timed alone pays
+the call overhead that consecutive parts inside the model partly share, so the raw sum
+overestimates every plan by about the same fraction (28 % for the demo model at batch 1 on this
+CPU); the same formula over expected counts and gate probabilities is the relaxed latency the
+solver's budget uses, with its exact gradient (`LatencyTable.expected`). Every width grid runs
+from 1 to the dense width, so no plan needs a width the table lacks; the token grid ends at the
+model's tokens, and a plan below its first point is refused. A table profiled without
+``--tokens`` has the one token point ``spec.num_tokens``: it prices plans that keep every token.
+Format ``uvc.latency/2``; tables of format 1 (no token axis) load as such a table.
 
     table = uvc.LatencyTable.load("latency.json")
     table.check(spec, batch_size=1, device="cpu")     # refuses a table made for something else
@@ -32,21 +35,28 @@ from typing import Any
 
 import numpy as np
 
-from ._core import native
+from ._core import LAYOUTS, native
 from ._files import read_json
 from .cost import RELAXED_FIELDS
 
-__all__ = ["LatencyTable", "FORMAT"]
+__all__ = ["LatencyTable", "FORMAT", "ARGUMENT_NAMES", "NO_TABLE"]
 
-FORMAT = "uvc.latency/1"
+FORMAT = "uvc.latency/2"
+_FORMATS = ("uvc.latency/1", FORMAT)  # 1: no token axis (every part at spec.num_tokens)
 _KEYS = ("spec", "device", "batch_size", "heads", "v_dims", "neurons", "attention_ms", "mlp_ms", "fixed_ms")
+_TOKEN_KEYS = ("tokens", "drop_ms")
+# The order in which the core takes a table's arrays.
+ARGUMENT_NAMES: tuple = tuple(LAYOUTS["latency_table"])
+NO_TABLE = (None,) * len(ARGUMENT_NAMES)  # what the core takes for a MACs budget
 
 
 class LatencyTable:
     """A measured latency table, checked whole by the core when it is made.
 
     Args:
-        table: the dict `uvc.torch.profile.profile` returns (format ``"uvc.latency/1"``).
+        table: the dict `uvc.torch.profile.profile` returns (format ``"uvc.latency/2"``, or
+            ``"uvc.latency/1"``: no ``tokens`` / ``drop_ms``, attention_ms (heads, v_dims) and
+            mlp_ms (neurons,) at every token).
         source: how errors name the table (a path, or "table").
 
     Raises ValueError naming the table and what is wrong: another format, a missing key, a
@@ -57,20 +67,28 @@ class LatencyTable:
     def __init__(self, table: dict, *, source: str = "table") -> None:
         from .spec import ViTSpec
         self.source = str(source)
-        if not isinstance(table, dict) or table.get("format") != FORMAT:
+        if not isinstance(table, dict) or table.get("format") not in _FORMATS:
             got = f"format {table.get('format')!r}" if isinstance(table, dict) else f"a {type(table).__name__}"
             raise ValueError(f"latency table {self.source}: expected format {FORMAT!r}, got {got}")
-        missing = [k for k in _KEYS if k not in table]
+        tokens_axis = table["format"] != _FORMATS[0]
+        missing = [k for k in _KEYS + (_TOKEN_KEYS if tokens_axis else ()) if k not in table]
         if missing:
             raise ValueError(f"latency table {self.source}: missing keys {missing}")
         self.table = table
         try:
             self.spec = ViTSpec.from_dict(table["spec"])
-            grids = (self._grid("heads"), self._grid("v_dims"), self._grid("neurons"))
+            arrays = {k: self._grid(k) for k in ("heads", "v_dims", "neurons")}
             attention = np.ascontiguousarray(table["attention_ms"], dtype=np.float64)
             mlp = np.ascontiguousarray(table["mlp_ms"], dtype=np.float64)
+            if tokens_axis:
+                arrays["tokens"] = self._grid("tokens")
+                drop = np.ascontiguousarray(table["drop_ms"], dtype=np.float64)
+            else:  # format 1: the one token point, no drops
+                arrays["tokens"] = np.array([self.spec.num_tokens], dtype=np.int64)
+                attention, mlp, drop = attention[..., None], mlp[..., None], np.zeros(1)
             fixed = float(table["fixed_ms"])
-            self._arrays = grids + (attention, mlp, fixed)
+            self._raw = dict(arrays, attention_ms=attention, mlp_ms=mlp, drop_ms=drop, fixed_ms=fixed)
+            self._arrays = tuple(self._raw[k] for k in ARGUMENT_NAMES)
             raw = self.predict()  # the core checks the whole table here
             self.scale = 1.0
             if table.get("dense_ms") is not None:
@@ -78,7 +96,8 @@ class LatencyTable:
                 if not (np.isfinite(measured) and measured > fixed):
                     raise ValueError(f"dense_ms must be finite and above fixed_ms ({fixed}), got {measured}")
                 self.scale = (measured - fixed) / (raw - fixed)
-                self._arrays = grids + (attention * self.scale, mlp * self.scale, fixed)
+                scaled = {k: self._raw[k] * self.scale for k in ("attention_ms", "mlp_ms", "drop_ms")}
+                self._arrays = tuple(scaled.get(k, self._raw[k]) for k in ARGUMENT_NAMES)
             self.dense_ms = self.predict()
         except (TypeError, ValueError) as e:
             raise ValueError(f"latency table {self.source}: {e}") from None
@@ -127,8 +146,19 @@ class LatencyTable:
         return self
 
     @property
+    def tokens(self) -> list[int]:
+        """The token counts the table was measured at (``[spec.num_tokens]`` without a token axis)."""
+        return self._raw["tokens"].tolist()
+
+    @property
+    def dense_attention_ms(self) -> float:
+        """The MHSA part of a dense block (all heads, full value width, every token), scaled, in ms."""
+        return float(self._raw["attention_ms"][-1, -1, -1] * self.scale)
+
+    @property
     def native_args(self) -> tuple:
-        """The table as the core takes it: heads, v_dims, neurons, attention_ms, mlp_ms, fixed_ms."""
+        """The table as the core takes it (`ARGUMENT_NAMES`: grids, then attention_ms (heads,
+        v_dims, tokens), mlp_ms (neurons, tokens), drop_ms (tokens), fixed_ms), times scaled."""
         return self._arrays
 
     def predict(self, plan=None) -> float:
@@ -149,8 +179,8 @@ class LatencyTable:
         return total, layers
 
     def expected(self, x: np.ndarray, out: np.ndarray | None = None) -> float:
-        """Relaxed latency (ms) of ``x`` (float64 (6, depth), rows `uvc.cost.RELAXED_FIELDS`, every
-        token kept) and its gradient into ``out`` (allocated when None)."""
+        """Relaxed latency (ms) of ``x`` (float64 (6, depth), rows `uvc.cost.RELAXED_FIELDS`, token
+        counts on the table's token grid) and its gradient into ``out`` (allocated when None)."""
         if out is None:
             out = np.empty((len(RELAXED_FIELDS), self.spec.depth), dtype=np.float64)
         return native.latency_expected(self.spec.encoded, *self._arrays, x, out)

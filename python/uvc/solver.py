@@ -63,7 +63,7 @@ import numpy as np
 
 from ._core import LAYOUTS, check_format, decode_state, encode_state, native, seed_bits
 from .cost import Convention, as_convention, count
-from .latency import LatencyTable
+from .latency import NO_TABLE, LatencyTable
 from .plan import PLAN_ROW, ArchPlan, LayerPlan
 from .spec import ViTSpec
 
@@ -180,7 +180,7 @@ def _new(spec: ViTSpec, hyper: dict, convention: Convention, seed: int, latency=
     config = np.array(values, dtype=np.float64)
     schedule = np.array(hyper["zlr_schedule"], dtype=np.float64).reshape(-1)
     try:
-        table = latency.native_args if latency is not None else (None,) * 6
+        table = latency.native_args if latency is not None else NO_TABLE
         return native.Solver(spec.encoded, convention.encoded, config, schedule, seed_bits(seed), *table)
     except ValueError as e:
         raise ValueError(f"Solver: {e}") from None

@@ -27,7 +27,7 @@ import numpy as np
 
 from ._core import LAYOUTS, check_format, decode_state, encode_state, native, seed_bits
 from .cost import Convention, as_convention
-from .latency import LatencyTable
+from .latency import NO_TABLE, LatencyTable
 from .spec import ViTSpec
 
 __all__ = ["GroupSampler", "Partition", "group_sizes", "group_gates", "group_gates_backward", "whole_batch",
@@ -253,7 +253,7 @@ def resource_loss(spec: ViTSpec, *, head_probs, neuron_probs, part_probs, rates,
         if gate_ms is not None:
             raise ValueError("resource_loss: gate_ms prices gate networks in a latency budget; without latency= "
                              "give gate_macs")
-        cost_name, gate_cost, table = "gate_macs", gate_macs, (None,) * 6
+        cost_name, gate_cost, table = "gate_macs", gate_macs, NO_TABLE
     else:
         if not isinstance(latency, LatencyTable):
             raise TypeError(f"resource_loss: latency must be a uvc.LatencyTable, got {type(latency).__name__}")

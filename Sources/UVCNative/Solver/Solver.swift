@@ -117,8 +117,13 @@ public struct Solver: Sendable {
         if let latency {
             try require(latency.spec == spec, "latency", "the table was measured for another model shape "
                         + "(\(latency.spec)), not this spec (\(spec))")
-            try require(!config.pruneTokens, "prune_tokens", "a latency table prices plans that keep every token "
-                        + "(token counts are not profiled); turn prune_tokens off or budget MACs")
+            // Token removal goes down to prefix + 2 tokens; the table must price every count on the way.
+            let fewest = spec.prefixTokens + 2, first = Int(latency.tokens[0])
+            try require(!config.pruneTokens || first <= fewest, "prune_tokens", latency.tokens.count == 1
+                        ? "the latency table prices plans that keep every token (its token grid is \(first)); profile "
+                          + "token counts (`uvc profile --tokens`), turn prune_tokens off or budget MACs"
+                        : "the latency table's token grid starts at \(first), above the \(fewest) tokens a block may "
+                          + "keep; profile from \(fewest) tokens (`uvc profile --tokens`)")
         }
         if config.pruneTokens {
             try require(spec.depth >= 2 && spec.numPatches >= 3, "prune_tokens",
@@ -145,10 +150,11 @@ public struct Solver: Sendable {
     public var unit: String { latency == nil ? "MACs" : "ms" }
 
     /// The exact cost of `plan`: MACs, or the table's ms.
-    /// - Precondition: `plan` was validated for `spec` (and keeps every token with a latency table).
+    /// - Precondition: `plan` was validated for `spec` (with a latency table: its tokens on the
+    ///   table's token grid).
     func exactCost(_ plan: ArchPlan) -> Double {
         guard let latency else { return cost.exactTotal(plan) }
-        // The plans the solver builds keep every token when it has a table (checked at init).
+        // The solver's token schedules never go below prefix + 2, which the table spans (checked at init).
         return (try? latency.exactTotal(plan)) ?? .nan
     }
 

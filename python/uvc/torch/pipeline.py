@@ -241,9 +241,6 @@ def _latency_table(settings: dict):
     if not 0 < settings["budget_latency"] <= 1:
         raise ValueError(f"--budget-latency must lie in (0, 1] (a fraction of the dense latency), got "
                          f"{settings['budget_latency']}")
-    if settings["prune_tokens"]:
-        raise ValueError("--budget-latency with token pruning (--enable_patch_gating 1): latency tables do not profile "
-                         "token counts; budget MACs (--budget) to prune tokens")
     if settings["budget_macs"] is not None:
         raise ValueError("--budget-latency and --budget-macs exclude each other")
     return LatencyTable.load(settings["latency_table"])

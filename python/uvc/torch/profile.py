@@ -8,11 +8,16 @@ prices plans with (`uvc.latency.LatencyTable`).
 Each part is the exported model's own module (`uvc.torch.slim`, random weights: latency does
 not depend on them), timed in ms per forward pass of one batch:
 
-- ``attention_ms[i][j]``: the MHSA part of a block (``norm1``, `SlimAttention`, LayerScale
+- ``attention_ms[i][j][k]``: the MHSA part of a block (``norm1``, `SlimAttention`, LayerScale
   and the residual add) with ``heads[i]`` heads and ``v_dims[j]`` value dims per head
-  (queries and keys at the full ``qk_head_dim``), on (B, N, D) tokens;
-- ``mlp_ms[k]``: the MLP part (``norm2``, `SlimMlp`, gated if the spec is, LayerScale, the
-  residual add) with ``neurons[k]`` hidden units;
+  (queries and keys at the full ``qk_head_dim``), on (B, ``tokens[k]``, D) tokens;
+- ``drop_ms[k]``: what a block that drops tokens adds to it with ``tokens[k]`` in (the
+  ranking attention and `reduce_tokens`, timed with all heads at full width dropping half of
+  the tokens, down to no fewer than prefix + 2, minus the MHSA part at the same tokens; 0 where
+  fewer than prefix + 3 tokens leave nothing to drop, in a table of one token count, and where
+  the difference is within noise);
+- ``mlp_ms[m][k]``: the MLP part (``norm2``, `SlimMlp`, gated if the spec is, LayerScale, the
+  residual add) with ``neurons[m]`` hidden units on ``tokens[k]`` tokens;
 - ``fixed_ms``: what every plan runs: patch and position embedding, pre-norm, final norm,
   pooling and head(s) (a `SlimViT` whose plan skips every block part);
 - ``dense_ms``: the whole dense `SlimViT`, for reference: ``fixed_ms`` plus ``depth`` times the
@@ -20,8 +25,8 @@ not depend on them), timed in ms per forward pass of one batch:
 
 Each value is the median over ``repeats`` passes, ``*_spread_ms`` half the inter-quartile
 range. All parts are timed interleaved (every grid point once per pass), so drifts in machine
-load hit them alike. Token counts are not profiled in this version: every part runs on
-``spec.num_tokens`` tokens, so a latency table prices plans that keep every token.
+load hit them alike. ``tokens`` is ``[spec.num_tokens]`` unless token counts are asked for
+(``tokens=`` / ``uvc profile --tokens``): such a table prices plans that keep every token.
 """
 from __future__ import annotations
 
@@ -46,7 +51,8 @@ from ..spec import ViTSpec
 from .latency import _check_int, _measuring, _time_interleaved
 from .slim import SlimBlock, SlimViT
 
-__all__ = ["profile", "save_table", "load_table", "default_v_dims", "default_neurons", "additive_dense_ms",
+__all__ = ["profile", "save_table", "load_table", "default_v_dims", "default_neurons", "default_tokens",
+           "additive_dense_ms",
            "table_summary", "profile_main", "build_profile_parser", "run_profile", "spec_and_config", "TABLE_FORMAT",
            "DTYPES", "CONFIG_KEYS"]
 
@@ -55,8 +61,9 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 # `SlimViT`'s keyword configuration a table may be measured with (``fused_attn`` is ``sdpa``).
 CONFIG_KEYS = ("qkv_bias", "proj_bias", "norm_eps", "init_values", "act", "no_embed_class", "class_token")
 _BLOCK_KEYS = ("qkv_bias", "proj_bias", "norm_eps", "init_values", "act")
-_TABLE_KEYS = ("format", "spec", "device", "batch_size", "heads", "v_dims", "neurons", "attention_ms",
-               "attention_spread_ms", "mlp_ms", "mlp_spread_ms", "fixed_ms", "fixed_spread_ms", "dense_ms",
+_TABLE_KEYS = ("format", "spec", "device", "batch_size", "heads", "v_dims", "neurons", "tokens", "attention_ms",
+               "attention_spread_ms", "mlp_ms", "mlp_spread_ms", "drop_ms", "drop_spread_ms", "fixed_ms",
+               "fixed_spread_ms", "dense_ms",
                "dense_spread_ms", "repeats", "warmup", "created")
 
 
@@ -76,6 +83,27 @@ def default_neurons(spec: ViTSpec) -> list[int]:
     least 512 wide, else 8."""
     m = spec.mlp_hidden
     return _default_grid(m, 32 if m >= 512 else 8)
+
+
+def default_tokens(spec: ViTSpec) -> list[int]:
+    """The token counts a token-pruned plan may have, on a grid of 5: prefix + 2 (the fewest a
+    block keeps: the prefix, one patch and the fused token), about a quarter, half and three
+    quarters of the tokens, and all ``num_tokens``."""
+    n, low = spec.num_tokens, min(spec.prefix_tokens + 2, spec.num_tokens)
+    return sorted({low, n, *(max(low, round(n * f)) for f in (0.25, 0.5, 0.75))})
+
+
+def _check_tokens(values, spec: ViTSpec) -> list[int]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ValueError(f"profile: tokens must be a list of ints, got {type(values).__name__}")
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in values):
+        raise ValueError(f"profile: tokens must hold ints, got {list(values)!r:.200}")
+    grid = [int(v) for v in values]
+    if not grid or grid[0] < 1 or any(b <= a for a, b in zip(grid, grid[1:])):
+        raise ValueError(f"profile: tokens must be strictly increasing counts >= 1, got {grid}")
+    if grid[-1] != spec.num_tokens:
+        raise ValueError(f"profile: tokens must end at {spec.num_tokens} (the spec's num_tokens), got {grid}")
+    return grid
 
 
 def _check_grid(values, name: str, dense: int, what: str) -> list[int]:
@@ -170,8 +198,8 @@ def _stats(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def profile(spec_or_model: ViTSpec | nn.Module, *, device: str | torch.device = "cpu", batch_size: int = 1,
             dtype: torch.dtype | str = torch.float32, threads: int | None = None, v_dims: Sequence[int] | None = None,
-            neurons: Sequence[int] | None = None, repeats: int = 30, warmup: int = 5, sdpa: bool = True,
-            progress: bool = True, config: dict | None = None) -> dict:
+            neurons: Sequence[int] | None = None, tokens: Sequence[int] | None = None, repeats: int = 30,
+            warmup: int = 5, sdpa: bool = True, progress: bool = True, config: dict | None = None) -> dict:
     """The latency table of ``spec_or_model`` (a `ViTSpec`, a timm ViT or a `SlimViT`: its
     spec, and its configuration unless ``config`` overrides it) on ``device`` at ``batch_size``
     and ``dtype``; see the module doc for what is timed and the table's keys.
@@ -179,7 +207,9 @@ def profile(spec_or_model: ViTSpec | nn.Module, *, device: str | torch.device = 
     ``threads``: CPU threads while measuring (torch's thread count is restored afterwards;
     the table records the count used). ``v_dims`` / ``neurons``: the value-width and MLP-width
     grids, strictly increasing from 1 to the dense width (default `default_v_dims`,
-    `default_neurons`). ``repeats`` (at least 3) timed passes over all grid points after
+    `default_neurons`). ``tokens``: the token counts to time every part at, strictly increasing
+    and ending at ``spec.num_tokens`` (`default_tokens` for plans that prune tokens; default
+    ``[num_tokens]`` only: every token kept; each point multiplies the passes' length). ``repeats`` (at least 3) timed passes over all grid points after
     ``warmup`` untimed ones. ``sdpa``: attention through SDPA (``fused_attn``) or the explicit
     matmul-softmax-matmul path. ``config``: `SlimViT` keywords (``qkv_bias``, ``act``,
     ``norm_eps``, ...; from a timm model `uvc.torch.introspect.model_config` gives them).
@@ -199,6 +229,7 @@ def profile(spec_or_model: ViTSpec | nn.Module, *, device: str | torch.device = 
     v_dims = _check_grid(default_v_dims(spec) if v_dims is None else v_dims, "v_dims", spec.v_head_dim, "v_head_dim")
     neurons = _check_grid(default_neurons(spec) if neurons is None else neurons, "neurons", spec.mlp_hidden,
                           "mlp_hidden")
+    tokens = [spec.num_tokens] if tokens is None else _check_tokens(tokens, spec)
     heads = list(range(1, spec.num_heads + 1))
 
     dd = dict(device=dev, dtype=dtype)
@@ -211,29 +242,47 @@ def profile(spec_or_model: ViTSpec | nn.Module, *, device: str | torch.device = 
                               **{k: config[k] for k in _BLOCK_KEYS if k in config}, **dd)
     attention = [block(num_heads=h, v_dim=v, mlp_hidden=0) for h in heads for v in v_dims]
     mlp = [block(num_heads=0, v_dim=0, mlp_hidden=n) for n in neurons]
+    # A dropping block at each token count that leaves something to drop (prefix + 3 or more);
+    # none with one token point, where no plan that drops is priced.
+    floor = spec.prefix_tokens + 2
+    drops = {k: block(num_heads=spec.num_heads, v_dim=spec.v_head_dim, mlp_hidden=0, tokens_out=max(floor, n // 2),
+                      prefix_tokens=spec.prefix_tokens, class_token=spec.class_token)
+             for k, n in enumerate(tokens) if n > floor and len(tokens) > 1}
 
     gen = torch.Generator(device=dev).manual_seed(0)
-    tokens = torch.randn((batch_size, spec.num_tokens, spec.embed_dim), generator=gen, device=dev).to(dtype)
+    x = torch.randn((batch_size, spec.num_tokens, spec.embed_dim), generator=gen, device=dev).to(dtype)
+    inputs = [x[:, :n].contiguous() for n in tokens]
     images = torch.randn((batch_size, spec.in_channels, *spec.image_size), generator=gen, device=dev).to(dtype)
-    modules = attention + mlp + [fixed, dense]
-    calls = [functools.partial(m, tokens) for m in attention + mlp] + [functools.partial(fixed, images),
-                                                                       functools.partial(dense, images)]
+    modules = attention + mlp + list(drops.values()) + [fixed, dense]
+    calls = ([functools.partial(m, t) for m in attention for t in inputs]
+             + [functools.partial(m, t) for m in mlp for t in inputs]
+             + [functools.partial(m, inputs[k]) for k, m in drops.items()]
+             + [functools.partial(fixed, images), functools.partial(dense, images)])
     from tqdm.auto import tqdm
     with tqdm(total=warmup + repeats, desc=f"profile {len(calls)} parts", unit="pass", disable=not progress,
               leave=False) as bar, _measuring(modules, threads):
         used_threads = torch.get_num_threads()
         times = _time_interleaved(calls, warmup=warmup, repeats=repeats, device=dev, on_pass=bar.update)
     median, spread = _stats(times)
-    na, nm = len(attention), len(mlp)
-    shape = (len(heads), len(v_dims))
+    nt = len(tokens)
+    na, nm = len(attention) * nt, len(mlp) * nt
+    att_shape, mlp_shape = (len(heads), len(v_dims), nt), (len(neurons), nt)
+    dense_attention = median[:na].reshape(att_shape)[-1, -1]
+    drop, drop_spread = np.zeros(nt), np.zeros(nt)
+    for i, k in enumerate(drops):
+        # The difference of two medians can fall below 0 within the noise: no time is negative.
+        drop[k] = max(0.0, float(median[na + nm + i] - dense_attention[k]))
+        drop_spread[k] = spread[na + nm + i]
     return {"format": TABLE_FORMAT, "spec": spec.to_dict(),
             "device": {"type": dev.type, "name": _device_name(dev), "torch": torch.__version__,
                        "threads": int(used_threads), "dtype": next(k for k, v in DTYPES.items() if v == dtype),
                        "sdpa": sdpa},
-            "batch_size": batch_size, "heads": heads, "v_dims": v_dims, "neurons": neurons,
-            "attention_ms": median[:na].reshape(shape).tolist(),
-            "attention_spread_ms": spread[:na].reshape(shape).tolist(),
-            "mlp_ms": median[na:na + nm].tolist(), "mlp_spread_ms": spread[na:na + nm].tolist(),
+            "batch_size": batch_size, "heads": heads, "v_dims": v_dims, "neurons": neurons, "tokens": tokens,
+            "attention_ms": median[:na].reshape(att_shape).tolist(),
+            "attention_spread_ms": spread[:na].reshape(att_shape).tolist(),
+            "mlp_ms": median[na:na + nm].reshape(mlp_shape).tolist(),
+            "mlp_spread_ms": spread[na:na + nm].reshape(mlp_shape).tolist(),
+            "drop_ms": drop.tolist(), "drop_spread_ms": drop_spread.tolist(),
             "fixed_ms": float(median[-2]), "fixed_spread_ms": float(spread[-2]),
             "dense_ms": float(median[-1]), "dense_spread_ms": float(spread[-1]),
             "repeats": repeats, "warmup": warmup,
@@ -243,8 +292,7 @@ def profile(spec_or_model: ViTSpec | nn.Module, *, device: str | torch.device = 
 def additive_dense_ms(table: dict) -> float:
     """The table's price of the dense plan: ``fixed_ms`` + depth × (MHSA at all heads and the
     full value width + MLP at the full width). Close to ``dense_ms`` when the parts add up."""
-    depth = table["spec"]["depth"]
-    return table["fixed_ms"] + depth * (table["attention_ms"][-1][-1] + table["mlp_ms"][-1])
+    return LatencyTable({k: v for k, v in table.items() if k != "dense_ms"}).predict()
 
 
 def save_table(table: dict, path: str | os.PathLike) -> None:
@@ -286,6 +334,9 @@ def build_profile_parser(parser: argparse.ArgumentParser | None = None) -> argpa
                    help="value widths per head to time, 1 ... v_head_dim (default: steps of 8, or v_head_dim/4)")
     p.add_argument("--neurons", type=int, nargs="+",
                    help="MLP widths to time, 1 ... mlp_hidden (default: steps of 32, or 8 below 512)")
+    p.add_argument("--tokens", type=int, nargs="*",
+                   help="token counts to time every part at, ending at the model's tokens, for plans that prune "
+                        "tokens; alone: prefix + 2, 1/4, 1/2, 3/4 and all of them (default: all tokens only)")
     p.add_argument("--repeats", type=int, default=30, help="timed passes over all parts (at least 3)")
     p.add_argument("--warmup", type=int, default=5, help="untimed passes first")
     p.add_argument("--no-sdpa", dest="sdpa", action="store_false", help="time explicit attention instead of SDPA")
@@ -299,7 +350,9 @@ def run_profile(args: argparse.Namespace) -> int:
     from .pipeline import load_model
     model, _ = load_model(args.model)
     table = profile(model, device=args.device, batch_size=args.batch_size, dtype=args.dtype, threads=args.threads,
-                    v_dims=args.v_dims, neurons=args.neurons, repeats=args.repeats, warmup=args.warmup,
+                    v_dims=args.v_dims, neurons=args.neurons,
+                    tokens=None if args.tokens is None else args.tokens or default_tokens(spec_and_config(model)[0]),
+                    repeats=args.repeats, warmup=args.warmup,
                     sdpa=args.sdpa, progress=not args.quiet)
     save_table(table, args.out)
     print(table_summary(table))
@@ -314,8 +367,9 @@ def table_summary(table: dict) -> str:
     return "\n".join([
         f"{spec.get('name') or 'model'} on {d['type']} ({d['name']}), {d['dtype']}, batch {table['batch_size']}, "
         f"{d['threads']} threads, {'SDPA' if d['sdpa'] else 'explicit attention'}, {table['repeats']} repeats",
-        f"grid: {len(table['heads'])} heads x {len(table['v_dims'])} v dims = "
-        f"{len(table['heads']) * len(table['v_dims'])} MHSA points, {len(table['neurons'])} MLP points",
+        f"grid: {len(table['heads'])} heads x {len(table['v_dims'])} v dims x {len(table['tokens'])} token counts = "
+        f"{len(table['heads']) * len(table['v_dims']) * len(table['tokens'])} MHSA points, "
+        f"{len(table['neurons']) * len(table['tokens'])} MLP points (tokens {table['tokens']})",
         f"dense   {dense:9.3f} ms (± {table['dense_spread_ms']:.3f})",
         f"fixed   {table['fixed_ms']:9.3f} ms (± {table['fixed_spread_ms']:.3f})",
         f"fixed + {spec['depth']} x (MHSA + MLP) at the dense plan {estimate:.3f} ms = {estimate / dense:.3f} x "

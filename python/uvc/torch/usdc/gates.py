@@ -127,7 +127,7 @@ def gate_ms(table: LatencyTable, kinds: Sequence[str] = GATE_KINDS, *, hidden: i
         times = _time_interleaved([functools.partial(decide, g) for g in gates] + [functools.partial(reference, tokens)],
                                   warmup=warmup, repeats=repeats, device=dev)
     median = np.median(times, axis=1)
-    dense_attention = float(table.native_args[3][-1, -1])  # all heads, full value width, scaled
+    dense_attention = table.dense_attention_ms
     return median[:-1] / median[-1] * dense_attention
 
 
