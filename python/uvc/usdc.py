@@ -243,7 +243,7 @@ def resource_loss(spec: ViTSpec, *, head_probs, neuron_probs, part_probs, rates,
     ``latency``: a `uvc.LatencyTable` measured for ``spec``: C is then the table's latency in ms
     at the expected counts (piecewise linear, exact at 0/1 inputs), F a ratio of the table's
     dense latency, and the gate networks' cost is ``gate_ms`` (depth, O): ms per batch of each
-    option at the table's batch size (`uvc.torch.profile.gate_latency`), in place of
+    option at the table's batch size (`uvc.torch.usdc.gates.gate_ms`), in place of
     ``gate_macs``. ``grad`` then names that input ``gate_ms``.
     """
     if not isinstance(spec, ViTSpec):

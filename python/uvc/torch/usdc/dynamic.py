@@ -131,24 +131,25 @@ class DynamicViT(nn.Module):
         spec, plan = self.spec, self.plan
         d = spec.depth
         heads, neurons, parts = np.zeros((d, spec.num_heads)), np.zeros((d, spec.mlp_hidden)), np.zeros((d, 2))
-        macs, probs = np.zeros((d, 1)), np.ones((d, 1))
+        costs, probs = np.zeros((d, 1)), np.ones((d, 1))
         for l, layer in enumerate(plan.layers):
             heads[l, list(layer.heads)] = 1
             neurons[l, list(layer.neurons)] = 1
             parts[l] = [layer.attn, layer.mlp]
         if latency is None:
-            for j, l in enumerate(self.slim.block_index):
-                g = self.gates[j]
-                macs[l] = gate_macs(g.kind, spec.embed_dim, spec.num_tokens, hidden=g.hidden, kernel=g.kernel,
-                                    convention=convention)
-            return dict(head_probs=heads, neuron_probs=neurons, part_probs=parts, gate_macs=macs, gate_probs=probs)
-        # One timing per distinct gate network.
-        kinds = sorted({(g.kind, g.hidden, g.kernel) for g in self.gates})
-        ms = {k: float(gate_ms(latency, [k[0]], hidden=k[1], kernel=k[2])[0]) for k in kinds}
+            name = "gate_macs"
+            def cost(g):
+                return gate_macs(g.kind, spec.embed_dim, spec.num_tokens, hidden=g.hidden, kernel=g.kernel,
+                                 convention=convention)
+        else:
+            # One timing per distinct gate network.
+            name, ms = "gate_ms", {k: float(gate_ms(latency, [k[0]], hidden=k[1], kernel=k[2])[0])
+                                   for k in sorted({(g.kind, g.hidden, g.kernel) for g in self.gates})}
+            def cost(g):
+                return ms[(g.kind, g.hidden, g.kernel)]
         for j, l in enumerate(self.slim.block_index):
-            g = self.gates[j]
-            macs[l] = ms[(g.kind, g.hidden, g.kernel)]
-        return dict(head_probs=heads, neuron_probs=neurons, part_probs=parts, gate_ms=macs, gate_probs=probs)
+            costs[l] = cost(self.gates[j])
+        return dict(head_probs=heads, neuron_probs=neurons, part_probs=parts, gate_probs=probs, **{name: costs})
 
     def average_macs(self, convention: "str | Convention" = "uvc") -> dict:
         """MACs per image averaged over the images since `reset_stats` (eval mode), gate
