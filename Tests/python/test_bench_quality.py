@@ -92,3 +92,19 @@ def test_a_missing_torch_pruning_says_how_to_install_it(bench, capsys, monkeypat
         bench.main(["--rows", "tp_taylor", "--out", str(tmp_path / "q.json")])
     err = capsys.readouterr().err
     assert "--rows tp_taylor" in err and 'pip install "uvc[bench]"' in err, err
+
+
+def test_margins_name_the_best_other_row_and_the_gap_to_dense(bench):
+    _, args = bench.parse(["--models", "demo", "--budgets", "0.5", "--seeds", "0", "1", "--rows", "uvc", "tp_l2",
+                           "uniform"])
+    acc = {("uvc", 0): 91.0, ("uvc", 1): 90.0, ("tp_l2", 0): 89.0, ("tp_l2", 1): 90.5,
+           ("uniform", 0): 88.0, ("uniform", 1): 88.0}
+    keys = {("demo", 0.5, s, r): f"{r}{s}" for r, s in acc}
+    data = {"dense": {bench.dense_key(args, "demo", s): {"acc": 92.0 - s} for s in (0, 1)},
+            "rows": {f"{r}{s}": {"acc": a} for (r, s), a in acc.items()}}
+    m = bench.margins(args, data, keys)["demo_b0.5"]
+    assert m["runner_up"] == "tp_l2"
+    assert m["uvc"] == pytest.approx(90.5) and m["lead"] == pytest.approx(90.5 - 89.75)
+    assert m["to_dense"] == pytest.approx(90.5 - 91.5)
+    _, alone = bench.parse(["--rows", "uvc"])
+    assert bench.margins(alone, data, keys) == {}
