@@ -80,9 +80,9 @@ def parse(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser.add_argument("--epochs", type=int, default=8, help="training epochs of every row (search included)")
     parser.add_argument("--subset", type=int, default=20000, help="training images per epoch (a seeded subset)")
     parser.add_argument("--search-fraction", type=float, default=0.5, help="uvc: the share of the epochs searching")
-    # taylor: on the demo at seed 0 it led proj by 0.99 points at 0.3 of the MACs (88.64 -> 89.63 %).
-    parser.add_argument("--importance", choices=COMPRESS["importance"].choices, default="taylor",
-                        help="uvc: what the search scores value dims and neurons by")
+    parser.add_argument("--importance", choices=COMPRESS["importance"].choices,
+                        default=COMPRESS.defaults()["importance"],
+                        help="uvc: what the search scores value dims and neurons by (default: uvc compress's)")
     parser.add_argument("--eval-subset", type=int, help="test images (default all 10 000)")
     parser.add_argument("--calibration", type=int, default=1024, help="tp_taylor: training images to score on")
     parser.add_argument("--threads", type=int, default=2)

@@ -367,7 +367,7 @@ COMPRESS = Stage("compress", "stage 1: search the architecture under the budget 
     Setting("enable_pruning", bool, True, "0: remove no heads, value dims or neurons (whatever --prune-* say)",
             flags=("--enable_pruning",), binary=True),
     *_solver(),
-    Setting("importance", str, "proj", "what the solver scores each value dim and neuron by: proj (squared norm of "
+    Setting("importance", str, "taylor", "what the solver scores each value dim and neuron by: proj (squared norm of "
             "its attn.proj / mlp.fc2 input column), group (squared norm of all its coupled weights: qkv's v row, "
             "fc1 rows, biases, the column) or taylor (first-order loss change: absolute Σ w·∂L/∂w over those weights, "
             "moving average over steps)",

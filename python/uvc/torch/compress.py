@@ -44,9 +44,10 @@ class Compressor:
     steps per epoch, to turn steps into the fractional epochs the solver's schedules use.
     ``optimizer``: where the current learning rate η_W (proximal shrink) is read; or pass
     ``lr=`` to `step`. ``importance``: what the solver scores each value dim and neuron by, a
-    name of `uvc.torch.importance.CRITERIA` ("proj", the default: the squared norm of its proj /
-    fc2 input column; "group": of all its coupled weights; "taylor": |Σ w·∂L/∂w| over them, a
-    moving average over steps) or an `uvc.torch.importance.Importance` object. Other keywords
+    name of `uvc.torch.importance.CRITERIA` ("proj": the squared norm of its proj / fc2 input
+    column, as the original; "group": of all its coupled weights; "taylor", the default:
+    |Σ w·∂L/∂w| over them, a moving average over steps) or an `uvc.torch.importance.Importance`
+    object. Other keywords
     go to `uvc.Solver`.
 
     With ``prune_tokens=True`` the number of tokens each block takes is learned too: blocks
@@ -58,7 +59,7 @@ class Compressor:
     """
 
     def __init__(self, model: nn.Module, budget: float = 0.5, *, steps_per_epoch: int,
-                 optimizer: torch.optim.Optimizer | None = None, importance: str | Importance = "proj",
+                 optimizer: torch.optim.Optimizer | None = None, importance: str | Importance = "taylor",
                  **solver_kwargs):
         check_supported(model)
         self.importance = make_importance(importance)

@@ -1,18 +1,19 @@
 """How important each value dim and MLP neuron of a timm ViT is to the UVC search: one interface,
 several criteria (as Torch-Pruning's ``importance``). `uvc.torch.Compressor` takes one by name
-(``importance="proj"``, `CRITERIA`) or as an object with the `Importance` interface.
+(``importance="taylor"``, `CRITERIA`) or as an object with the `Importance` interface.
 
 A group is what removing one unit removes. Value dim j of head h in block l (index
 h·v_head_dim + j): its qkv value row (weight row and bias entry; `introspect.value_rows`) and
 proj's input column h·v_head_dim + j. Neuron i: its fc1 row (two rows, gate and value, in a
 gated MLP; `introspect.unit_rows`), their bias entries and fc2's input column i.
 
-* ``"proj"`` (default): Σ_o proj.W[o, c]², Σ_o fc2.W[o, i]²: the squared norm of the column
-  the Compressor's masks and proximal shrink act on. Unit: weight².
+* ``"proj"`` (the original UVC's): Σ_o proj.W[o, c]², Σ_o fc2.W[o, i]²: the squared norm of the
+  column the Compressor's masks and proximal shrink act on. Unit: weight².
 * ``"group"``: the squared norm of the whole group, Σ_{w ∈ group} w². Unit: weight².
 * ``"taylor"``: |Σ_{w ∈ group} w·∂L/∂w|, the first-order change of the loss L when the group is
   zeroed, from the gradients in ``.grad`` when `Importance.accumulate` is called, as an
-  exponential moving average over steps (`Taylor`). Unit: loss.
+  exponential moving average over steps (`Taylor`). Unit: loss. The default: on the quality
+  benchmark (README) it beat ``"proj"`` by 0.93 points at 0.3 of the MACs and was level at 0.5.
 
 Scores are reduced on the model's device, float32: ``dims`` (depth, heads·v_head_dim) and
 ``neurons`` (depth, mlp_hidden); the Compressor moves them to the host in its one transfer.
