@@ -48,6 +48,7 @@ import argparse
 import json
 import math
 import time
+from statistics import fmean
 from pathlib import Path
 
 import torch
@@ -323,15 +324,14 @@ def margins(args, data: dict, keys: dict) -> dict:
     """Per model and budget, where the table's uvc row stands (means over the seeds, top-1 points):
     ``lead``, uvc minus the best other row (named in ``runner_up``), and ``to_dense``, uvc minus
     the dense model. Empty without a uvc row and at least one other."""
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     others = [r for r in args.rows if r != "uvc"]
     if "uvc" not in args.rows or not others:
         return {}
     out = {}
     for model in args.models:
-        dense = mean([data["dense"][dense_key(args, model, s)]["acc"] for s in args.seeds])
+        dense = fmean([data["dense"][dense_key(args, model, s)]["acc"] for s in args.seeds])
         for budget in args.budgets:
-            acc = {r: mean([data["rows"][keys[model, budget, s, r]]["acc"] for s in args.seeds]) for r in args.rows}
+            acc = {r: fmean([data["rows"][keys[model, budget, s, r]]["acc"] for s in args.seeds]) for r in args.rows}
             runner_up = max(others, key=acc.get)
             out[f"{model}_b{budget:g}"] = {"uvc": acc["uvc"], "runner_up": runner_up,
                                            "lead": acc["uvc"] - acc[runner_up], "to_dense": acc["uvc"] - dense}

@@ -1,6 +1,6 @@
 """Pluggable group importance of the Compressor (`uvc.torch.importance`): every criterion against
 its formula computed here by explicit loops over heads, value dims and neurons, the Taylor
-moving average, gated MLPs, the "proj" default reproducing the former scores, clear errors, and
+moving average, gated MLPs, "proj" (the former default) reproducing the former scores, clear errors, and
 exact resume of a "taylor" search."""
 import copy
 
@@ -97,7 +97,7 @@ def backward(model, seed: int = 0):
 
 def test_the_names_are_the_settings_choices():
     assert CRITERIA == ("proj", "group", "taylor")
-    assert COMPRESS["importance"].choices == CRITERIA and COMPRESS["importance"].default == "proj"
+    assert COMPRESS["importance"].choices == CRITERIA and COMPRESS["importance"].default == "taylor"
     assert [type(make_importance(n)) for n in CRITERIA] == [Proj, Group, Taylor]
 
 
@@ -121,7 +121,7 @@ def test_proj_reproduces_the_former_compressor_scores():
     with torch.no_grad():  # uneven columns, as after some proximal shrink
         model.blocks[1].attn.proj.weight[:, 3] *= 0.1
         model.blocks[0].mlp.fc2.weight[:, 7] = 0
-    comp = Compressor(model, 0.5, steps_per_epoch=1)
+    comp = Compressor(model, 0.5, steps_per_epoch=1, importance="proj")
     dims, neurons = comp.scores()
     # The scores() of before importance was pluggable, verbatim.
     proj = torch.stack([b.attn.proj.weight.float().pow(2).sum(0) for b in model.blocks])
