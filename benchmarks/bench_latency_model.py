@@ -16,7 +16,9 @@ table's grid, a third with many skipped block parts. With ``--tokens`` the table
 some, the counts anywhere between the table's token points). Each is exported as a `SlimViT` (random
 weights, the model's configuration) and all of them plus the dense one are timed interleaved in
 one run (`compare_latency`). Prints per plan the table's price and the measured median, and
-writes them to benchmarks/results/latency_model.json (or ``--out``).
+writes them to benchmarks/results/latency_model.json (or ``--out``). A table with ``chain_ms``
+(every table with a token axis) is also priced without it, side by side: what the per-token-count
+chain scale changes.
 
 Targets: median |predicted − measured| / measured ≤ 10 % and Spearman rank correlation
 ≥ 0.9 between predicted and measured. MACs' rank correlation is shown for comparison.
@@ -101,7 +103,8 @@ def get_table(source, spec: ViTSpec, args, threads: int, folder: Path) -> tuple[
     path = Path(args.table) if args.table else _cache_path(folder, args.model, args, threads)
     if path.exists():
         table = load_table(path)
-        if ViTSpec.from_dict(table["spec"]).replace(name=None) == spec.replace(name=None):
+        stale = args.tokens and "chain_ms" not in table and not args.table  # profiled before chains were timed
+        if ViTSpec.from_dict(table["spec"]).replace(name=None) == spec.replace(name=None) and not stale:
             print(f"latency table: {path} (cached)")
             return table, path
         if args.table:
@@ -142,6 +145,9 @@ def main(argv=None) -> int:
     spec, config = spec_and_config(source)
     table, table_path = get_table(source, spec, args, threads, out.parent)
     priced = LatencyTable(table, source=str(table_path))  # the core's price of a plan
+    # The same table without its per-token-count chain scale, priced side by side.
+    unchained = (LatencyTable({k: v for k, v in table.items() if k not in ("chain_ms", "chain_spread_ms")},
+                              source=str(table_path)) if "chain_ms" in table else None)
     dense = ArchPlan.dense(spec)
     if args.tokens and len(priced.tokens) == 1:
         raise SystemExit(f"--tokens: the table {table_path} has no token axis; profile one (drop --table)")
@@ -157,6 +163,7 @@ def main(argv=None) -> int:
         m = measured[name][args.batch_size]
         predicted = priced.predict(plan)
         rows.append({"name": name, "kind": kind, "predicted_ms": predicted, "measured_ms": m["median_ms"],
+                     **({} if unchained is None else {"unchained_ms": unchained.predict(plan)}),
                      "measured_p10_ms": m["p10_ms"], "measured_p90_ms": m["p90_ms"],
                      "rel_err": predicted / m["median_ms"] - 1, "macs_ratio": cost.count(spec, plan).macs / dense_macs,
                      "counts": plan.counts.tolist()})
@@ -170,6 +177,12 @@ def main(argv=None) -> int:
     met = {"median_abs_rel_err": err <= TARGET_ERR, "spearman": rho >= TARGET_RHO}
     by_kind = {k: float(np.median([abs(r["rel_err"]) for r in rows if r["kind"] == k]))
                for k in dict.fromkeys(r["kind"] for r in rows)}
+    if unchained is not None:
+        flat = np.array([r["unchained_ms"] for r in rows])
+        chain_off = {"median_abs_rel_err": float(np.median(np.abs(flat / meas - 1))),
+                     "spearman": float(spearmanr(flat, meas).statistic),
+                     "by_kind": {k: float(np.median([abs(r["unchained_ms"] / r["measured_ms"] - 1) for r in rows
+                                                     if r["kind"] == k])) for k in by_kind}}
 
     print(text_table(["plan", "MACs ratio", "predicted ms", "measured ms", "p10-p90 ms", "error"],
                      [[r["name"], f"{r['macs_ratio']:.3f}", f"{r['predicted_ms']:.3f}", f"{r['measured_ms']:.3f}",
@@ -181,6 +194,10 @@ def main(argv=None) -> int:
     print(f"median |error| {err:.1%} (target <= {TARGET_ERR:.0%}), Spearman {rho:.3f} (target >= {TARGET_RHO}); "
           f"MACs' Spearman {rho_macs:.3f}; median |error| of the latency ratios to dense {ratio_err:.1%}")
     print("median |error| by kind: " + ", ".join(f"{k} {v:.1%}" for k, v in by_kind.items()))
+    if unchained is not None:
+        print(f"the same table without its chain scale (chain_ms): median |error| "
+              f"{chain_off['median_abs_rel_err']:.1%}, Spearman {chain_off['spearman']:.3f}; by kind: "
+              + ", ".join(f"{k} {v:.1%}" for k, v in chain_off["by_kind"].items()))
     if all(met.values()):
         print("targets met")
     else:
@@ -193,6 +210,7 @@ def main(argv=None) -> int:
             "batch_size": args.batch_size, "threads": threads, "repeats": args.repeats, "warmup": args.warmup,
             "seed": args.seed, "smoke": args.smoke, "tokens": args.tokens, "table": str(table_path), "plan_row": list(PLAN_ROW),
             "median_abs_rel_err": err, "median_abs_ratio_err": ratio_err, "median_abs_rel_err_by_kind": by_kind, "spearman": rho, "macs_spearman": rho_macs,
+            "without_chain_scale": None if unchained is None else chain_off,
             "targets": {"median_abs_rel_err": TARGET_ERR, "spearman": TARGET_RHO}, "met": met, "plans": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1))

@@ -7,8 +7,9 @@ stage-2 defaults of `uvc.settings.FINETUNE` for every row).
 
 Rows (per model × budget × seed):
   uvc          the UVC search (`pipeline.compress`, budget counted in the fvcore convention, the
-               recipe of `uvc demo`'s stage 1) for round(search fraction × epochs) epochs, then
-               fine-tuning for the rest;
+               recipe of `uvc demo`'s stage 1) for round(search fraction × epochs) epochs, the plan
+               fitted to the budget at export (unless --no-fit-budget; refit by least squares with
+               --reconstruct), then fine-tuning for the rest;
   uvc_prune    `uvc prune` without training (first-order Taylor scores on --calibration training
                images, the budget spent across layers by the cost model, kept proj / fc2 columns
                refit by least squares), then fine-tuning for all the epochs;
@@ -30,8 +31,8 @@ timm model is converted to a `uvc.torch.SlimViT` of the same weights (checked: t
 so every row is saved, fine-tuned, counted and timed as the same kind of module.
 
     python benchmarks/bench_quality.py [--models demo deep] [--budgets 0.5 0.3] [--seeds 0 1]
-        [--rows ...] [--epochs 8] [--subset 20000] [--search-fraction 0.5] [--importance taylor]
-    python benchmarks/bench_quality.py --smoke    # demo model, budget 0.5, seed 0, a few steps per row (CI)
+        [--rows ...] [--epochs 8] [--subset 20000] [--search-fraction 0.25] [--importance taylor] [--no-fit-budget]
+    python benchmarks/bench_quality.py --smoke    # demo model, budget 0.5, seed 0, a few steps per row, 1 + 1 epochs for uvc (CI)
 
 Prints a table (per model and budget, mean ± half the range over the seeds, with uvc's lead over
 the best other row and its distance to the dense model) and writes
@@ -68,7 +69,7 @@ SEARCH = dict(learning_rate=5e-4, warmup_epochs=0.25)
 SMOKE_SOLVER = dict(warmup_epochs=0.0, lr_counts=(0.2, 0.2, 0.2), hysteresis=0.0, z_init=20.0, budget_damping=50.0)
 # --smoke: 32 steps of 8 images per epoch; one thread, which a busy 2-core machine runs best.
 SMOKE = dict(models=["demo"], budgets=[0.5], seeds=[0], epochs=2, subset=256, eval_subset=200, calibration=64,
-             batch_size=8, threads=1, solver=SMOKE_SOLVER)
+             batch_size=8, threads=1, solver=SMOKE_SOLVER, search_fraction=0.5)
 
 
 def parse(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -80,12 +81,20 @@ def parse(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     parser.add_argument("--epochs", type=int, default=8, help="training epochs of every row (search included)")
     parser.add_argument("--subset", type=int, default=20000, help="training images per epoch (a seeded subset)")
-    parser.add_argument("--search-fraction", type=float, default=0.5, help="uvc: the share of the epochs searching")
+    parser.add_argument("--search-fraction", type=float, default=0.25, help="uvc: the share of the epochs searching")
     parser.add_argument("--importance", choices=COMPRESS["importance"].choices,
                         default=COMPRESS.defaults()["importance"],
                         help="uvc: what the search scores value dims and neurons by (default: uvc compress's)")
+    parser.add_argument("--fit-budget", action=argparse.BooleanOptionalAction,
+                        default=COMPRESS.defaults()["fit_budget"],
+                        help="uvc: fit the searched plan to the budget at export (default: uvc compress's)")
+    parser.add_argument("--reconstruct", action=argparse.BooleanOptionalAction,
+                        default=COMPRESS.defaults()["reconstruct"],
+                        help="uvc: refit the exported model by least squares on --calibration images before "
+                        "fine-tuning (default: uvc compress's)")
     parser.add_argument("--eval-subset", type=int, help="test images (default all 10 000)")
-    parser.add_argument("--calibration", type=int, default=1024, help="tp_taylor: training images to score on")
+    parser.add_argument("--calibration", type=int, default=1024,
+                        help="tp_taylor, uvc_prune: training images to score on (and uvc --reconstruct's to refit on)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", help="where to train (default: cuda if available); latency is on the CPU")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
@@ -133,7 +142,8 @@ def key_of(args, model: str, budget: float, seed: int, row: str) -> str:
     key = (f"{model}_b{budget:g}_s{seed}_{row}_e{args.epochs}_n{args.subset}_bs{args.batch_size}"
            f"_v{args.eval_subset or 'all'}")
     if row in ("uvc", "uvc_scratch"):
-        key += f"_f{args.search_fraction:g}_i{args.importance}" + ("_smoke" if args.solver else "")
+        key += (f"_f{args.search_fraction:g}_i{args.importance}" + ("_fit" if args.fit_budget else "")
+                + (f"_rec{args.calibration}" if args.reconstruct else "") + ("_smoke" if args.solver else ""))
     if row in ("tp_taylor", "uvc_prune"):
         key += f"_c{args.calibration}"
     return key
@@ -282,9 +292,11 @@ def run_row(args, model_name: str, meta: dict, budget: float, seed: int, row: st
         s1 = compress(model=model_name, budget=budget, num_epochs=search, convention="fvcore", output_dir=str(out),
                       zlr_schedule=tuple(float(e) for e in range(1, search)),
                       resume=(out / "stage1" / "checkpoint.pt").is_file(),
-                      importance=args.importance, **{**SEARCH, **args.solver}, **distill, **data_settings(args, seed))
+                      importance=args.importance, fit_budget=args.fit_budget, reconstruct=args.reconstruct,
+                      calibration=args.calibration, **{**SEARCH, **args.solver}, **distill, **data_settings(args, seed))
         start_dir, train_seconds = out / "stage1_model", epoch_seconds(out / "stage1" / "log.jsonl")
         entry.update(acc_before=s1["exported_acc"], search_epochs=search, importance=args.importance,
+                     fit_budget=args.fit_budget, reconstruct=args.reconstruct,
                      budget_met=s1["budget_met"])
     else:
         if row == "uvc_scratch":

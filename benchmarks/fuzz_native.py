@@ -122,7 +122,7 @@ NATIVE_SIGS: dict[str, list[tuple[str, str, bool]]] = {
                     ("gate_grad", "n", False), ("token_scores", "n", False), ("lr", "s", False), ("epoch", "s", False)]
                    + _GROUPS_OUT("factor"),
     "Solver.masks": _GROUPS_OUT("mask"),
-    "Solver.plan": [("round_to", "i", False), ("counts_out", "q", True)] + _GROUPS_OUT("mask"),
+    "Solver.plan": [("round_to", "i", False), ("fit", "i", False), ("counts_out", "q", True)] + _GROUPS_OUT("mask"),
     "Solver.summary": [("out", "d", True)],
     "Solver.fields": [("out", "d", True)],
     "Solver.save": [],
@@ -577,14 +577,14 @@ def _solver_follow(r, c, s: Snapshot) -> tuple:
     epoch = s.epoch + r.random()
     tokens = sc.token_scores[k] if s.tokens else None
     grad = sc.gate_grads[k]
-    round_to = r.choice([1, 2, 8])
+    round_to, fit = r.choice([1, 2, 8]), r.choice([0, 1])
     fns = {
         "summary": lambda o: o.summary(np.empty(s.n_summary)),
         "fields": lambda o: o.fields(np.empty(s.n_fields)),
         "step": lambda o: o.step(*sc.scores[k], grad, tokens, 1e-3, epoch, *(np.empty(x) for x in sc.shapes)),
         "sample_gates": lambda o: o.sample_gates(epoch, np.empty((d, 2))),
         "masks": lambda o: o.masks(*(np.empty(x) for x in sc.shapes)),
-        "plan": lambda o: o.plan(round_to, np.empty((d, 6), np.int64), *(np.empty(x) for x in sc.shapes)),
+        "plan": lambda o: o.plan(round_to, fit, np.empty((d, 6), np.int64), *(np.empty(x) for x in sc.shapes)),
         "layout": lambda o: json.loads(o.layout()),
         "save": lambda o: o.save(),
     }
@@ -629,7 +629,8 @@ def b_solver_masks(r, c, edge):
 def b_solver_plan(r, c, edge):
     def args(s, sc):
         round_to = r.choice([1, 2, 3, 4, 8, 16, 2 ** 20, 2 ** 20 + 1, 0, 2 ** 62]) if edge else r.choice([1, 2, 4, 8])
-        return [round_to, np.empty((s.spec.depth, 6), dtype=np.int64), *(np.empty(x) for x in sc.shapes)]
+        fit = r.choice([0, 1, 2, -1]) if edge else r.choice([0, 1])
+        return [round_to, fit, np.empty((s.spec.depth, 6), dtype=np.int64), *(np.empty(x) for x in sc.shapes)]
     return _solver_method("plan", r, c, args)
 
 
@@ -821,7 +822,7 @@ def _thread_ops(r, c, s: Snapshot | None, n: int, edge: bool, shared: bool) -> l
             elif name == "sample_gates":
                 args = [epoch, np.empty((d, 2))]
             elif name == "plan":
-                args = [r.choice([1, 8]), np.empty((d, 6), np.int64), *outs()]
+                args = [r.choice([1, 8]), r.choice([0, 1]), np.empty((d, 6), np.int64), *outs()]
             elif name == "masks":
                 args = outs()
             elif name == "summary":
@@ -1152,7 +1153,8 @@ def b_api_solver_plan(r, c, edge):
     s, solver = _solver(r, c)
     rt = r.choice([1, 2, 3, 8, 2 ** 20, 2 ** 62]) if edge else r.choice([1, 2, 4, 8])
     if r.random() < 0.3:
-        return _api_method("Solver.plan", r, c, s, solver, solver.plan, [], {"round_to": rt}, [], {"round_to": O("int")})
+        return _api_method("Solver.plan", r, c, s, solver, solver.plan, [], {"round_to": rt, "fit": r.random() < 0.5},
+                           [], {"round_to": O("int"), "fit": O("bool")})
     return _api_method("Solver.plan", r, c, s, solver, solver.plan, [rt], {}, [O("int")], {})
 
 

@@ -83,7 +83,7 @@ final class SolverHandle: Handle {
     static let step = ["head_scores", "dim_scores", "neuron_scores", "gate_grad", "token_scores", "lr", "epoch",
                        "head_factor", "dim_factor", "neuron_factor"]
     static let gates = ["epoch", "gates_out"], masks = ["head_mask", "dim_mask", "neuron_mask"]
-    static let plan = ["round_to", "counts_out", "head_mask", "dim_mask", "neuron_mask"]
+    static let plan = ["round_to", "fit", "counts_out", "head_mask", "dim_mask", "neuron_mask"]
     static let out = ["out"], none: [String] = [], load = ["state"]
 
     let session: SolverSession
@@ -125,8 +125,9 @@ final class SolverHandle: Handle {
         case Int32(UVC_SOLVER_PLAN):
             let a = try call.arguments(SolverHandle.plan)
             let roundTo = Int(try a.integer(0, in: 1...(1 << 20)))
-            let counts = try a.ints(1, (d, LayerPlan.encodedCount, -1), output: true)
-            call.float(try session.plan(roundTo: roundTo, counts: counts.buffer, masks: try outputs(a, 2)))
+            let fit = try a.integer(1, in: 0...1) == 1
+            let counts = try a.ints(2, (d, LayerPlan.encodedCount, -1), output: true)
+            call.float(try session.plan(roundTo: roundTo, fit: fit, counts: counts.buffer, masks: try outputs(a, 3)))
         case Int32(UVC_SOLVER_SUMMARY):
             try session.summary(into: try call.arguments(SolverHandle.out).output(0).buffer)
         case Int32(UVC_SOLVER_FIELDS):

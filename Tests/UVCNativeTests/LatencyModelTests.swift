@@ -384,7 +384,7 @@ final class LatencyModelTests: XCTestCase {
         var trainMasks = GroupData(spec, fill: -1)
         try scores.withScores { sc in try trainMasks.withOutputs { try solver.masks(scores: sc, into: $0) } }
         XCTAssertEqual(trainMasks, masks)
-        let decisions = try scores.withScores { solver.planDecisions(scores: $0) }
+        let decisions = scores.withScores { solver.planDecisions(scores: $0) }
         XCTAssertEqual(decisions, plan.layers.flatMap { [$0.attention ? 1.0 : 0, $0.mlp ? 1.0 : 0] })
         var summary = [Double](repeating: 0, count: s.summaryLayout.reduce(0) { $0 + $1.shape.reduce(1, *) })
         try summary.withUnsafeMutableBufferPointer { try s.summary(into: $0) }

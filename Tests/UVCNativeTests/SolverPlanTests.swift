@@ -108,6 +108,77 @@ final class SolverPlanTests: XCTestCase {
         }
     }
 
+    private func fitted(_ s: Solver, _ scores: GroupData) throws -> (ArchPlan, Double, GroupData) {
+        var out = GroupData(s.spec, fill: -1)
+        let (p, macs) = try scores.withScores { sc in
+            try out.withOutputs { try s.plan(scores: sc, roundTo: 1, fit: true, into: $0) }
+        }
+        return (p, macs, out)
+    }
+
+    /// `plan` with one layer one value dim (per kept head) or one neuron wider.
+    private func widened(_ p: ArchPlan, layer: Int, dims: Int = 0, neurons: Int = 0) -> ArchPlan {
+        var layers = p.layers
+        let l = layers[layer]
+        layers[layer] = LayerPlan(heads: l.heads, vDim: l.vDim + dims, neurons: l.neurons + neurons,
+                                  attention: l.attention, mlp: l.mlp, tokens: l.tokens)
+        return ArchPlan(layers: layers)
+    }
+
+    func testFitSpendsTheBudgetFromBelowAndFromAbove() throws {
+        // Under the budget (many units removed) and over it (few removed), budget 0.5.
+        for committed: [Double] in [[1, 1, 2, 1, 8, 6, 9, 8, 70, 60, 75, 66], [0, 0, 1, 0, 1, 0, 2, 1, 5, 3, 8, 0]] {
+            var s = try Solver(spec: try spec(), convention: .fvcore, config: SolverConfig(budget: 0.5), seed: 0)
+            s.state.committed = committed
+            var rng = Xoshiro256StarStar(seed: 6)
+            let scores = GroupData(s.spec, &rng)
+            let (raw, rawMACs, _) = try plan(s, scores, roundTo: 1)
+            let (fit, macs, m) = try fitted(s, scores)
+            XCTAssertLessThanOrEqual(macs, s.budgetMACs)
+            XCTAssertEqual(macs, s.cost.exactTotal(fit))
+            let under = rawMACs < s.budgetMACs
+            for (f, r) in zip(fit.layers, raw.layers) {
+                XCTAssertEqual(f.heads, r.heads, "heads stay")
+                XCTAssertEqual(f.attention, r.attention)
+                XCTAssertEqual(f.mlp, r.mlp)
+                XCTAssertTrue(under ? f.vDim >= r.vDim && f.neurons >= r.neurons
+                                    : f.vDim <= r.vDim && f.neurons <= r.neurons, "under: \(under)")
+            }
+            // Nothing more fits: one more value dim or neuron anywhere exceeds the budget.
+            for layer in 0..<4 {
+                if fit.layers[layer].heads > 0, fit.layers[layer].vDim < 16 {
+                    XCTAssertGreaterThan(s.cost.exactTotal(widened(fit, layer: layer, dims: 1)), s.budgetMACs)
+                }
+                if fit.layers[layer].neurons < 96 {
+                    XCTAssertGreaterThan(s.cost.exactTotal(widened(fit, layer: layer, neurons: 1)), s.budgetMACs)
+                }
+                // The masks keep the fitted number of the highest-scoring neurons.
+                let row = scores.neurons[(layer * 96)..<((layer + 1) * 96)]
+                let dropped = lowest(row, 96 - fit.layers[layer].neurons)
+                for j in 0..<96 { XCTAssertEqual(m.neurons[layer * 96 + j], dropped.contains(j) ? 0 : 1) }
+            }
+        }
+    }
+
+    func testFitFillsWhereTheScoreGainedPerMACIsHighest() throws {
+        // Layer 2's neurons score ten times the others': the fill widens its MLP first.
+        let committed: [Double] = [1, 1, 1, 1, 8, 8, 8, 8, 70, 70, 70, 70]
+        var probe = try Solver(spec: try spec(), convention: .fvcore, config: SolverConfig(budget: 0.5), seed: 0)
+        probe.state.committed = committed
+        var rng = Xoshiro256StarStar(seed: 7)
+        var scores = GroupData(probe.spec, &rng)
+        for j in (2 * 96)..<(3 * 96) { scores.neurons[j] *= 10 }
+        let (raw, rawMACs, _) = try plan(probe, scores, roundTo: 1)
+        let neuron = probe.cost.exactTotal(widened(raw, layer: 2, neurons: 1)) - rawMACs
+        // Room for 20.5 of layer 2's neurons, not enough for a value dim after 20 of them.
+        let budget = (rawMACs + 20.5 * neuron) / probe.denseMACs
+        var s = try Solver(spec: probe.spec, convention: .fvcore, config: SolverConfig(budget: budget), seed: 0)
+        s.state.committed = committed
+        let (fit, _, _) = try fitted(s, scores)
+        XCTAssertEqual(fit.layers.map(\.neurons), [26, 26, 46, 26])
+        XCTAssertEqual(fit.layers.map(\.vDim), raw.layers.map(\.vDim))
+    }
+
     func testWidthRoundingSteps() {
         let w = WidthGrid(roundTo: 8, dense: 96), odd = WidthGrid(roundTo: 8, dense: 38)
         let small = WidthGrid(roundTo: 8, dense: 6)
@@ -118,6 +189,10 @@ final class SolverPlanTests: XCTestCase {
         XCTAssertEqual(odd.nearest(37), 38, "the dense width is allowed")
         XCTAssertEqual(small.nearest(5), 5, "a dense width below roundTo is not rounded")
         XCTAssertEqual(w.nextLower(16), 8)
+        XCTAssertEqual(w.nextHigher(8), 16)
+        XCTAssertEqual(odd.nextHigher(32), 38)
+        XCTAssertNil(w.nextHigher(96))
+        XCTAssertEqual(WidthGrid(roundTo: 1, dense: 5).points, [1, 2, 3, 4, 5], "round_to 1: every width")
         XCTAssertEqual(odd.nextLower(38), 32)
         XCTAssertNil(w.nextLower(8))
         XCTAssertNil(small.nextLower(5))

@@ -76,6 +76,11 @@ def test_smoke_with_a_token_axis_prices_plans_that_drop_tokens(tmp_path):
         import bench_latency_model as bench
     finally:
         sys.path.remove(str(SCRIPT.parent))
+    raw = load_table(data["table"])
+    unchained = LatencyTable({k: v for k, v in raw.items() if k not in ("chain_ms", "chain_spread_ms")})
     for row in data["plans"]:
-        assert row["predicted_ms"] == pytest.approx(table.predict(bench.plan_from_counts(spec, row["counts"])),
-                                                    rel=1e-12)
+        plan = bench.plan_from_counts(spec, row["counts"])
+        assert row["predicted_ms"] == pytest.approx(table.predict(plan), rel=1e-12)
+        assert row["unchained_ms"] == pytest.approx(unchained.predict(plan), rel=1e-12)
+    off = data["without_chain_scale"]
+    assert set(off["by_kind"]) == set(data["median_abs_rel_err_by_kind"]) and np.isfinite(off["median_abs_rel_err"])

@@ -94,6 +94,19 @@ def test_a_missing_torch_pruning_says_how_to_install_it(bench, capsys, monkeypat
     assert "--rows tp_taylor" in err and 'pip install "uvc[bench]"' in err, err
 
 
+def test_the_cache_key_names_every_setting_of_the_uvc_row(bench):
+    _, args = bench.parse(["--models", "demo"])
+    assert (args.search_fraction, args.fit_budget, args.reconstruct) == (0.25, True, False)
+    keys = {bench.key_of(bench.parse(extra)[1], "demo", 0.3, 1, row)
+            for extra in ([], ["--no-fit-budget"], ["--reconstruct"], ["--search-fraction", "0.5"])
+            for row in ("uvc", "uvc_scratch")}
+    assert len(keys) == 8, "each setting and row has its own cached result"
+    assert bench.key_of(args, "demo", 0.3, 1, "uvc") == "demo_b0.3_s1_uvc_e8_n20000_bs128_vall_f0.25_itaylor_fit"
+    _, off = bench.parse(["--no-fit-budget", "--search-fraction", "0.5"])
+    assert bench.key_of(off, "demo", 0.3, 1, "uvc") == "demo_b0.3_s1_uvc_e8_n20000_bs128_vall_f0.5_itaylor", \
+        "rows cached before the fit existed keep their keys"
+
+
 def test_margins_name_the_best_other_row_and_the_gap_to_dense(bench):
     _, args = bench.parse(["--models", "demo", "--budgets", "0.5", "--seeds", "0", "1", "--rows", "uvc", "tp_l2",
                            "uniform"])

@@ -264,6 +264,35 @@ def test_a_token_axis_prices_plans_that_drop_tokens():
     assert uvc.LatencyTable(one).predict(plan) == uvc.LatencyTable(flat).predict(plan)
 
 
+def test_chained_blocks_scale_each_token_column():
+    """chain_ms[k] makes depth dense blocks at tokens[k] cost what they cost chained: column k of
+    every part is scaled by chain_ms[k] / (depth · (A + M) dense at tokens[k]), then dense_ms's
+    one factor applies on top."""
+    table = make_token_table()
+    att, mlp = np.array(table["attention_ms"]), np.array(table["mlp_ms"])
+    parts = SPEC.depth * (att[-1, -1] + mlp[-1])
+    factor = np.array([0.5, 0.6, 0.8, 0.9])
+    chained = dict(table, chain_ms=(factor * parts).tolist())
+    lt = uvc.LatencyTable(chained)
+    np.testing.assert_allclose(lt.token_scale, factor, rtol=1e-12)
+    expect = dict(table, attention_ms=(att * factor).tolist(), mlp_ms=(mlp * factor).tolist(),
+                  drop_ms=(np.array(table["drop_ms"]) * factor).tolist())
+    rng = np.random.default_rng(8)
+    for _ in range(30):
+        plan = uvc.random_plan(SPEC, rng, skip_prob=0.2, drop_prob=0.5)
+        assert lt.predict(plan) == pytest.approx(token_reference(expect, plan), rel=1e-12)
+    # The dense model at every token: the chain at all tokens plus the fixed part.
+    assert lt.dense_ms == pytest.approx(table["fixed_ms"] + factor[-1] * parts[-1], rel=1e-12)
+    measured = dict(chained, dense_ms=lt.dense_ms + 0.1)
+    both = uvc.LatencyTable(measured)
+    assert both.dense_ms == pytest.approx(lt.dense_ms + 0.1)
+    assert both.scale == pytest.approx((lt.dense_ms + 0.1 - 0.3) / (lt.dense_ms - 0.3))
+    assert uvc.LatencyTable(table).token_scale.tolist() == [1.0] * 4, "no chain_ms: no column scale"
+    for bad in ([1.0, 2.0], [1.0, 0.0, 1.0, 1.0], [1.0, float("nan"), 1.0, 1.0]):
+        with pytest.raises(ValueError, match="chain_ms must hold one finite, positive time per tokens point"):
+            uvc.LatencyTable(dict(table, chain_ms=bad))
+
+
 def test_the_token_rows_gradient_matches_finite_differences():
     lt = uvc.LatencyTable(make_token_table())
     # Tokens strictly decreasing off the grid points, so every drop indicator stays put.

@@ -25,7 +25,7 @@ def settings(tmp, ckpt, **over):
              eval_subset=200, train_batch_size=64, learning_rate=1e-3, weight_decay=0.0, budget=0.5,
              num_epochs=3, warmup_epochs=0.5, zlr_schedule=(1.0, 2.0), distillation_type="soft",
              distillation_alpha=0.5, distillation_tau=1.0, seed=3, output_dir=str(tmp), device="cpu",
-             checkpoint_every=4, progress=False)
+             checkpoint_every=4, progress=False, fit_budget=False)  # the search's own plan: exported = masked
     s.update(over)
     return s
 
@@ -100,6 +100,19 @@ def test_budget_miss_is_said(tmp_path, tiny_checkpoint, capsys):
     assert {k: saved[k] for k in ("budget_met", "plan_ratio", "budget_ratio")} == \
         {k: s1[k] for k in ("budget_met", "plan_ratio", "budget_ratio")}
     assert "WARNING: uvc compress" in capsys.readouterr().err
+
+
+def test_fit_budget_trims_an_unfinished_search_to_the_budget(tmp_path, tiny_checkpoint):
+    # The run of test_budget_miss_is_said (nothing pruned yet), exported with fit_budget (uvc
+    # compress's default): the plan is trimmed to the budget, and what was exported is that plan.
+    from uvc.settings import COMPRESS
+    assert COMPRESS.defaults()["fit_budget"] is True
+    s1 = compress(**settings(tmp_path, tiny_checkpoint, num_epochs=1, subset=128, eval_subset=64, fit_budget=True))
+    assert s1["budget_met"] is True and 0.49 < s1["plan_ratio"] <= 0.5
+    plan = uvc.ArchPlan.load(tmp_path / "plan.json")
+    assert load(tmp_path / "stage1_model").plan == plan
+    assert all(len(layer.heads) == plan.spec.num_heads for layer in plan.layers), "the fit keeps the heads"
+    assert s1["max_abs_logit_diff"] > 0, "the trimmed export differs from the unpruned, masked model"
 
 
 def test_cli_axis_flags_reach_the_solver(tmp_path):

@@ -103,7 +103,11 @@ def test_a_token_axis_times_every_part_at_every_token_count():
     assert t["drop_ms"][0] == 0.0, "3 tokens (prefix + 2) leave nothing to drop"
     assert all(math.isfinite(x) and x >= 0 for x in t["drop_ms"])
     assert all(x > 0 for x in np.ravel(t["attention_ms"]).tolist() + np.ravel(t["mlp_ms"]).tolist())
+    # The dense blocks chained at each token count; the table scales each token column by them.
+    assert len(t["chain_ms"]) == len(t["chain_spread_ms"]) == 4 and all(x > 0 for x in t["chain_ms"])
     table = uvc.LatencyTable(t)
+    parts = 2 * (np.array(t["attention_ms"])[-1, -1] + np.array(t["mlp_ms"])[-1])
+    np.testing.assert_allclose(table.token_scale, np.array(t["chain_ms"]) / parts, rtol=1e-12)
     assert table.tokens == [3, 4, 20, 50]
     plan = uvc.random_plan(spec, np.random.default_rng(0), drop_prob=1.0)
     assert plan.layers[1].tokens < spec.num_tokens and table.predict(plan) > 0

@@ -4,6 +4,8 @@ import base64
 import json
 import math
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -342,6 +344,34 @@ def test_plan_rounded_to_eight_meets_the_budget():
     for layer, raw in zip(plan.layers, solver.plan().layers):
         assert layer.v_dim % 8 == 0 and len(layer.neurons) % 8 == 0
         assert layer.heads == raw.heads
+
+
+@pytest.mark.parametrize("steps", [150, 600])
+def test_fit_spends_the_budget_from_either_side(steps):
+    """150 steps end before the search reaches the budget (the plan is over it), 600 after it
+    (the integer plan sits below it): fit=True exports a plan within the budget that no single
+    value dim or neuron more would fit in, with the same heads and parts."""
+    solver, _, _ = synthetic_run(TINY, 0.5, steps=steps)
+    spec, raw, fit = solver.spec, solver.plan(), solver.plan(fit=True)
+    budget = solver.budget_macs
+    raw_macs, macs = uvc.count(spec, raw).macs, uvc.count(spec, fit).macs
+    assert (raw_macs > budget) == (steps == 150)
+    assert macs <= budget < raw_macs or raw_macs <= macs <= budget
+    for l, (f, r) in enumerate(zip(fit.layers, raw.layers)):
+        assert f.heads == r.heads and (f.attn, f.mlp) == (r.attn, r.mlp)
+        # Nothing more fits: one more neuron, or value dim in every kept head, is over the budget.
+        wider = []
+        if f.mlp and len(f.neurons) < spec.mlp_hidden:
+            extra = min(set(range(spec.mlp_hidden)) - set(f.neurons))
+            wider.append(replace(f, neurons=tuple(sorted(f.neurons + (extra,)))))
+        if f.attn and f.heads and f.v_dim < spec.v_head_dim:
+            wider.append(replace(f, v_index=tuple(tuple(sorted(v + (min(set(range(spec.v_head_dim)) - set(v)),)))
+                                                  for v in f.v_index)))
+        for layer in wider:
+            plan = uvc.ArchPlan(spec, fit.layers[:l] + (layer,) + fit.layers[l + 1:])
+            assert uvc.count(spec, plan).macs > budget, f"layer {l}: {layer} still fits"
+    with pytest.raises(TypeError, match="fit"):
+        solver.plan(fit=1)
 
 
 def test_budget_in_macs_and_reachability():

@@ -83,8 +83,9 @@ class Solver:
         (d, num_tokens) or None; writes the proximal factors (shapes of the scores)."""
     def masks(self, head_mask: F, dim_mask: F, neuron_mask: F) -> None:
         """Keep masks of the committed counts under the last scores."""
-    def plan(self, round_to: int, counts_out: I, head_mask: F, dim_mask: F, neuron_mask: F) -> float:
-        """The export plan: rows (d, len(plan_row)), keep masks; returns its exact MACs."""
+    def plan(self, round_to: int, fit: int, counts_out: I, head_mask: F, dim_mask: F, neuron_mask: F) -> float:
+        """The export plan (fitted to the budget from both sides when ``fit`` is 1): rows
+        (d, len(plan_row)), keep masks; returns its exact MACs."""
     def summary(self, out: F) -> None:
         """The ``summary`` layout's values, flattened."""
     def fields(self, out: F) -> None:

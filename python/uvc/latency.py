@@ -14,7 +14,10 @@ the tokens the block keeps), all scaled by one factor so that the dense plan pri
 dense model's measured latency (``dense_ms``, when the table has it): a part timed alone pays
 the call overhead that consecutive parts inside the model partly share, so the raw sum
 overestimates every plan by about the same fraction (28 % for the demo model at batch 1 on this
-CPU); the same formula over expected counts and gate probabilities is the relaxed latency the
+CPU). That fraction grows as the token count falls (parts on a few tokens are mostly overhead), so
+a table with a token axis and ``chain_ms`` (``depth`` dense blocks chained, timed at each token
+count) first scales each token column k of A, M and D by chain_ms[k] / (depth · (A + M) of a
+dense block at tokens[k]): every token count prices the dense blocks as they ran chained. The same formula over expected counts and gate probabilities is the relaxed latency the
 solver's budget uses, with its exact gradient (`LatencyTable.expected`). Every width grid runs
 from 1 to the dense width, so no plan needs a width the table lacks; the token grid ends at the
 model's tokens, and a plan below its first point is refused. A table profiled without
@@ -89,14 +92,24 @@ class LatencyTable:
             fixed = float(table["fixed_ms"])
             self._raw = dict(arrays, attention_ms=attention, mlp_ms=mlp, drop_ms=drop, fixed_ms=fixed)
             self._arrays = tuple(self._raw[k] for k in ARGUMENT_NAMES)
-            raw = self.predict()  # the core checks the whole table here
+            self.predict()  # the core checks the whole table here
+            # Per token column: the dense blocks priced as they ran chained (module doc).
+            self.token_scale = np.ones(len(arrays["tokens"]))
+            if tokens_axis and table.get("chain_ms") is not None:
+                chain = np.asarray(table["chain_ms"], dtype=np.float64)
+                if chain.shape != self.token_scale.shape or not np.all(np.isfinite(chain) & (chain > 0)):
+                    raise ValueError(f"chain_ms must hold one finite, positive time per tokens point "
+                                     f"({len(self.token_scale)}), got {table['chain_ms']!r:.200}")
+                self.token_scale = chain / (self.spec.depth * (attention[-1, -1] + mlp[-1]))
             self.scale = 1.0
+            scaled = {k: self._raw[k] * self.token_scale for k in ("attention_ms", "mlp_ms", "drop_ms")}
+            self._arrays = tuple(scaled.get(k, self._raw[k]) for k in ARGUMENT_NAMES)
             if table.get("dense_ms") is not None:
                 measured = float(table["dense_ms"])
                 if not (np.isfinite(measured) and measured > fixed):
                     raise ValueError(f"dense_ms must be finite and above fixed_ms ({fixed}), got {measured}")
-                self.scale = (measured - fixed) / (raw - fixed)
-                scaled = {k: self._raw[k] * self.scale for k in ("attention_ms", "mlp_ms", "drop_ms")}
+                self.scale = (measured - fixed) / (self.predict() - fixed)
+                scaled = {k: v * self.scale for k, v in scaled.items()}
                 self._arrays = tuple(scaled.get(k, self._raw[k]) for k in ARGUMENT_NAMES)
             self.dense_ms = self.predict()
         except (TypeError, ValueError) as e:
@@ -153,7 +166,7 @@ class LatencyTable:
     @property
     def dense_attention_ms(self) -> float:
         """The MHSA part of a dense block (all heads, full value width, every token), scaled, in ms."""
-        return float(self._raw["attention_ms"][-1, -1, -1] * self.scale)
+        return float(self._raw["attention_ms"][-1, -1, -1] * self.token_scale[-1] * self.scale)
 
     @property
     def native_args(self) -> tuple:

@@ -364,6 +364,10 @@ COMPRESS = Stage("compress", "stage 1: search the architecture under the budget 
     Setting("num_epochs", int, 30, "epochs of the search, warm-up included", "epochs", flags=("--num_epochs",
                                                                                              "--epochs")),
     Setting("convention", str, "uvc", "what the budget counts", choices=tuple(sorted(CONVENTIONS))),
+    Setting("fit_budget", bool, True, "fit the exported plan to the budget: trim it where the search ended over the "
+            "budget, then widen it while a value dim or neuron still fits (the exported model then differs from the "
+            "searched, masked one where it moved; --no-fit-budget: export the search's committed counts as they "
+            "are)"),
     Setting("enable_pruning", bool, True, "0: remove no heads, value dims or neurons (whatever --prune-* say)",
             flags=("--enable_pruning",), binary=True),
     *_solver(),

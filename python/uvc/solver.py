@@ -368,7 +368,7 @@ class Solver:
         ``prune_tokens`` or before the search moves."""
         return self._summary()["tokens"].astype(np.int64)
 
-    def plan(self, round_to: int = 1) -> ArchPlan:
+    def plan(self, round_to: int = 1, *, fit: bool = False) -> ArchPlan:
         """The architecture to export: block parts by `gate_decisions`, the kept heads, value
         dims (the same number in every kept head of a layer, the highest-scoring ones per head)
         and neurons by the integer counts and the last scores, tokens by `token_keep`.
@@ -379,14 +379,23 @@ class Solver:
         (``round_to`` must stay 1): every width the plan has was measured; and where narrowing
         buys less time per unit of score lost than skipping (a table flat in width, as a CPU at
         batch 1), the trim skips block parts instead (never a class-token model's last MHSA;
-        training masks, sampled gates and `gate_decisions` follow the same skips)."""
+        training masks, sampled gates and `gate_decisions` follow the same skips).
+
+        ``fit=True`` fits the plan to the budget from both sides: the same trim also at
+        ``round_to`` 1 (one value dim per kept head or one neuron a step), then the reverse,
+        widening while a step stays within the budget (most score gained per MAC, or ms, added;
+        heads and block parts stay). A search that stopped short of the budget, or past it,
+        thus exports a plan that spends it; that plan differs from the training masks where it
+        trimmed or filled."""
+        if not isinstance(fit, bool):
+            raise TypeError(f"Solver.plan: fit must be a bool, got {type(fit).__name__}")
         if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral):
             raise TypeError(f"Solver.plan: round_to must be an int, got {type(round_to).__name__}")
         if not 1 <= round_to <= 2**20:
             raise ValueError(f"Solver.plan: round_to must be an int in [1, 2**20], got {round_to}")
         counts = np.empty((self.spec.depth, len(PLAN_ROW)), dtype=np.int64)
         heads, dims, neurons = (np.empty(shape) for shape in self._groups)
-        self._core.plan(int(round_to), counts, heads, dims, neurons)
+        self._core.plan(int(round_to), int(fit), counts, heads, dims, neurons)
         col = {name: k for k, name in enumerate(PLAN_ROW)}
         layers = []
         for l, row in enumerate(counts.tolist()):

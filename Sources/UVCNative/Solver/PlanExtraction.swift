@@ -67,20 +67,23 @@ extension Solver {
     }
 
     /// The committed counts' widths, rounded (`roundTo` > 1) or snapped to a latency table's
-    /// grid, then trimmed to the budget (with a latency table possibly skipping parts); the
+    /// grid, then trimmed to the budget (with a latency table possibly skipping parts); with
+    /// `fit` also trimmed at `roundTo` 1 and then filled up to the budget (`fillBudget`); the
     /// gate decisions for the parts.
-    func shape(scores: GroupScores, roundTo: Int) -> PlanShape {
+    func shape(scores: GroupScores, roundTo: Int, fit: Bool = false) -> PlanShape {
         let l = spec.depth
         var shape = PlanShape(vDim: (0..<l).map { spec.vHeadDim - Int(state.committed[l + $0]) },
                               neurons: (0..<l).map { spec.mlpHidden - Int(state.committed[2 * l + $0]) },
                               decisions: gateDecisions())
         let grids = latency.map { (WidthGrid(points: $0.vDimGrid), WidthGrid(points: $0.neuronGrid)) }
-            ?? (roundTo > 1 ? (WidthGrid(roundTo: roundTo, dense: spec.vHeadDim),
-                               WidthGrid(roundTo: roundTo, dense: spec.mlpHidden)) : nil)
+            ?? (roundTo > 1 || fit ? (WidthGrid(roundTo: roundTo, dense: spec.vHeadDim),
+                                      WidthGrid(roundTo: roundTo, dense: spec.mlpHidden)) : nil)
         if let (dimGrid, neuronGrid) = grids {
             shape.vDim = shape.vDim.map { dimGrid.nearest($0) }
             shape.neurons = shape.neurons.map { neuronGrid.nearest($0) }
-            fitBudget(scores: scores, grids: (dimGrid, neuronGrid), shape: &shape)
+            let ranked = RankedScores(self, scores: scores)
+            fitBudget(ranked, grids: (dimGrid, neuronGrid), shape: &shape)
+            if fit { fillBudget(ranked, grids: (dimGrid, neuronGrid), shape: &shape) }
         }
         return shape
     }
@@ -129,16 +132,22 @@ extension Solver {
     /// plan is priced by measured times, not interpolated ones. Then, while the plan exceeds the
     /// budget, the step that saves the most cost per unit of score lost is taken (see
     /// `fitBudget`): one width step down, or with a latency table skipping a running part. If
-    /// no step can meet the budget the smallest such plan is returned, over budget. The result
+    /// no step can meet the budget the smallest such plan is returned, over budget.
+    ///
+    /// With `fit` the plan is fitted to the budget from both sides: trimmed as above also at
+    /// `roundTo` 1 (one unit a step), then widened while a step still fits (`fillBudget`), so a
+    /// search that stopped short of the budget or past it exports a plan that spends the budget.
+    /// Such a plan no longer equals the training masks where it trimmed or filled. The result
     /// is the plan and its exact cost.
-    public func plan(scores: GroupScores, roundTo: Int, into out: GroupOutputs) throws(UVCError) -> (ArchPlan, Double) {
+    public func plan(scores: GroupScores, roundTo: Int, fit: Bool = false,
+                     into out: GroupOutputs) throws(UVCError) -> (ArchPlan, Double) {
         try scores.validate(for: spec)
         try out.validate(for: spec, names: ("head_mask", "dim_mask", "neuron_mask"))
         try require(roundTo >= 1 && roundTo <= 1 << 20, "round_to", "must be an integer >= 1, got \(roundTo)")
         try require(latency == nil || roundTo == 1, "round_to", "a latency budget snaps widths to the table's grid; "
                     + "leave round_to at 1 (got \(roundTo))")
         let l = spec.depth
-        let shape = self.shape(scores: scores, roundTo: roundTo)
+        let shape = self.shape(scores: scores, roundTo: roundTo, fit: fit)
         let attention = { (layer: Int) in shape.decisions[2 * layer] == 1 }
         let mlp = { (layer: Int) in shape.decisions[2 * layer + 1] == 1 }
         keepMasks(scores: scores, removing: { kind, layer in
@@ -165,51 +174,18 @@ extension Solver {
     /// running gate's part(s) skipped. A table flat in width (a CPU at batch 1) thus skips
     /// parts instead of narrowing layers for nothing.
     ///
-    /// Score lost, in units of an average part of its kind (MHSA or MLP): a part's weight w_p is
-    /// its score mass (the kept heads' value-dim scores; the neuron scores) over the mean mass of
-    /// that kind across layers; removing units costs w_p · (their share of the part's sorted,
-    /// normalised scores, per kept head for value dims); skipping a part costs w_p · (the share
-    /// its kept units hold) · 2·P(its gate runs), so an undecided gate (P = ½) prices a skip
-    /// like removing every kept unit and the gates' learned preference orders the skips. A model
-    /// pooling its class token keeps one MHSA part: without attention the class token sees no patch.
-    private func fitBudget(scores: GroupScores, grids: (dims: WidthGrid, neurons: WidthGrid), shape: inout PlanShape) {
-        let l = spec.depth, h = spec.numHeads, dv = spec.vHeadDim, m = spec.mlpHidden
-        // Per layer, normalised scores sorted high to low: neurons, and value dims averaged
-        // over the kept heads (rank i = the i-th best dim of each kept head); and the masses.
-        var neuronRanks: [[Double]] = [], dimRanks: [[Double]] = [], mass = [Double](repeating: 0, count: 2 * l)
-        var scratch = [Double](repeating: 0, count: h), keptHeadIndices = [Int](repeating: 0, count: h)
-        for layer in 0..<l {
-            let row = Array(scores.neurons[layer * m..<(layer + 1) * m]).sorted(by: >)
-            let mean = row.reduce(0, +) / Double(m)
-            neuronRanks.append(row.map { mean > 0 ? $0 / mean : 0 })
-            mass[2 * layer + 1] = mean * Double(m)
-            let keptCount = scratch.withUnsafeMutableBufferPointer { sc in
-                keptHeadIndices.withUnsafeMutableBufferPointer {
-                    keptHeads(UnsafeBufferPointer(rebasing: scores.heads[layer * h..<(layer + 1) * h]),
-                              removing: Int(state.committed[layer]), into: $0, scratch: sc)
-                }
-            }
-            var ranks = [Double](repeating: 0, count: dv), total = 0.0, kept = 0
-            for head in keptHeadIndices[0..<keptCount] {
-                let dims = Array(scores.dims[(layer * h + head) * dv..<(layer * h + head + 1) * dv]).sorted(by: >)
-                for (i, v) in dims.enumerated() { ranks[i] += v }
-                total += dims.reduce(0, +)
-                kept += 1
-            }
-            let dimMean = total / Double(kept * dv)
-            dimRanks.append(ranks.map { dimMean > 0 ? $0 / Double(kept) / dimMean : 0 })
-            mass[2 * layer] = total
-        }
-        // w_p: each part's mass over its kind's mean (1 where a kind has no mass at all).
-        var weight = mass
-        for part in 0..<2 {
-            let mean = stride(from: part, to: 2 * l, by: 2).reduce(0) { $0 + mass[$1] } / Double(l)
-            for i in stride(from: part, to: 2 * l, by: 2) { weight[i] = mean > 0 ? mass[i] / mean : 1 }
-        }
-        func share(_ layer: Int, _ part: Int, _ units: Range<Int>) -> Double {
-            let ranks = part == 0 ? dimRanks[layer] : neuronRanks[layer]
-            return weight[2 * layer + part] * ranks[units].reduce(0, +) / Double(ranks.count)
-        }
+    /// Score lost, in units of an average part of its kind (MHSA or MLP; `RankedScores`): a
+    /// part's weight w_p is its score mass (the kept heads' value-dim scores; the neuron scores)
+    /// over the mean mass of that kind across layers; removing units costs w_p · (their share of
+    /// the part's sorted, normalised scores, per kept head for value dims); skipping a part
+    /// costs w_p · (the share its kept units hold) · 2·P(its gate runs), so an undecided gate
+    /// (P = ½) prices a skip like removing every kept unit and the gates' learned preference
+    /// orders the skips. A model pooling its class token keeps one MHSA part: without attention
+    /// the class token sees no patch.
+    private func fitBudget(_ ranked: RankedScores, grids: (dims: WidthGrid, neurons: WidthGrid),
+                           shape: inout PlanShape) {
+        let l = spec.depth
+        let share = ranked.share
         func cost() -> Double { self.cost(shape) }
         let probabilities = gateProbabilities()
         let skips = latency != nil && config.skipBlocks
@@ -256,6 +232,91 @@ extension Solver {
             current = step.cost
         }
     }
+
+    /// Greedy fill after the trim (`fit`): while a step fits within the budget, takes the one
+    /// that gains the most score per unit of cost added: one running part one grid width wider
+    /// (value dims of a layer that keeps a head; neurons). Score gained is `RankedScores.share`
+    /// of the units the step adds, the units the trim would price as lost. The committed head
+    /// counts and the parts' decisions stay.
+    /// - Complexity: O(steps · depth · cost), a step being one grid width.
+    private func fillBudget(_ ranked: RankedScores, grids: (dims: WidthGrid, neurons: WidthGrid),
+                            shape: inout PlanShape) {
+        let l = spec.depth
+        var current = cost(shape)
+        while true {
+            var best: (ratio: Double, shape: PlanShape, cost: Double)?
+            func consider(_ gained: Double, _ change: (inout PlanShape) -> Void) {
+                var wider = shape
+                change(&wider)
+                let after = cost(wider)
+                guard gained > 0, after <= budgetMACs else { return }
+                let ratio = gained / max(after - current, 1e-12)
+                if best == nil || ratio > best!.ratio { best = (ratio, wider, after) }
+            }
+            for layer in 0..<l {
+                if shape.decisions[2 * layer] == 1, Int(state.committed[layer]) < spec.numHeads,
+                   let upper = grids.dims.nextHigher(shape.vDim[layer]) {
+                    consider(ranked.share(layer, 0, shape.vDim[layer]..<upper)) { $0.vDim[layer] = upper }
+                }
+                if shape.decisions[2 * layer + 1] == 1, let upper = grids.neurons.nextHigher(shape.neurons[layer]) {
+                    consider(ranked.share(layer, 1, shape.neurons[layer]..<upper)) { $0.neurons[layer] = upper }
+                }
+            }
+            guard let step = best else { return }
+            shape = step.shape
+            current = step.cost
+        }
+    }
+}
+
+/// Per layer, the value-dim and neuron scores normalised and sorted high to low (value dims
+/// averaged over the kept heads: rank i = the i-th best dim of each kept head), and each part's
+/// weight w_p: its score mass over the mean mass of its kind (MHSA or MLP) across layers (1
+/// where a kind has no mass at all). What the budget trim and fill price units by.
+struct RankedScores {
+    private var dimRanks: [[Double]] = [], neuronRanks: [[Double]] = []
+    private var weight: [Double]
+
+    init(_ solver: Solver, scores: GroupScores) {
+        let spec = solver.spec
+        let l = spec.depth, h = spec.numHeads, dv = spec.vHeadDim, m = spec.mlpHidden
+        var mass = [Double](repeating: 0, count: 2 * l)
+        var scratch = [Double](repeating: 0, count: h), keptHeadIndices = [Int](repeating: 0, count: h)
+        for layer in 0..<l {
+            let row = Array(scores.neurons[layer * m..<(layer + 1) * m]).sorted(by: >)
+            let mean = row.reduce(0, +) / Double(m)
+            neuronRanks.append(row.map { mean > 0 ? $0 / mean : 0 })
+            mass[2 * layer + 1] = mean * Double(m)
+            let keptCount = scratch.withUnsafeMutableBufferPointer { sc in
+                keptHeadIndices.withUnsafeMutableBufferPointer {
+                    solver.keptHeads(UnsafeBufferPointer(rebasing: scores.heads[layer * h..<(layer + 1) * h]),
+                                     removing: Int(solver.state.committed[layer]), into: $0, scratch: sc)
+                }
+            }
+            var ranks = [Double](repeating: 0, count: dv), total = 0.0, kept = 0
+            for head in keptHeadIndices[0..<keptCount] {
+                let dims = Array(scores.dims[(layer * h + head) * dv..<(layer * h + head + 1) * dv]).sorted(by: >)
+                for (i, v) in dims.enumerated() { ranks[i] += v }
+                total += dims.reduce(0, +)
+                kept += 1
+            }
+            let dimMean = kept > 0 ? total / Double(kept * dv) : 0
+            dimRanks.append(ranks.map { dimMean > 0 ? $0 / Double(kept) / dimMean : 0 })
+            mass[2 * layer] = total
+        }
+        weight = mass
+        for part in 0..<2 {
+            let mean = stride(from: part, to: 2 * l, by: 2).reduce(0) { $0 + mass[$1] } / Double(l)
+            for i in stride(from: part, to: 2 * l, by: 2) { weight[i] = mean > 0 ? mass[i] / mean : 1 }
+        }
+    }
+
+    /// w_p · (the share of part `part` (0 MHSA, 1 MLP) of `layer` that the ranked units `units`
+    /// hold), in units of an average part of its kind.
+    func share(_ layer: Int, _ part: Int, _ units: Range<Int>) -> Double {
+        let ranks = part == 0 ? dimRanks[layer] : neuronRanks[layer]
+        return weight[2 * layer + part] * ranks[units].reduce(0, +) / Double(ranks.count)
+    }
 }
 
 /// The widths a plan may take after rounding, increasing: multiples of `roundTo` up to the
@@ -278,4 +339,7 @@ struct WidthGrid {
 
     /// The next allowed width below `width`, if any.
     func nextLower(_ width: Int) -> Int? { points.last { $0 < width } }
+
+    /// The next allowed width above `width`, if any.
+    func nextHigher(_ width: Int) -> Int? { points.first { $0 > width } }
 }

@@ -52,11 +52,12 @@ public final class SolverSession {
     }
 
     /// The export plan under the last scores, its rows `LayerPlan.encode`d into `counts`
-    /// (`depth × LayerPlan.encodedCount`); returns its exact MACs.
-    public func plan(roundTo: Int, counts: UnsafeMutableBufferPointer<Int64>, masks: GroupOutputs) throws(UVCError) -> Double {
+    /// (`depth × LayerPlan.encodedCount`); returns its exact MACs. `fit`: see `Solver.plan`.
+    public func plan(roundTo: Int, fit: Bool = false, counts: UnsafeMutableBufferPointer<Int64>,
+                     masks: GroupOutputs) throws(UVCError) -> Double {
         let w = LayerPlan.encodedCount
         try require(counts.count == solver.spec.depth * w, "counts_out", "expected \(solver.spec.depth * w) values")
-        let (plan, macs) = try solver.plan(scores: lastScores, roundTo: roundTo, into: masks)
+        let (plan, macs) = try solver.plan(scores: lastScores, roundTo: roundTo, fit: fit, into: masks)
         for (l, p) in plan.layers.enumerated() {
             p.encode(into: UnsafeMutableBufferPointer(rebasing: counts[(l * w)..<((l + 1) * w)]))
         }

@@ -229,10 +229,11 @@ class Compressor:
             self._head_mask.copy_(torch.from_numpy(head))
             self._sync_tokens()
 
-    def export(self, round_to: int = 1) -> SlimViT:
-        """The physically smaller model for the current plan, in eval mode. Before any
-        fine-tuning it reproduces this model's eval-mode logits."""
-        plan = self.solver.plan(round_to=round_to)
+    def export(self, round_to: int = 1, *, fit: bool = False) -> SlimViT:
+        """The physically smaller model for the current plan (`Solver.plan`'s ``round_to`` and
+        ``fit``), in eval mode. Before any fine-tuning it reproduces this model's eval-mode
+        logits, unless rounding or ``fit`` moved a width."""
+        plan = self.solver.plan(round_to=round_to, fit=fit)
         return SlimViT.from_timm(self.model, plan).eval()
 
     def remove(self) -> None:

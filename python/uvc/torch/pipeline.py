@@ -283,7 +283,7 @@ def compress(**settings) -> dict:
     if settings["stop_after"] is not None and comp.step_count < epochs * len(train):
         return {"stopped_at_step": comp.step_count}
     model.eval()
-    slim = comp.export().to(device)
+    slim = comp.export(fit=settings["fit_budget"]).to(device)
     if settings["reconstruct"]:
         from .oneshot import _batches, reconstruct
         # The search changed `model` in place; the copy taken before it is the dense model.
@@ -292,8 +292,8 @@ def compress(**settings) -> dict:
     x, _ = next(test.batches(0))
     with torch.no_grad():
         masked, exported = model(x.to(device)), slim(x.to(device))
-    plan = comp.solver.plan()
-    # After a reconstruction the exported model differs from the masked one on purpose.
+    plan = comp.solver.plan(fit=settings["fit_budget"])
+    # After a reconstruction or a fit the exported model differs from the masked one on purpose.
     summary = {
         "stage": 1, "budget": settings["budget"],
         "masked_acc": evaluate(model, test, device), "exported_acc": evaluate(slim, test, device),

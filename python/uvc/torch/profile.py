@@ -21,7 +21,10 @@ not depend on them), timed in ms per forward pass of one batch:
 - ``fixed_ms``: what every plan runs: patch and position embedding, pre-norm, final norm,
   pooling and head(s) (a `SlimViT` whose plan skips every block part);
 - ``dense_ms``: the whole dense `SlimViT`, for reference: ``fixed_ms`` plus ``depth`` times the
-  dense block parts should come close to it (`additive_dense_ms`).
+  dense block parts should come close to it (`additive_dense_ms`);
+- ``chain_ms[k]`` (tables with more than one token count): ``depth`` dense blocks run one after
+  the other on ``tokens[k]`` tokens, what the parts cost chained inside a model at that token
+  count; `uvc.LatencyTable` scales each token column of the parts by it.
 
 Each value is the median over ``repeats`` passes, ``*_spread_ms`` half the inter-quartile
 range. All parts are timed interleaved (every grid point once per pass), so drifts in machine
@@ -248,16 +251,21 @@ def profile(spec_or_model: ViTSpec | nn.Module, *, device: str | torch.device = 
     drops = {k: block(num_heads=spec.num_heads, v_dim=spec.v_head_dim, mlp_hidden=0, tokens_out=max(floor, n // 2),
                       prefix_tokens=spec.prefix_tokens, class_token=spec.class_token)
              for k, n in enumerate(tokens) if n > floor and len(tokens) > 1}
+    # Parts timed alone pay call overhead that consecutive parts share, by a fraction that grows
+    # as the token count falls; the dense blocks chained give that fraction at each count.
+    chain = (nn.Sequential(*(block(num_heads=spec.num_heads, v_dim=spec.v_head_dim, mlp_hidden=spec.mlp_hidden)
+                             for _ in range(spec.depth))) if len(tokens) > 1 else None)
 
     gen = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn((batch_size, spec.num_tokens, spec.embed_dim), generator=gen, device=dev).to(dtype)
     inputs = [x[:, :n].contiguous() for n in tokens]
     images = torch.randn((batch_size, spec.in_channels, *spec.image_size), generator=gen, device=dev).to(dtype)
-    modules = attention + mlp + list(drops.values()) + [fixed, dense]
+    chains = [] if chain is None else [functools.partial(chain, t) for t in inputs]
+    modules = attention + mlp + list(drops.values()) + ([] if chain is None else [chain]) + [fixed, dense]
     calls = ([functools.partial(m, t) for m in attention for t in inputs]
              + [functools.partial(m, t) for m in mlp for t in inputs]
              + [functools.partial(m, inputs[k]) for k, m in drops.items()]
-             + [functools.partial(fixed, images), functools.partial(dense, images)])
+             + chains + [functools.partial(fixed, images), functools.partial(dense, images)])
     from tqdm.auto import tqdm
     with tqdm(total=warmup + repeats, desc=f"profile {len(calls)} parts", unit="pass", disable=not progress,
               leave=False) as bar, _measuring(modules, threads):
@@ -273,6 +281,9 @@ def profile(spec_or_model: ViTSpec | nn.Module, *, device: str | torch.device = 
         # The difference of two medians can fall below 0 within the noise: no time is negative.
         drop[k] = max(0.0, float(median[na + nm + i] - dense_attention[k]))
         drop_spread[k] = spread[na + nm + i]
+    nd, nc = len(drops), len(chains)
+    chained = ({} if chain is None else {"chain_ms": median[na + nm + nd:na + nm + nd + nc].tolist(),
+                                         "chain_spread_ms": spread[na + nm + nd:na + nm + nd + nc].tolist()})
     return {"format": TABLE_FORMAT, "spec": spec.to_dict(),
             "device": {"type": dev.type, "name": _device_name(dev), "torch": torch.__version__,
                        "threads": int(used_threads), "dtype": next(k for k, v in DTYPES.items() if v == dtype),
@@ -284,7 +295,7 @@ def profile(spec_or_model: ViTSpec | nn.Module, *, device: str | torch.device = 
             "mlp_spread_ms": spread[na:na + nm].reshape(mlp_shape).tolist(),
             "drop_ms": drop.tolist(), "drop_spread_ms": drop_spread.tolist(),
             "fixed_ms": float(median[-2]), "fixed_spread_ms": float(spread[-2]),
-            "dense_ms": float(median[-1]), "dense_spread_ms": float(spread[-1]),
+            "dense_ms": float(median[-1]), "dense_spread_ms": float(spread[-1]), **chained,
             "repeats": repeats, "warmup": warmup,
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
