@@ -14,11 +14,12 @@ the tokens the block keeps), all scaled by one factor so that the dense plan pri
 dense model's measured latency (``dense_ms``, when the table has it): a part timed alone pays
 the call overhead that consecutive parts inside the model partly share, so the raw sum
 overestimates every plan by about the same fraction (28 % for the demo model at batch 1 on this
-CPU). That fraction grows as the token count falls (parts on a few tokens are mostly overhead), so
+CPU). That fraction depends on the token count (1.00 to 1.16 across the demo's five counts here), so
 a table with a token axis and ``chain_ms`` (``depth`` dense blocks chained, timed at each token
 count) first scales each token column k of A, M and D by chain_ms[k] / (depth · (A + M) of a
-dense block at tokens[k]): every token count prices the dense blocks as they ran chained. The same formula over expected counts and gate probabilities is the relaxed latency the
-solver's budget uses, with its exact gradient (`LatencyTable.expected`). Every width grid runs
+dense block at tokens[k]): every token count prices the dense blocks as they ran chained. The
+same formula over expected counts and gate probabilities is the relaxed latency the solver's
+budget uses, with its exact gradient (`LatencyTable.expected`). Every width grid runs
 from 1 to the dense width, so no plan needs a width the table lacks; the token grid ends at the
 model's tokens, and a plan below its first point is refused. A table profiled without
 ``--tokens`` has the one token point ``spec.num_tokens``: it prices plans that keep every token.

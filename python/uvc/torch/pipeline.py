@@ -292,7 +292,7 @@ def compress(**settings) -> dict:
     x, _ = next(test.batches(0))
     with torch.no_grad():
         masked, exported = model(x.to(device)), slim(x.to(device))
-    plan = comp.solver.plan(fit=settings["fit_budget"])
+    plan = slim.plan  # what export extracted (and fitted): extracting it again would repeat the fit
     # After a reconstruction or a fit the exported model differs from the masked one on purpose.
     summary = {
         "stage": 1, "budget": settings["budget"],

@@ -251,8 +251,8 @@ def profile(spec_or_model: ViTSpec | nn.Module, *, device: str | torch.device = 
     drops = {k: block(num_heads=spec.num_heads, v_dim=spec.v_head_dim, mlp_hidden=0, tokens_out=max(floor, n // 2),
                       prefix_tokens=spec.prefix_tokens, class_token=spec.class_token)
              for k, n in enumerate(tokens) if n > floor and len(tokens) > 1}
-    # Parts timed alone pay call overhead that consecutive parts share, by a fraction that grows
-    # as the token count falls; the dense blocks chained give that fraction at each count.
+    # Parts timed alone and chained in a model differ by a fraction that depends on the token
+    # count; the dense blocks chained give that fraction at each count.
     chain = (nn.Sequential(*(block(num_heads=spec.num_heads, v_dim=spec.v_head_dim, mlp_hidden=spec.mlp_hidden)
                              for _ in range(spec.depth))) if len(tokens) > 1 else None)
 
