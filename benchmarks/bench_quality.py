@@ -9,7 +9,8 @@ Rows (per model × budget × seed):
   uvc          the UVC search (`pipeline.compress`, budget counted in the fvcore convention, the
                recipe of `uvc demo`'s stage 1) for round(search fraction × epochs) epochs, the plan
                fitted to the budget at export (unless --no-fit-budget; refit by least squares with
-               --reconstruct), then fine-tuning for the rest;
+               --reconstruct), then fine-tuning for the rest; --search-set changes more settings
+               of the search;
   uvc_prune    `uvc prune` without training (first-order Taylor scores on --calibration training
                images, the budget spent across layers by the cost model, kept proj / fc2 columns
                refit by least squares), then fine-tuning for all the epochs;
@@ -31,7 +32,8 @@ timm model is converted to a `uvc.torch.SlimViT` of the same weights (checked: t
 so every row is saved, fine-tuned, counted and timed as the same kind of module.
 
     python benchmarks/bench_quality.py [--models demo deep] [--budgets 0.5 0.3] [--seeds 0 1]
-        [--rows ...] [--epochs 8] [--subset 20000] [--search-fraction 0.25] [--importance taylor] [--no-fit-budget]
+        [--rows ...] [--epochs 8] [--subset 20000] [--search-fraction 0.125] [--importance taylor] [--no-fit-budget]
+        [--search-set KEY=VALUE ...]
     python benchmarks/bench_quality.py --smoke    # demo model, budget 0.5, seed 0, a few steps per row, 1 + 1 epochs for uvc (CI)
 
 Prints a table (per model and budget, mean ± half the range over the seeds, with uvc's lead over
@@ -81,7 +83,7 @@ def parse(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     parser.add_argument("--epochs", type=int, default=8, help="training epochs of every row (search included)")
     parser.add_argument("--subset", type=int, default=20000, help="training images per epoch (a seeded subset)")
-    parser.add_argument("--search-fraction", type=float, default=0.25, help="uvc: the share of the epochs searching")
+    parser.add_argument("--search-fraction", type=float, default=0.125, help="uvc: the share of the epochs searching")
     parser.add_argument("--importance", choices=COMPRESS["importance"].choices,
                         default=COMPRESS.defaults()["importance"],
                         help="uvc: what the search scores value dims and neurons by (default: uvc compress's)")
@@ -92,6 +94,10 @@ def parse(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
                         default=COMPRESS.defaults()["reconstruct"],
                         help="uvc: refit the exported model by least squares on --calibration images before "
                         "fine-tuning (default: uvc compress's)")
+    parser.add_argument("--search-set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="uvc: more `uvc compress` settings for the search, VALUE in JSON "
+                        "(prune_dims=false, distillation_alpha=0.5, lr_counts=[0.05,0.05,0.05]); named in the "
+                        "cache key. Not the settings every row shares (data, epochs, seed) or that have a flag here")
     parser.add_argument("--eval-subset", type=int, help="test images (default all 10 000)")
     parser.add_argument("--calibration", type=int, default=1024,
                         help="tp_taylor, uvc_prune: training images to score on (and uvc --reconstruct's to refit on)")
@@ -108,6 +114,7 @@ def parse(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     args.rows = [r for r in ROWS if r in args.rows]
     args.batch_size = FINETUNE.defaults()["train_batch_size"]
     args.solver = {}
+    args.search_set = search_settings(parser, args.search_set)
     if args.smoke:
         vars(args).update(SMOKE)
         args.out = str(Path(args.out).with_name("quality_smoke.json"))
@@ -137,13 +144,44 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     require_torch_pruning(parser, args.rows)
 
 
+# What the benchmark fixes for every uvc search (the same for all rows, or a flag of its own).
+OWNED = {"model", "checkpoint", "model_kwargs", "num_classes", "img_size", "budget", "budget_macs", "budget_latency",
+         "latency_table", "num_epochs", "convention", "output_dir", "resume", "stop_after", "zlr_schedule",
+         "importance", "fit_budget", "reconstruct", "calibration", "data", "data_dir", "subset", "eval_subset",
+         "seed", "train_batch_size", "eval_batch_size", "device", "progress", "checkpoint_every"}
+
+
+def search_settings(parser: argparse.ArgumentParser, items: list[str]) -> dict:
+    """``--search-set`` KEY=VALUE items as checked `uvc compress` settings (VALUE parsed as JSON,
+    else taken as a string)."""
+    from uvc.settings import COMPRESS
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            parser.error(f"--search-set {item!r}: expected KEY=VALUE")
+        if key in OWNED or key not in COMPRESS.names:
+            parser.error(f"--search-set {key}: not a setting of the search the benchmark leaves open; "
+                         f"open: {', '.join(n for n in COMPRESS.names if n not in OWNED)}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        try:
+            out[key] = COMPRESS[key].check(value, f"--search-set {key}")
+        except (TypeError, ValueError) as e:
+            parser.error(str(e))
+    return dict(sorted(out.items()))
+
+
 def key_of(args, model: str, budget: float, seed: int, row: str) -> str:
     """The cache key of one row: every setting its result depends on."""
     key = (f"{model}_b{budget:g}_s{seed}_{row}_e{args.epochs}_n{args.subset}_bs{args.batch_size}"
            f"_v{args.eval_subset or 'all'}")
     if row in ("uvc", "uvc_scratch"):
         key += (f"_f{args.search_fraction:g}_i{args.importance}" + ("_fit" if args.fit_budget else "")
-                + (f"_rec{args.calibration}" if args.reconstruct else "") + ("_smoke" if args.solver else ""))
+                + (f"_rec{args.calibration}" if args.reconstruct else "") + ("_smoke" if args.solver else "")
+                + "".join(f"_{k}={json.dumps(v, separators=(',', ':'))}" for k, v in args.search_set.items()))
     if row in ("tp_taylor", "uvc_prune"):
         key += f"_c{args.calibration}"
     return key
@@ -288,16 +326,18 @@ def run_row(args, model_name: str, meta: dict, budget: float, seed: int, row: st
     if row == "uvc":
         search = round(args.search_fraction * args.epochs)
         distill = {k: v for k, v in FINETUNE.defaults().items() if k.startswith("distillation_")}
+        # --search-set last: it may override the search recipe and its distillation.
+        recipe = {**SEARCH, **distill, **args.solver, **args.search_set}
         out = folder / "search"
         s1 = compress(model=model_name, budget=budget, num_epochs=search, convention="fvcore", output_dir=str(out),
                       zlr_schedule=tuple(float(e) for e in range(1, search)),
                       resume=(out / "stage1" / "checkpoint.pt").is_file(),
                       importance=args.importance, fit_budget=args.fit_budget, reconstruct=args.reconstruct,
-                      calibration=args.calibration, **{**SEARCH, **args.solver}, **distill, **data_settings(args, seed))
+                      calibration=args.calibration, **recipe, **data_settings(args, seed))
         start_dir, train_seconds = out / "stage1_model", epoch_seconds(out / "stage1" / "log.jsonl")
         entry.update(acc_before=s1["exported_acc"], search_epochs=search, importance=args.importance,
                      fit_budget=args.fit_budget, reconstruct=args.reconstruct,
-                     budget_met=s1["budget_met"])
+                     budget_met=s1["budget_met"], **({"search_set": args.search_set} if args.search_set else {}))
     else:
         if row == "uvc_scratch":
             start = scratch_model(load_slim(uvc_folder / "search" / "stage1_model"), seed)

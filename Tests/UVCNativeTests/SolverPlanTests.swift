@@ -179,6 +179,20 @@ final class SolverPlanTests: XCTestCase {
         XCTAssertEqual(fit.layers.map(\.vDim), raw.layers.map(\.vDim))
     }
 
+    func testFitLeavesTheKindsTheSearchDoesNotPruneAtFullWidth() throws {
+        // Over the budget (few neurons removed) and under it (many), value dims not pruned.
+        for committed: [Double] in [[1, 1, 1, 1, 0, 0, 0, 0, 5, 3, 8, 0], [2, 2, 2, 2, 0, 0, 0, 0, 90, 90, 90, 90]] {
+            let config = try SolverConfig(budget: 0.5, prune: [true, false, true])
+            var s = try Solver(spec: try spec(), convention: .fvcore, config: config, seed: 0)
+            s.state.committed = committed
+            var rng = Xoshiro256StarStar(seed: 8)
+            let (fit, macs, _) = try fitted(s, GroupData(s.spec, &rng))
+            XCTAssertEqual(fit.layers.map(\.vDim), [16, 16, 16, 16], "value dims stay whole")
+            XCTAssertLessThanOrEqual(macs, s.budgetMACs)
+            XCTAssertNotEqual(fit.layers.map(\.neurons), committed[8...].map { 96 - Int($0) }, "the neurons moved")
+        }
+    }
+
     func testWidthRoundingSteps() {
         let w = WidthGrid(roundTo: 8, dense: 96), odd = WidthGrid(roundTo: 8, dense: 38)
         let small = WidthGrid(roundTo: 8, dense: 6)

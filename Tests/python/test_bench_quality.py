@@ -96,15 +96,30 @@ def test_a_missing_torch_pruning_says_how_to_install_it(bench, capsys, monkeypat
 
 def test_the_cache_key_names_every_setting_of_the_uvc_row(bench):
     _, args = bench.parse(["--models", "demo"])
-    assert (args.search_fraction, args.fit_budget, args.reconstruct) == (0.25, True, False)
+    assert (args.search_fraction, args.fit_budget, args.reconstruct) == (0.125, True, False)
     keys = {bench.key_of(bench.parse(extra)[1], "demo", 0.3, 1, row)
             for extra in ([], ["--no-fit-budget"], ["--reconstruct"], ["--search-fraction", "0.5"])
             for row in ("uvc", "uvc_scratch")}
     assert len(keys) == 8, "each setting and row has its own cached result"
-    assert bench.key_of(args, "demo", 0.3, 1, "uvc") == "demo_b0.3_s1_uvc_e8_n20000_bs128_vall_f0.25_itaylor_fit"
+    assert bench.key_of(args, "demo", 0.3, 1, "uvc") == "demo_b0.3_s1_uvc_e8_n20000_bs128_vall_f0.125_itaylor_fit"
     _, off = bench.parse(["--no-fit-budget", "--search-fraction", "0.5"])
     assert bench.key_of(off, "demo", 0.3, 1, "uvc") == "demo_b0.3_s1_uvc_e8_n20000_bs128_vall_f0.5_itaylor", \
         "rows cached before the fit existed keep their keys"
+
+
+def test_search_set_passes_checked_settings_to_the_search_and_names_them_in_the_key(bench, capsys):
+    _, args = bench.parse(["--search-set", "prune_dims=false", "distillation_alpha=0.5", "lr_counts=[0.05,0.05,0.05]"])
+    assert args.search_set == {"distillation_alpha": 0.5, "lr_counts": (0.05, 0.05, 0.05), "prune_dims": False}
+    assert bench.key_of(args, "demo", 0.3, 0, "uvc").endswith(
+        "_fit_distillation_alpha=0.5_lr_counts=[0.05,0.05,0.05]_prune_dims=false")
+    assert bench.key_of(args, "demo", 0.3, 0, "tp_l2") == bench.key_of(bench.parse([])[1], "demo", 0.3, 0, "tp_l2")
+    for bad, says in [("subset=100", "--search-set subset: not a setting of the search the benchmark leaves open"),
+                      ("prune_dim=false", "--search-set prune_dim: not a setting"),
+                      ("prune_dims=3", "--search-set prune_dims: expected true or false, got 3"),
+                      ("prune_dims", "--search-set 'prune_dims': expected KEY=VALUE")]:
+        with pytest.raises(SystemExit):
+            bench.parse(["--search-set", bad])
+        assert says in capsys.readouterr().err
 
 
 def test_margins_name_the_best_other_row_and_the_gap_to_dense(bench):

@@ -374,6 +374,17 @@ def test_fit_spends_the_budget_from_either_side(steps):
         solver.plan(fit=1)
 
 
+@pytest.mark.parametrize("steps", [150, 600])
+def test_fit_keeps_value_dims_the_search_does_not_prune(steps):
+    """With prune_dims=False the fit trims and fills neurons only: every kept head keeps its
+    whole value width, as the search trained it."""
+    solver, _, _ = synthetic_run(TINY, 0.5, steps=steps, prune_dims=False)
+    fit = solver.plan(fit=True)
+    assert uvc.count(solver.spec, fit).macs <= solver.budget_macs
+    assert {layer.v_dim for layer in fit.layers if layer.attn and layer.heads} == {solver.spec.v_head_dim}
+    assert [len(f.neurons) for f in fit.layers] != [len(r.neurons) for r in solver.plan().layers]
+
+
 def test_budget_in_macs_and_reachability():
     spec = uvc.ViTSpec.from_name(TINY)
     dense = uvc.count(spec).macs
