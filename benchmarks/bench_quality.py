@@ -94,7 +94,7 @@ def parse(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
                         default=COMPRESS.defaults()["reconstruct"],
                         help="uvc: refit the exported model by least squares on --calibration images before "
                         "fine-tuning (default: uvc compress's)")
-    parser.add_argument("--search-set", nargs="+", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--search-set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="uvc: more `uvc compress` settings for the search, VALUE in JSON "
                         "(prune_dims=false, distillation_alpha=0.5, lr_counts=[0.05,0.05,0.05]); named in the "
                         "cache key. Not the settings every row shares (data, epochs, seed) or that have a flag here")
@@ -160,6 +160,8 @@ def search_settings(parser: argparse.ArgumentParser, items: list[str]) -> dict:
         key, sep, text = item.partition("=")
         if not sep:
             parser.error(f"--search-set {item!r}: expected KEY=VALUE")
+        if key in out:
+            parser.error(f"--search-set {key}: given twice")
         if key in OWNED or key not in COMPRESS.names:
             parser.error(f"--search-set {key}: not a setting of the search the benchmark leaves open; "
                          f"open: {', '.join(n for n in COMPRESS.names if n not in OWNED)}")

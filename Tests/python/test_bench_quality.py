@@ -110,15 +110,18 @@ def test_the_cache_key_names_every_setting_of_the_uvc_row(bench):
 def test_search_set_passes_checked_settings_to_the_search_and_names_them_in_the_key(bench, capsys):
     _, args = bench.parse(["--search-set", "prune_dims=false", "distillation_alpha=0.5", "lr_counts=[0.05,0.05,0.05]"])
     assert args.search_set == {"distillation_alpha": 0.5, "lr_counts": (0.05, 0.05, 0.05), "prune_dims": False}
+    _, twice = bench.parse(["--search-set", "prune_dims=false", "--search-set", "skip_blocks=false"])
+    assert twice.search_set == {"prune_dims": False, "skip_blocks": False}, "a second --search-set adds to the first"
     assert bench.key_of(args, "demo", 0.3, 0, "uvc").endswith(
         "_fit_distillation_alpha=0.5_lr_counts=[0.05,0.05,0.05]_prune_dims=false")
     assert bench.key_of(args, "demo", 0.3, 0, "tp_l2") == bench.key_of(bench.parse([])[1], "demo", 0.3, 0, "tp_l2")
     for bad, says in [("subset=100", "--search-set subset: not a setting of the search the benchmark leaves open"),
                       ("prune_dim=false", "--search-set prune_dim: not a setting"),
                       ("prune_dims=3", "--search-set prune_dims: expected true or false, got 3"),
-                      ("prune_dims", "--search-set 'prune_dims': expected KEY=VALUE")]:
+                      ("prune_dims", "--search-set 'prune_dims': expected KEY=VALUE"),
+                      ("prune_dims=false prune_dims=true", "--search-set prune_dims: given twice")]:
         with pytest.raises(SystemExit):
-            bench.parse(["--search-set", bad])
+            bench.parse(["--search-set", *bad.split()])
         assert says in capsys.readouterr().err
 
 

@@ -379,6 +379,7 @@ def test_fit_keeps_value_dims_the_search_does_not_prune(steps):
     """With prune_dims=False the fit trims and fills neurons only: every kept head keeps its
     whole value width, as the search trained it."""
     solver, _, _ = synthetic_run(TINY, 0.5, steps=steps, prune_dims=False)
+    assert (uvc.count(solver.spec, solver.plan()).macs > solver.budget_macs) == (steps == 150), "trim, then fill"
     fit = solver.plan(fit=True)
     assert uvc.count(solver.spec, fit).macs <= solver.budget_macs
     assert {layer.v_dim for layer in fit.layers if layer.attn and layer.heads} == {solver.spec.v_head_dim}

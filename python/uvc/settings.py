@@ -365,8 +365,8 @@ COMPRESS = Stage("compress", "stage 1: search the architecture under the budget 
                                                                                              "--epochs")),
     Setting("convention", str, "uvc", "what the budget counts", choices=tuple(sorted(CONVENTIONS))),
     Setting("fit_budget", bool, True, "fit the exported plan to the budget: trim it where the search ended over the "
-            "budget, then widen it while a value dim or neuron still fits (the exported model then differs from the "
-            "searched, masked one where it moved; --no-fit-budget: export the search's committed counts as they "
+            "budget, then widen it while a value dim or neuron still fits; only the kinds the search prunes move (the "
+            "exported model then differs from the searched, masked one where it moved; --no-fit-budget: export the search's committed counts as they "
             "are)"),
     Setting("enable_pruning", bool, True, "0: remove no heads, value dims or neurons (whatever --prune-* say)",
             flags=("--enable_pruning",), binary=True),

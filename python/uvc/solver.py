@@ -386,7 +386,9 @@ class Solver:
         widening while a step stays within the budget (most score gained per MAC, or ms, added;
         heads and block parts stay). A search that stopped short of the budget, or past it,
         thus exports a plan that spends it; that plan differs from the training masks where it
-        trimmed or filled."""
+        trimmed or filled. The trim and the fill move only the kinds the search prunes
+        (``prune_dims``, ``prune_neurons``): a search that prunes neither can end over the
+        budget, which the plan's cost then shows."""
         if not isinstance(fit, bool):
             raise TypeError(f"Solver.plan: fit must be a bool, got {type(fit).__name__}")
         if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral):
