@@ -18,9 +18,11 @@ plans measure at most 0.55 of the dense latency at the batch sizes of their tabl
 
     python benchmarks/bench_latency_budget.py                                  # DeiT-S at 224, batch 1 and 16
     python benchmarks/bench_latency_budget.py --model demo --batch-sizes 1 64
+    python benchmarks/bench_latency_budget.py --device cuda --dtype float16 --batch-sizes 1 256   # on a GPU
     python benchmarks/bench_latency_budget.py --smoke                          # the demo, tiny repeats (CI)
 
-Prints a table and writes benchmarks/results/latency_budget_<model>.json.
+Prints a table and writes benchmarks/results/latency_budget_<model>.json (with _<device>_<dtype>
+before .json off the CPU or in another dtype).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from uvc.torch import SlimViT, spec_from_model
 from uvc.torch.introspect import model_config
 from uvc.torch.latency import compare_latency
 from uvc.torch.pipeline import load_model
-from uvc.torch.profile import load_table, profile, save_table
+from uvc.torch.profile import DTYPES, load_table, profile, save_table
 
 from common import RESULTS
 
@@ -73,12 +75,16 @@ def fixed_plans(spec: uvc.ViTSpec) -> dict[str, uvc.ArchPlan]:
     return {"skip_half": uvc.ArchPlan(spec, skip), "halved": uvc.ArchPlan(spec, halved)}
 
 
-def get_table(name: str, spec, config, batch_size: int, threads: int, repeats: int, folder: Path) -> dict:
-    """The profile of ``spec`` at ``batch_size`` (cached per model, batch and threads)."""
-    path = folder / f"{name}_b{batch_size}_t{threads}_cpu.json"
+def get_table(name: str, spec, config, batch_size: int, threads: int, repeats: int, folder: Path, device: str,
+              dtype: str) -> dict:
+    """The profile of ``spec`` at ``batch_size`` on ``device`` in ``dtype`` (cached per model,
+    batch, threads, device and dtype)."""
+    path = folder / (f"{name}_b{batch_size}_t{threads}_{device.replace(':', '')}"
+                     + ("" if dtype == "float32" else f"_{dtype}") + ".json")
     if path.exists():
         return load_table(path)
-    t = profile(spec, batch_size=batch_size, threads=threads, repeats=repeats, config=config)
+    t = profile(spec, device=device, dtype=dtype, batch_size=batch_size, threads=threads, repeats=repeats,
+                config=config)
     folder.mkdir(parents=True, exist_ok=True)
     save_table(t, path)
     return t
@@ -90,21 +96,29 @@ def main(argv=None) -> int:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16], help="table and measurement batch sizes")
     p.add_argument("--budget", type=float, default=0.5)
     p.add_argument("--steps", type=int, default=1500, help="solver steps per search")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="where the tables are profiled and the plans timed: cpu, cuda[:N]")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="of the weights and inputs timed")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--smoke", action="store_true", help="the demo at batch 1 and 4, budget 0.8, 300 steps, 3 repeats, "
                    "1 thread")
-    p.add_argument("--out", help="JSON path (default benchmarks/results/latency_budget_<model>.json)")
+    p.add_argument("--out", help="JSON path (default benchmarks/results/latency_budget_<model>[_<device>_<dtype>].json)")
     args = p.parse_args(argv)
     if args.smoke:
         args.model, args.batch_sizes, args.steps, args.repeats, args.budget, args.threads = "demo", [1, 4], 300, 3, 0.8, 1
+    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        p.error(f"--device {args.device}: expected cpu, or cuda[:N] where torch sees a CUDA device "
+                f"(here: {'yes' if torch.cuda.is_available() else 'none'})")
+    if args.dtype == "float16" and args.device == "cpu":
+        p.error("--dtype float16: refused on the CPU (not what CPUs deploy); float32 or bfloat16 there")
     torch.manual_seed(0)
     model, _ = load_model(args.model)
     model.eval()
     spec, config = spec_from_model(model), model_config(model)
     folder = Path(args.out).parent / "latency_tables" if args.out else RESULTS / "latency_tables"
-    tables = {b: uvc.LatencyTable(get_table(args.model, spec, config, b, args.threads, max(args.repeats, 3), folder),
-                                  source=f"{args.model} batch {b}") for b in args.batch_sizes}
+    tables = {b: uvc.LatencyTable(get_table(args.model, spec, config, b, args.threads, max(args.repeats, 3), folder,
+                                            args.device, args.dtype),
+                                  source=f"{args.model} batch {b} {args.device} {args.dtype}") for b in args.batch_sizes}
     scores = column_scores(model)
     plans: dict[str, uvc.ArchPlan] = {}
     macs = search(uvc.Solver(spec, args.budget, warmup_epochs=0.1, seed=0), scores, args.steps)
@@ -115,10 +129,11 @@ def main(argv=None) -> int:
         plans[f"latency@{b}"] = search(uvc.Solver(spec, args.budget, latency=t, warmup_epochs=0.1, seed=0),
                                        scores, args.steps).plan()
     plans.update(fixed_plans(spec))
-    slim = {"dense": SlimViT.from_timm(model, uvc.ArchPlan.dense(spec))}
-    slim.update({name: SlimViT.from_timm(model, plan) for name, plan in plans.items()})
+    dd = dict(device=torch.device(args.device), dtype=DTYPES[args.dtype])
+    slim = {"dense": SlimViT.from_timm(model, uvc.ArchPlan.dense(spec)).to(**dd)}
+    slim.update({name: SlimViT.from_timm(model, plan).to(**dd) for name, plan in plans.items()})
     measured = compare_latency(slim, (spec.in_channels, *spec.image_size), args.batch_sizes, threads=args.threads,
-                               repeats=args.repeats)
+                               repeats=args.repeats, device=args.device)
     dense_macs = uvc.count(spec).macs
     rows = []
     for name, plan in plans.items():
@@ -131,7 +146,8 @@ def main(argv=None) -> int:
                         "parts": [[l.attn, l.mlp] for l in plan.layers]}}
         rows.append(row)
     bs = args.batch_sizes
-    print(f"{args.model}, CPU, {args.threads} threads, budget {args.budget}; dense ms: "
+    where = f"CPU, {args.threads} threads" if args.device == "cpu" else args.device
+    print(f"{args.model}, {where}, {args.dtype}, budget {args.budget}; dense ms: "
           + ", ".join(f"{measured['dense'][b]['median_ms']:.2f} @ {b}" for b in bs))
     print(text_table(["plan", "MACs ratio"] + [f"predicted @ {b}" for b in bs] + [f"measured @ {b}" for b in bs],
                      [[r["plan"], f"{r['macs_ratio']:.3f}"] + [f"{r['predicted_ratio'][str(b)]:.3f}" for b in bs]
@@ -141,9 +157,11 @@ def main(argv=None) -> int:
         got = next(r for r in rows if r["plan"] == f"latency@{b}")["measured_ratio"][str(b)]
         verdict = "met" if got <= target else "MISSED"
         print(f"target: latency@{b} measures <= {target:.2f} of dense at batch {b}: {got:.3f} ({verdict})")
-    out = Path(args.out) if args.out else RESULTS / f"latency_budget_{args.model}.json"
+    suffix = "" if (args.device, args.dtype) == ("cpu", "float32") else f"_{args.device.replace(':', '')}_{args.dtype}"
+    out = Path(args.out) if args.out else RESULTS / f"latency_budget_{args.model}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "threads": args.threads, "budget": args.budget,
+    out.write_text(json.dumps({"model": args.model, "device": args.device, "dtype": args.dtype,
+                               "threads": args.threads, "budget": args.budget,
                                "batch_sizes": bs, "steps": args.steps, "repeats": args.repeats,
                                "dense_ms": {str(b): measured["dense"][b]["median_ms"] for b in bs},
                                "rows": rows}, indent=1) + "\n")
