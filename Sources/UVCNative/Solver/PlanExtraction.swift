@@ -78,7 +78,10 @@ extension Solver {
         let grids = latency.map { (WidthGrid(points: $0.vDimGrid), WidthGrid(points: $0.neuronGrid)) }
             ?? (roundTo > 1 || fit ? (WidthGrid(roundTo: roundTo, dense: spec.vHeadDim),
                                       WidthGrid(roundTo: roundTo, dense: spec.mlpHidden)) : nil)
-        if let (dimGrid, neuronGrid) = grids {
+        if var (dimGrid, neuronGrid) = grids {
+            // A kind the search does not prune keeps its full width: its only allowed width.
+            if !config.prune[GroupKind.dims.rawValue] { dimGrid = WidthGrid(points: [spec.vHeadDim]) }
+            if !config.prune[GroupKind.neurons.rawValue] { neuronGrid = WidthGrid(points: [spec.mlpHidden]) }
             shape.vDim = shape.vDim.map { dimGrid.nearest($0) }
             shape.neurons = shape.neurons.map { neuronGrid.nearest($0) }
             let ranked = RankedScores(self, scores: scores)
@@ -169,9 +172,8 @@ extension Solver {
 
     /// Greedy budget repair after rounding or snapping: while the plan exceeds the budget, takes
     /// the step with the most cost saved (up to what the budget still needs) per unit of score
-    /// lost, among steps that save anything:
-    /// one part one grid width narrower (value dims or neurons, where the search prunes that
-    /// kind), or (with a latency table and skippable blocks) one
+    /// lost, among steps that save anything: one part one grid width narrower (a kind the
+    /// search does not prune has one width), or (with a latency table and skippable blocks) one
     /// running gate's part(s) skipped. A table flat in width (a CPU at batch 1) thus skips
     /// parts instead of narrowing layers for nothing.
     ///
@@ -186,8 +188,6 @@ extension Solver {
     private func fitBudget(_ ranked: RankedScores, grids: (dims: WidthGrid, neurons: WidthGrid),
                            shape: inout PlanShape) {
         let l = spec.depth
-        // A kind the search does not prune keeps its width here too.
-        let prunesDims = config.prune[GroupKind.dims.rawValue], prunesNeurons = config.prune[GroupKind.neurons.rawValue]
         let share = ranked.share
         func cost() -> Double { self.cost(shape) }
         let probabilities = gateProbabilities()
@@ -207,11 +207,10 @@ extension Solver {
                 if best == nil || ratio > best!.ratio { best = (ratio, change, after) }
             }
             for layer in 0..<l {
-                if prunesDims, shape.decisions[2 * layer] == 1, let lower = grids.dims.nextLower(shape.vDim[layer]) {
+                if shape.decisions[2 * layer] == 1, let lower = grids.dims.nextLower(shape.vDim[layer]) {
                     consider(share(layer, 0, lower..<shape.vDim[layer])) { $0.vDim[layer] = lower }
                 }
-                if prunesNeurons, shape.decisions[2 * layer + 1] == 1,
-                   let lower = grids.neurons.nextLower(shape.neurons[layer]) {
+                if shape.decisions[2 * layer + 1] == 1, let lower = grids.neurons.nextLower(shape.neurons[layer]) {
                     consider(share(layer, 1, lower..<shape.neurons[layer])) { $0.neurons[layer] = lower }
                 }
             }
@@ -239,14 +238,12 @@ extension Solver {
 
     /// Greedy fill after the trim (`fit`): while a step fits within the budget, takes the one
     /// that gains the most score per unit of cost added: one running part one grid width wider
-    /// (value dims of a layer that keeps a head; neurons; each only where the search prunes
-    /// it). Score gained is `RankedScores.share` of the units the step adds, the units the trim
-    /// would price as lost. The committed head counts and the parts' decisions stay.
+    /// (value dims of a layer that keeps a head; neurons). Score gained is `RankedScores.share`
+    /// of the units the step adds, the units the trim would price as lost. The committed head counts and the parts' decisions stay.
     /// - Complexity: O(steps · depth · cost), a step being one grid width.
     private func fillBudget(_ ranked: RankedScores, grids: (dims: WidthGrid, neurons: WidthGrid),
                             shape: inout PlanShape) {
         let l = spec.depth
-        let prunesDims = config.prune[GroupKind.dims.rawValue], prunesNeurons = config.prune[GroupKind.neurons.rawValue]
         var current = cost(shape)
         while true {
             var best: (ratio: Double, shape: PlanShape, cost: Double)?
@@ -259,12 +256,11 @@ extension Solver {
                 if best == nil || ratio > best!.ratio { best = (ratio, wider, after) }
             }
             for layer in 0..<l {
-                if prunesDims, shape.decisions[2 * layer] == 1, Int(state.committed[layer]) < spec.numHeads,
+                if shape.decisions[2 * layer] == 1, Int(state.committed[layer]) < spec.numHeads,
                    let upper = grids.dims.nextHigher(shape.vDim[layer]) {
                     consider(ranked.share(layer, 0, shape.vDim[layer]..<upper)) { $0.vDim[layer] = upper }
                 }
-                if prunesNeurons, shape.decisions[2 * layer + 1] == 1,
-                   let upper = grids.neurons.nextHigher(shape.neurons[layer]) {
+                if shape.decisions[2 * layer + 1] == 1, let upper = grids.neurons.nextHigher(shape.neurons[layer]) {
                     consider(ranked.share(layer, 1, shape.neurons[layer]..<upper)) { $0.neurons[layer] = upper }
                 }
             }
