@@ -21,7 +21,7 @@ LOGS = Path(__file__).resolve().parents[2] / "scripts" / "logs"
 SHAPES = {"demo": (6, 64, 4, 256, 50), "deep": (12, 48, 3, 192, 50)}
 
 
-@pytest.mark.parametrize("name", ["demo"])
+@pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_a_shipped_model_has_its_shape_and_scores_what_its_description_records(name):
     model, meta = load_model(name)
     spec = spec_from_model(model)
@@ -33,7 +33,7 @@ def test_a_shipped_model_has_its_shape_and_scores_what_its_description_records(n
     assert abs(evaluate(model, test, torch.device("cpu")) - meta["test_accuracy"]) <= 0.05  # 5 images
 
 
-@pytest.mark.parametrize("name", ["demo"])
+@pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_a_shipped_model_comes_with_the_log_of_a_converged_run(name):
     meta = json.loads((ASSETS / f"{SHIPPED[name]}.json").read_text())
     assert meta["converged"] and meta["gain_last_5"] < 0.2
