@@ -239,7 +239,8 @@ extension Solver {
     /// Greedy fill after the trim (`fit`): while a step fits within the budget, takes the one
     /// that gains the most score per unit of cost added: one running part one grid width wider
     /// (value dims of a layer that keeps a head; neurons). Score gained is `RankedScores.share`
-    /// of the units the step adds, the units the trim would price as lost. The committed head counts and the parts' decisions stay.
+    /// of the units the step adds, the units the trim would price as lost. The committed head
+    /// counts and the parts' decisions stay.
     /// - Complexity: O(steps · depth · cost), a step being one grid width.
     private func fillBudget(_ ranked: RankedScores, grids: (dims: WidthGrid, neurons: WidthGrid),
                             shape: inout PlanShape) {
