@@ -39,7 +39,7 @@ from uvc.torch import SlimViT, spec_from_model
 from uvc.torch.introspect import model_config
 from uvc.torch.latency import compare_latency
 from uvc.torch.pipeline import load_model
-from uvc.torch.profile import DTYPES, load_table, profile, save_table
+from uvc.torch.profile import DTYPES, TABLE_FORMAT, load_table, profile, save_table
 
 from common import RESULTS
 
@@ -78,11 +78,11 @@ def fixed_plans(spec: uvc.ViTSpec) -> dict[str, uvc.ArchPlan]:
 def get_table(name: str, spec, config, batch_size: int, threads: int, repeats: int, folder: Path, device: str,
               dtype: str) -> dict:
     """The profile of ``spec`` at ``batch_size`` on ``device`` in ``dtype`` (cached per model,
-    batch, threads, device and dtype)."""
+    batch, threads, device and dtype; a cached table of an older format is profiled again)."""
     path = folder / (f"{name}_b{batch_size}_t{threads}_{device.replace(':', '')}"
                      + ("" if dtype == "float32" else f"_{dtype}") + ".json")
-    if path.exists():
-        return load_table(path)
+    if path.exists() and (cached := load_table(path))["format"] == TABLE_FORMAT:
+        return cached
     t = profile(spec, device=device, dtype=dtype, batch_size=batch_size, threads=threads, repeats=repeats,
                 config=config)
     folder.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ from uvc.report import table as text_table
 from uvc.spec import ViTSpec
 from uvc.torch.latency import compare_latency
 from uvc.torch.pipeline import load_model
-from uvc.torch.profile import DTYPES, default_tokens, load_table, profile, save_table, spec_and_config
+from uvc.torch.profile import DTYPES, TABLE_FORMAT, default_tokens, load_table, profile, save_table, spec_and_config
 from uvc.torch.slim import SlimViT
 
 from common import RESULTS
@@ -103,7 +103,8 @@ def get_table(source, spec: ViTSpec, args, threads: int, folder: Path) -> tuple[
     path = Path(args.table) if args.table else _cache_path(folder, args.model, args, threads)
     if path.exists():
         table = load_table(path)
-        stale = args.tokens and "chain_ms" not in table and not args.table  # profiled before chains were timed
+        # Profiled before chains were timed, or before narrow value widths were padded for SDPA.
+        stale = not args.table and ((args.tokens and "chain_ms" not in table) or table["format"] != TABLE_FORMAT)
         if ViTSpec.from_dict(table["spec"]).replace(name=None) == spec.replace(name=None) and not stale:
             print(f"latency table: {path} (cached)")
             return table, path

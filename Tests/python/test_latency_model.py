@@ -20,7 +20,7 @@ def make_table(spec=SPEC, v_dims=(1, 4, 8, 12, 16), neurons=(1, 32, 64, 96, 128,
     att = [[0.05 + 0.01 * h * v + (0.02 if v == 12 else 0.0) + 0.001 * rng.random() for v in v_dims] for h in heads]
     mlp = [0.04 + 0.0007 * n + 0.001 * rng.random() for n in neurons]
     return {"format": "uvc.latency/1", "spec": spec.to_dict(),
-            "device": {"type": "cpu", "name": "test", "torch": "x", "threads": 1, "dtype": "float32", "sdpa": True},
+            "device": {"type": "cpu", "name": "test", "torch": "x", "threads": 1, "dtype": "float32", "sdpa": False},
             "batch_size": batch_size, "heads": heads, "v_dims": list(v_dims), "neurons": list(neurons),
             "attention_ms": att, "mlp_ms": mlp, "fixed_ms": 0.3}
 
@@ -123,7 +123,7 @@ def test_tables_that_cannot_price_a_plan_are_refused_naming_the_table_and_the_po
     short = dict(table, neurons=table["neurons"][:-1], mlp_ms=table["mlp_ms"][:-1])
     with pytest.raises(ValueError, match="neurons: has no point at 256.*extrapolating above the grid is refused"):
         uvc.LatencyTable(short)
-    with pytest.raises(ValueError, match="expected format 'uvc.latency/2'"):
+    with pytest.raises(ValueError, match="expected format 'uvc.latency/3'"):
         uvc.LatencyTable(dict(table, format="uvc.latency/0"))
     with pytest.raises(ValueError, match=r"missing keys \['mlp_ms'\]"):
         uvc.LatencyTable({k: v for k, v in table.items() if k != "mlp_ms"})
@@ -212,7 +212,7 @@ def make_token_table(spec=SPEC, tokens=(3, 13, 25, 50), seed=0):
     att = np.array(base["attention_ms"])[..., None] * (0.2 + 0.8 * n ** 1.5) + 0.001 * rng.random(len(tokens))
     mlp = np.array(base["mlp_ms"])[:, None] * (0.1 + 0.9 * n) + 0.001 * rng.random(len(tokens))
     drop = [0.0] + [0.004 + 0.01 * t for t in n[1:]]
-    return dict(base, format="uvc.latency/2", tokens=list(tokens), attention_ms=att.tolist(), mlp_ms=mlp.tolist(),
+    return dict(base, format="uvc.latency/3", tokens=list(tokens), attention_ms=att.tolist(), mlp_ms=mlp.tolist(),
                 drop_ms=drop)
 
 
@@ -255,13 +255,31 @@ def test_a_token_axis_prices_plans_that_drop_tokens():
         # The relaxed latency at the plan's counts is the plan's latency.
         assert lt.expected(relaxed_row(plan)) == pytest.approx(lt.predict(plan), rel=1e-12)
     assert dropping > 30
-    # Format 1 is the one-token-point table of format 2.
+    # Format 1 is the one-token-point table of format 3.
     flat = make_table()
-    one = dict(flat, format="uvc.latency/2", tokens=[SPEC.num_tokens], drop_ms=[0.0],
+    one = dict(flat, format="uvc.latency/3", tokens=[SPEC.num_tokens], drop_ms=[0.0],
                attention_ms=np.array(flat["attention_ms"])[..., None].tolist(),
                mlp_ms=np.array(flat["mlp_ms"])[:, None].tolist())
     plan = uvc.random_plan(SPEC, rng, tokens=False)
     assert uvc.LatencyTable(one).predict(plan) == uvc.LatencyTable(flat).predict(plan)
+
+
+def test_tables_timed_before_the_padded_value_path_warn():
+    """Formats 1 and 2 timed SDPA on unpadded narrow value widths: they load and price as
+    before, with a warning naming the table and the remedy; format 3 and explicit-attention
+    tables load silently."""
+    import warnings
+    tokens = make_token_table()
+    plan = uvc.random_plan(SPEC, np.random.default_rng(3), tokens=False)
+    sdpa = {**tokens["device"], "sdpa": True}
+    for old in (dict(tokens, format="uvc.latency/2", device=sdpa), dict(make_table(), device=sdpa)):
+        with pytest.warns(UserWarning, match=r"latency table old\.json \(uvc\.latency/[12]\).*uvc profile"):
+            lt = uvc.LatencyTable(old, source="old.json")
+        assert lt.predict(plan) == uvc.LatencyTable(dict(old, device=tokens["device"])).predict(plan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        uvc.LatencyTable(dict(tokens, device=sdpa))
+        uvc.LatencyTable(dict(tokens, format="uvc.latency/2"))
 
 
 def test_chained_blocks_scale_each_token_column():

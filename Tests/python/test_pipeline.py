@@ -189,7 +189,7 @@ def test_a_flat_latency_table_is_met_by_skipping_parts(tmp_path, tiny_checkpoint
     heads, v_dims, neurons = list(range(1, spec.num_heads + 1)), [1, spec.v_head_dim], [1, spec.mlp_hidden]
     table = {"format": "uvc.latency/1", "spec": spec.to_dict(),
              "device": {"type": "cpu", "name": "flat", "torch": torch.__version__, "threads": 1, "dtype": "float32",
-                        "sdpa": True},
+                        "sdpa": False},
              "batch_size": 1, "heads": heads, "v_dims": v_dims, "neurons": neurons,
              "attention_ms": [[0.3] * len(v_dims) for _ in heads], "mlp_ms": [0.2] * len(neurons), "fixed_ms": 0.2}
     path = tmp_path / "flat.json"
@@ -217,7 +217,7 @@ def test_a_token_axis_lets_a_latency_budget_prune_tokens(tmp_path, tiny_checkpoi
     heads, v_dims, neurons, tokens = (list(range(1, spec.num_heads + 1)), [1, spec.v_head_dim],
                                       [1, spec.mlp_hidden], default_tokens(spec))
     share = [n / spec.num_tokens for n in tokens]  # time proportional to the tokens
-    table = {"format": "uvc.latency/2", "spec": spec.to_dict(),
+    table = {"format": "uvc.latency/3", "spec": spec.to_dict(),
              "device": {"type": "cpu", "name": "tokens", "torch": torch.__version__, "threads": 1,
                         "dtype": "float32", "sdpa": True},
              "batch_size": 1, "heads": heads, "v_dims": v_dims, "neurons": neurons, "tokens": tokens,

@@ -67,9 +67,9 @@ def test_json_round_trip_and_format_refusal(table, tmp_path):
     path = tmp_path / "latency.json"
     save_table(table, path)
     assert load_table(path) == table
-    for bad in ({**table, "format": "uvc.latency/3"}, {**table, "format": "uvc.plan/1"}, [1, 2]):
+    for bad in ({**table, "format": "uvc.latency/4"}, {**table, "format": "uvc.plan/1"}, [1, 2]):
         path.write_text(json.dumps(bad))
-        with pytest.raises(ValueError, match=f"{path}.*uvc.latency/2"):
+        with pytest.raises(ValueError, match=f"{path}.*uvc.latency/3"):
             load_table(path)
     path.write_text(json.dumps({k: v for k, v in table.items() if k != "mlp_ms"}))
     with pytest.raises(ValueError, match=f"{path}.*mlp_ms"):

@@ -79,6 +79,27 @@ def test_dense_plan_reproduces_timm_in_both_modes(timm_model):
         assert isinstance(slim(x), torch.Tensor)
 
 
+@pytest.mark.parametrize("v_dim", [1, 5, 8])
+def test_sdpa_with_narrow_values_equals_explicit_attention(v_dim):
+    # SDPA pads a value width below the q/k width (8) with zeros: outputs and gradients are the
+    # explicit path's, and the padding never reaches the output or the weights.
+    from uvc.torch.slim import SlimAttention
+    torch.manual_seed(0)
+    attn = SlimAttention(24, 3, 8, v_dim, qk_norm=True).double()
+    x = torch.randn(2, 7, 24, dtype=torch.float64, requires_grad=True)
+    results = []
+    for fused in (True, False):
+        attn.fused_attn = fused
+        attn.zero_grad()
+        x.grad = None
+        out = attn(x)
+        out.square().sum().backward()
+        results.append((out, x.grad.clone(), attn.qkv.weight.grad.clone(), attn.proj.weight.grad.clone()))
+    assert results[0][0].shape == (2, 7, 24)
+    for fused, explicit in zip(*results):
+        torch.testing.assert_close(fused, explicit, atol=1e-12, rtol=1e-10)
+
+
 def test_from_timm_refusals(timm_model):
     spec = spec_from_model(timm_model)
     dense = uvc.ArchPlan.dense(spec)

@@ -28,7 +28,7 @@ def table_dict(spec=SPEC, batch_size=4):
     att = [[0.05 + 0.02 * h + 0.003 * h * v for v in v_dims] for h in heads]
     mlp = [0.04 + 0.0007 * n + (0.01 if n >= 64 else 0.0) for n in neurons]
     return {"format": "uvc.latency/1", "spec": spec.to_dict(),
-            "device": {"type": "cpu", "name": "test", "torch": "x", "threads": 1, "dtype": "float32", "sdpa": True},
+            "device": {"type": "cpu", "name": "test", "torch": "x", "threads": 1, "dtype": "float32", "sdpa": False},
             "batch_size": batch_size, "heads": heads, "v_dims": v_dims, "neurons": neurons,
             "attention_ms": att, "mlp_ms": mlp, "fixed_ms": 0.3}
 

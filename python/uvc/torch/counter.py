@@ -3,10 +3,11 @@
 Units: **MACs** (multiply-accumulates); FLOPs = 2 × MACs.
 
 `count_macs` uses torch's own ``FlopCounterMode`` (matrix products, linear, convolution and
-every SDPA kernel, fused or not; it reports FLOPs, two per MAC) and adds LayerNorm at 5 MACs
-per input element with an affine transform, 4 without. That is fvcore's convention on timm
-models with fused attention off, i.e. the cost model's ``"fvcore"`` preset: element-wise ops
-(softmax, GELU, bias adds, residual adds, scaling) are not counted.
+SDPA kernels; it reports FLOPs, two per MAC) and adds LayerNorm at 5 MACs per input element
+with an affine transform, 4 without, with fused attention off like fvcore: the MACs of the
+model's attention, not the zero value columns `uvc.torch.slim.attend` pads for SDPA's fused
+kernel. That is fvcore's convention on timm models, i.e. the cost model's ``"fvcore"`` preset:
+element-wise ops (softmax, GELU, bias adds, residual adds, scaling) are not counted.
 
 `fvcore_macs` runs fvcore's ``FlopCountAnalysis`` (whose "flops" are MACs), with fused
 attention switched off first because fvcore cannot see inside SDPA.
@@ -67,7 +68,7 @@ def _layer_norm_flops(input_shape, normalized_shape, weight_shape=None, bias_sha
 
 def count_macs(model: nn.Module, example_input: Any) -> dict:
     """MACs of one forward pass of ``model`` on ``example_input`` (a tensor or tuple of tensors),
-    in eval mode (restored after).
+    in eval mode with fused attention off (both restored after).
 
     Returns ``{"macs": int, "flops": int, "by_op": {aten op name: MACs}}``; ``flops`` is 2 × MACs.
     The count is for the whole input batch.
@@ -77,7 +78,7 @@ def count_macs(model: nn.Module, example_input: Any) -> dict:
     counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.native_layer_norm: _layer_norm_flops})
     # With gradients on: under no_grad, FlopCounterMode's module tracker fails on a module fed a
     # view of a parameter (the latent query of timm's attention-pool head).
-    with _eval(model), counter:
+    with _eval(model), unfused_attention(model), counter:
         model(*inputs)
     by_op = {str(op): int(f) // 2 for op, f in counter.get_flop_counts().get("Global", {}).items()}
     macs = sum(by_op.values())

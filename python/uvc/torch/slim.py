@@ -20,7 +20,7 @@ from ..plan import ArchPlan
 from ..spec import ViTSpec
 
 __all__ = ["SlimViT", "SlimAttention", "SlimMlp", "SlimBlock", "SlimAttentionPool", "LayerScale", "PatchEmbed",
-           "reduce_tokens", "ranking_attention", "ACTIVATIONS"]
+           "attend", "reduce_tokens", "ranking_attention", "ACTIVATIONS"]
 
 
 class QuickGELU(nn.Module):
@@ -33,6 +33,21 @@ class QuickGELU(nn.Module):
 # The MLP activations a slim model can have, by the name `SlimViT`'s ``act`` takes.
 ACTIVATIONS = {"gelu": lambda: nn.GELU(), "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "quick_gelu": QuickGELU,
                "silu": nn.SiLU}
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, *, fused: bool) -> torch.Tensor:
+    """softmax(q·kᵀ·``scale``)·v per head: (B, h, N, qk_dim) queries and keys, (B, h, N, v_dim)
+    values, v_dim ≤ qk_dim. ``fused``: torch SDPA, else explicit matmuls and softmax (what
+    counters see). A value width below the q/k width leaves SDPA's fused kernel (2× slower on a
+    CPU at batch 64; `benchmarks/bench_attention.py`), so ``fused`` pads v with zero columns,
+    which add nothing to the output, and slices them off.
+    """
+    if not fused:
+        return ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+    vd, qd = v.shape[-1], q.shape[-1]
+    if vd < qd:
+        return F.scaled_dot_product_attention(q, k, F.pad(v, (0, qd - vd)), scale=scale)[..., :vd]
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
 def ranking_attention(q: torch.Tensor, k: torch.Tensor, scale: float, *, class_token: bool,
@@ -125,8 +140,9 @@ class SlimAttention(nn.Module):
     """Multi-head self-attention whose value width may differ from the query/key width.
 
     qkv: Linear(dim → heads·(2·qk_dim + v_dim)) laid out [q heads | k heads | v heads];
-    proj: Linear(heads·v_dim → dim). ``fused_attn`` picks torch SDPA (fast) or explicit
-    matmuls and softmax (what fvcore can count), like timm's attribute of that name.
+    proj: Linear(heads·v_dim → dim). ``fused_attn`` picks torch SDPA (fast; a narrower v is
+    padded, see `attend`) or explicit matmuls and softmax (what fvcore can count), like timm's
+    attribute of that name.
     Called with ``ranking="class"`` (or ``"received"``) it also returns the (B, N) attention
     that ranks tokens, `ranking_attention` over all its heads: the class token's row, one
     extra matmul of heads·N·qk_dim MACs per image (or every row averaged over the queries,
@@ -155,11 +171,7 @@ class SlimAttention(nn.Module):
         k = k.reshape(b, n, h, qd).transpose(1, 2)
         v = v.reshape(b, n, h, vd).transpose(1, 2)
         q, k = self.q_norm(q), self.k_norm(k)
-        if self.fused_attn:
-            x = F.scaled_dot_product_attention(q, k, v)
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            x = attn.softmax(dim=-1) @ v
+        x = attend(q, k, v, self.scale, fused=self.fused_attn)
         out = self.proj(x.transpose(1, 2).reshape(b, n, h * vd))
         if ranking is None:
             return out
@@ -218,11 +230,7 @@ class SlimAttentionPool(nn.Module):
         h, hd = self.num_heads, self.head_dim
         q = self.q(self.latent.expand(b, -1, -1)).reshape(b, 1, h, hd).transpose(1, 2)
         k, v = self.kv(x).reshape(b, n, 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.fused_attn:
-            x = F.scaled_dot_product_attention(q, k, v)
-        else:
-            x = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-        x = self.proj(x.transpose(1, 2).reshape(b, 1, d))
+        x = self.proj(attend(q, k, v, self.scale, fused=self.fused_attn).transpose(1, 2).reshape(b, 1, d))
         x = x + self.mlp(self.norm(x))
         return x[:, 0]
 
