@@ -412,7 +412,9 @@ def print_table(args, data: dict, keys: dict) -> None:
                 ms = {b: [lat[keys[model, budget, s, row]][str(b)] for s in args.seeds
                           if keys[model, budget, s, row] in lat] for b in BATCH_SIZES}
                 over = any(e["ratio"] > budget * (1 + BUDGET_TOLERANCE) for e in entries)
-                label = LABELS[row] + (" (over budget)" if over else "")
+                # A baseline whose steps are coarse (3 heads, rounded) may stop well below the budget.
+                under = any(e["ratio"] < budget * (1 - BUDGET_TOLERANCE) for e in entries)
+                label = LABELS[row] + (" (over budget)" if over else " (under budget)" if under else "")
                 print(f"{label:<42} {mean_spread([e['acc'] for e in entries], '.2f'):>14} "
                       f"{mean_spread([e['acc_before'] for e in entries], '.2f'):>14} "
                       f"{mean_spread([e['ratio'] for e in entries], '.3f'):>14} "

@@ -139,3 +139,18 @@ def test_margins_name_the_best_other_row_and_the_gap_to_dense(bench):
     assert m["to_dense"] == pytest.approx(90.5 - 91.5)
     _, alone = bench.parse(["--rows", "uvc"])
     assert bench.margins(alone, data, keys) == {}
+
+
+def test_the_table_flags_rows_outside_the_budget_tolerance(bench, capsys):
+    _, args = bench.parse(["--models", "demo", "--budgets", "0.5", "--seeds", "0", "--rows", "uvc", "tp_l2",
+                           "uniform"])
+    ratios = {"uvc": 0.5, "tp_l2": 0.51, "uniform": 0.438}  # within 1 %, over by 2 %, under by 12 %
+    keys = {("demo", 0.5, 0, r): r for r in ratios}
+    entry = dict(acc=90.0, acc_before=50.0, params=1000, train_seconds=10.0)
+    data = {"dense": {bench.dense_key(args, "demo", 0): {"acc": 91.0, "macs": 10 ** 7, "params": 2000}},
+            "rows": {r: dict(entry, ratio=x) for r, x in ratios.items()}}
+    bench.print_table(args, data, keys)
+    out = capsys.readouterr().out.splitlines()
+    row = {r: next(l for l in out if l.startswith(bench.LABELS[r])) for r in ratios}
+    assert "budget)" not in row["uvc"]
+    assert "(over budget)" in row["tp_l2"] and "(under budget)" in row["uniform"]
