@@ -123,7 +123,7 @@ def test_tables_that_cannot_price_a_plan_are_refused_naming_the_table_and_the_po
     short = dict(table, neurons=table["neurons"][:-1], mlp_ms=table["mlp_ms"][:-1])
     with pytest.raises(ValueError, match="neurons: has no point at 256.*extrapolating above the grid is refused"):
         uvc.LatencyTable(short)
-    with pytest.raises(ValueError, match="expected format 'uvc.latency/3'"):
+    with pytest.raises(ValueError, match="expected format 'uvc.latency/4'"):
         uvc.LatencyTable(dict(table, format="uvc.latency/0"))
     with pytest.raises(ValueError, match=r"missing keys \['mlp_ms'\]"):
         uvc.LatencyTable({k: v for k, v in table.items() if k != "mlp_ms"})
@@ -212,7 +212,7 @@ def make_token_table(spec=SPEC, tokens=(3, 13, 25, 50), seed=0):
     att = np.array(base["attention_ms"])[..., None] * (0.2 + 0.8 * n ** 1.5) + 0.001 * rng.random(len(tokens))
     mlp = np.array(base["mlp_ms"])[:, None] * (0.1 + 0.9 * n) + 0.001 * rng.random(len(tokens))
     drop = [0.0] + [0.004 + 0.01 * t for t in n[1:]]
-    return dict(base, format="uvc.latency/3", tokens=list(tokens), attention_ms=att.tolist(), mlp_ms=mlp.tolist(),
+    return dict(base, format="uvc.latency/4", tokens=list(tokens), attention_ms=att.tolist(), mlp_ms=mlp.tolist(),
                 drop_ms=drop)
 
 
@@ -255,9 +255,9 @@ def test_a_token_axis_prices_plans_that_drop_tokens():
         # The relaxed latency at the plan's counts is the plan's latency.
         assert lt.expected(relaxed_row(plan)) == pytest.approx(lt.predict(plan), rel=1e-12)
     assert dropping > 30
-    # Format 1 is the one-token-point table of format 3.
+    # Format 1 is the one-token-point table of format 4.
     flat = make_table()
-    one = dict(flat, format="uvc.latency/3", tokens=[SPEC.num_tokens], drop_ms=[0.0],
+    one = dict(flat, format="uvc.latency/4", tokens=[SPEC.num_tokens], drop_ms=[0.0],
                attention_ms=np.array(flat["attention_ms"])[..., None].tolist(),
                mlp_ms=np.array(flat["mlp_ms"])[:, None].tolist())
     plan = uvc.random_plan(SPEC, rng, tokens=False)
@@ -266,8 +266,8 @@ def test_a_token_axis_prices_plans_that_drop_tokens():
 
 def test_tables_timed_before_the_padded_value_path_warn():
     """Formats 1 and 2 timed SDPA on unpadded narrow value widths: they load and price as
-    before, with a warning naming the table and the remedy; format 3 and explicit-attention
-    tables load silently."""
+    before, with a warning naming the table and the remedy; formats 3 and 4 and
+    explicit-attention tables load silently."""
     import warnings
     tokens = make_token_table()
     plan = uvc.random_plan(SPEC, np.random.default_rng(3), tokens=False)
@@ -279,7 +279,27 @@ def test_tables_timed_before_the_padded_value_path_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         uvc.LatencyTable(dict(tokens, device=sdpa))
+        uvc.LatencyTable(dict(tokens, format="uvc.latency/3", device=sdpa))
         uvc.LatencyTable(dict(tokens, format="uvc.latency/2"))
+
+
+def test_cpu_tables_timed_before_steady_malloc_warn_above_batch_1():
+    """Formats 1 to 3 on a CPU at a batch above 1 were timed while freed memory went back to
+    the OS (page faults): they load and price as before, with a warning naming the table and the
+    remedy; at batch 1, on CUDA, or in format 4 they load silently."""
+    import warnings
+    tokens = make_token_table()
+    plan = uvc.random_plan(SPEC, np.random.default_rng(4), tokens=False)
+    cuda = {**tokens["device"], "type": "cuda"}
+    for old in (dict(tokens, format="uvc.latency/3", batch_size=64), dict(make_table(), batch_size=8)):
+        with pytest.warns(UserWarning, match=r"latency table old\.json \(uvc\.latency/[13]\).*page faults.*uvc profile"):
+            lt = uvc.LatencyTable(old, source="old.json")
+        assert lt.predict(plan) == uvc.LatencyTable(dict(old, batch_size=1)).predict(plan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        uvc.LatencyTable(dict(tokens, format="uvc.latency/3", batch_size=1))
+        uvc.LatencyTable(dict(tokens, format="uvc.latency/3", batch_size=64, device=cuda))
+        uvc.LatencyTable(dict(tokens, batch_size=64))
 
 
 def test_chained_blocks_scale_each_token_column():

@@ -217,7 +217,7 @@ def test_a_token_axis_lets_a_latency_budget_prune_tokens(tmp_path, tiny_checkpoi
     heads, v_dims, neurons, tokens = (list(range(1, spec.num_heads + 1)), [1, spec.v_head_dim],
                                       [1, spec.mlp_hidden], default_tokens(spec))
     share = [n / spec.num_tokens for n in tokens]  # time proportional to the tokens
-    table = {"format": "uvc.latency/3", "spec": spec.to_dict(),
+    table = {"format": "uvc.latency/4", "spec": spec.to_dict(),
              "device": {"type": "cpu", "name": "tokens", "torch": torch.__version__, "threads": 1,
                         "dtype": "float32", "sdpa": True},
              "batch_size": 1, "heads": heads, "v_dims": v_dims, "neurons": neurons, "tokens": tokens,

@@ -125,7 +125,8 @@ def test_measure_latency_stats_and_restored_state():
     assert model.training and not model.blocks[0].training and model.blocks[1].training
     assert sorted(res) == [1, 8]
     for b, r in res.items():
-        assert set(r) == {"median_ms", "p10_ms", "p90_ms", "images_per_s"}
+        assert set(r) == {"median_ms", "p10_ms", "p90_ms", "images_per_s", "page_faults"}
+        assert r["page_faults"] >= 0
         assert 0 < r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
         assert r["images_per_s"] == pytest.approx(b * 1000 / r["median_ms"])
     model.eval()
@@ -161,8 +162,46 @@ def test_measure_latency_rejects_bad_arguments():
         measure_latency(model, shape, (1,), threads=0)
     with pytest.raises(ValueError, match="lives on cpu"):
         measure_latency(model, shape, (1,), device="meta")
+    with pytest.raises(TypeError, match="steady_malloc must be a bool"):
+        measure_latency(model, shape, (1,), steady_malloc="yes")
     assert model.training  # untouched by the rejected calls
     assert torch.get_num_threads() >= 1
+
+
+STEADY_SCRIPT = """
+import json, torch
+from uvc.torch.latency import measure_latency, steady_malloc
+
+class Double(torch.nn.Module):
+    def forward(self, x):
+        return x * 2
+
+# A 41 MB output: above glibc's largest mmap threshold, so by default every pass maps it anew.
+shape = (1, 2500, 4096)
+before = measure_latency(Double(), shape, (1,), warmup=1, repeats=5, steady_malloc=False)[1]["page_faults"]
+took = steady_malloc()
+after = measure_latency(Double(), shape, (1,), warmup=1, repeats=5)[1]["page_faults"]
+print(json.dumps([before, took, after, steady_malloc()]))
+"""
+
+
+def test_steady_malloc_stops_the_page_faults_of_each_pass():
+    """By default glibc maps a large output anew on every pass: thousands of page faults, counted
+    per pass. After `steady_malloc` the process keeps the memory: none. A fresh process, since
+    the setting holds for the rest of a process."""
+    import json
+    import platform
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", STEADY_SCRIPT], capture_output=True, text=True, check=True)
+    before, took, after, again = json.loads(out.stdout.strip().splitlines()[-1])
+    assert took is again
+    if platform.libc_ver()[0] != "glibc":
+        assert took is False
+        return
+    assert took is True
+    assert before > 5000, "41 MB is 10 000 pages of 4 KiB: each pass faults most of them in"
+    assert after == 0
 
 
 def test_compare_latency_shallow_model_is_faster():

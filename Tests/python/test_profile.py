@@ -3,6 +3,7 @@ measuring, and a loose additivity bound. Timings come from a shared, noisy machi
 here is timing-tight."""
 import json
 import math
+import platform
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ DEMO = ViTSpec(depth=6, embed_dim=64, num_heads=4, mlp_hidden=256, patch_size=4,
 V_DIMS, NEURONS = [1, 8, 16], [1, 128, 256]
 FAST = dict(repeats=3, warmup=1, progress=False, v_dims=V_DIMS, neurons=NEURONS)
 KEYS = {"format", "spec", "device", "batch_size", "heads", "v_dims", "neurons", "tokens", "attention_ms",
-        "attention_spread_ms", "mlp_ms", "mlp_spread_ms", "drop_ms", "drop_spread_ms", "fixed_ms", "fixed_spread_ms", "dense_ms", "dense_spread_ms", "repeats", "warmup",
+        "attention_spread_ms", "mlp_ms", "mlp_spread_ms", "drop_ms", "drop_spread_ms", "fixed_ms", "fixed_spread_ms", "dense_ms", "dense_spread_ms", "dense_page_faults", "repeats", "warmup",
         "created"}
 
 
@@ -33,6 +34,9 @@ def test_table_shape_keys_and_positive_times(table):
     assert table["format"] == TABLE_FORMAT and ViTSpec.from_dict(table["spec"]) == DEMO
     assert table["device"]["type"] == "cpu" and table["device"]["threads"] == 1
     assert table["device"]["dtype"] == "float32" and table["device"]["sdpa"] is True
+    # glibc (Debian's, CI's) takes the settings; passes then fault nothing in.
+    assert table["device"]["malloc"] == ("steady" if platform.libc_ver()[0] == "glibc" else "default")
+    assert table["dense_page_faults"] == 0 or table["device"]["malloc"] == "default"
     assert table["device"]["name"] and table["device"]["torch"] == torch.__version__
     assert (table["batch_size"], table["repeats"], table["warmup"]) == (2, 3, 1)
     assert table["heads"] == [1, 2, 3, 4] and table["v_dims"] == V_DIMS and table["neurons"] == NEURONS
@@ -67,9 +71,9 @@ def test_json_round_trip_and_format_refusal(table, tmp_path):
     path = tmp_path / "latency.json"
     save_table(table, path)
     assert load_table(path) == table
-    for bad in ({**table, "format": "uvc.latency/4"}, {**table, "format": "uvc.plan/1"}, [1, 2]):
+    for bad in ({**table, "format": "uvc.latency/5"}, {**table, "format": "uvc.plan/1"}, [1, 2]):
         path.write_text(json.dumps(bad))
-        with pytest.raises(ValueError, match=f"{path}.*uvc.latency/3"):
+        with pytest.raises(ValueError, match=f"{path}.*uvc.latency/4"):
             load_table(path)
     path.write_text(json.dumps({k: v for k, v in table.items() if k != "mlp_ms"}))
     with pytest.raises(ValueError, match=f"{path}.*mlp_ms"):

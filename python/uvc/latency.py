@@ -23,9 +23,12 @@ budget uses, with its exact gradient (`LatencyTable.expected`). Every width grid
 from 1 to the dense width, so no plan needs a width the table lacks; the token grid ends at the
 model's tokens, and a plan below its first point is refused. A table profiled without
 ``--tokens`` has the one token point ``spec.num_tokens``: it prices plans that keep every token.
-Format ``uvc.latency/3``. Tables of format 1 (no token axis) load as such a table; tables of
+Format ``uvc.latency/4``. Tables of format 1 (no token axis) load as such a table; tables of
 formats 1 and 2 timed with SDPA load with a warning: they timed a value width below the
 query/key width outside SDPA's fused kernel, before `SlimAttention` padded it, and over-price it.
+CPU tables of formats 1 to 3 at a batch size above 1 load with a warning too: they were timed
+while glibc handed freed memory back to the OS between passes, so their parts paid page faults
+whose share depended on the process's history (`uvc.torch.latency.steady_malloc`).
 
     table = uvc.LatencyTable.load("latency.json")
     table.check(spec, batch_size=1, device="cpu")     # refuses a table made for something else
@@ -48,9 +51,9 @@ from .cost import RELAXED_FIELDS
 
 __all__ = ["LatencyTable", "FORMAT", "ARGUMENT_NAMES", "NO_TABLE"]
 
-FORMAT = "uvc.latency/3"
+FORMAT = "uvc.latency/4"
 # 1: no token axis (every part at spec.num_tokens); 1 and 2: narrow value widths timed unpadded.
-_FORMATS = ("uvc.latency/1", "uvc.latency/2", FORMAT)
+_FORMATS = ("uvc.latency/1", "uvc.latency/2", "uvc.latency/3", FORMAT)
 _KEYS = ("spec", "device", "batch_size", "heads", "v_dims", "neurons", "attention_ms", "mlp_ms", "fixed_ms")
 _TOKEN_KEYS = ("tokens", "drop_ms")
 # The order in which the core takes a table's arrays.
@@ -62,8 +65,9 @@ class LatencyTable:
     """A measured latency table, checked whole by the core when it is made.
 
     Args:
-        table: the dict `uvc.torch.profile.profile` returns (format ``"uvc.latency/3"``;
-            ``"uvc.latency/2"`` loads, with a warning when timed with SDPA (module doc);
+        table: the dict `uvc.torch.profile.profile` returns (format ``"uvc.latency/4"``;
+            ``"uvc.latency/2"`` and ``/3`` load, with a warning when timed with SDPA or on a
+            CPU at a batch above 1 (module doc);
             ``"uvc.latency/1"`` too: no ``tokens`` / ``drop_ms``, attention_ms (heads, v_dims)
             and mlp_ms (neurons,) at every token).
         source: how errors name the table (a path, or "table").
@@ -84,11 +88,17 @@ class LatencyTable:
         if missing:
             raise ValueError(f"latency table {self.source}: missing keys {missing}")
         self.table = table
-        if table["format"] != FORMAT and isinstance(table["device"], dict) and table["device"].get("sdpa"):
+        device = table["device"] if isinstance(table["device"], dict) else {}
+        if table["format"] in _FORMATS[:2] and device.get("sdpa"):
             warnings.warn(f"latency table {self.source} ({table['format']}) timed SDPA attention before value "
                           f"widths below the query/key width were padded to its fused kernel: it over-prices "
                           f"those widths (2x at batch 64 on a CPU); profile again with `uvc profile`",
                           UserWarning, stacklevel=2)
+        if table["format"] != FORMAT and device.get("type") == "cpu" and table.get("batch_size", 1) != 1:
+            warnings.warn(f"latency table {self.source} ({table['format']}) was timed while freed memory went back "
+                          f"to the OS between passes: its parts paid page faults (up to a third of the demo's time at "
+                          f"batch 64) in a share that varied with the process's history; profile again with "
+                          f"`uvc profile`", UserWarning, stacklevel=2)
         try:
             self.spec = ViTSpec.from_dict(table["spec"])
             arrays = {k: self._grid(k) for k in ("heads", "v_dims", "neurons")}

@@ -9,12 +9,12 @@ exported model pulls in none of them.
 from .counter import count_macs, fvcore_macs
 from .export import export_onnx, load, save
 from .introspect import UnsupportedModelError, blocks, check_supported, spec_from_model
-from .latency import compare_latency, measure_latency
+from .latency import compare_latency, measure_latency, steady_malloc
 from .slim import SlimViT, reduce_tokens
 
 __all__ = ["SlimViT", "reduce_tokens", "save", "load", "export_onnx", "spec_from_model", "check_supported", "blocks",
            "UnsupportedModelError", "count_macs", "fvcore_macs", "measure_latency", "compare_latency",
-           "Compressor", "DistillationLoss", "BudgetMissWarning", "prune"]
+           "steady_malloc", "Compressor", "DistillationLoss", "BudgetMissWarning", "prune"]
 
 _LAZY = {"Compressor": "compress", "DistillationLoss": "distill", "BudgetMissWarning": "pipeline", "prune": "oneshot"}
 

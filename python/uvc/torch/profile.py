@@ -22,6 +22,8 @@ not depend on them), timed in ms per forward pass of one batch:
   pooling and head(s) (a `SlimViT` whose plan skips every block part);
 - ``dense_ms``: the whole dense `SlimViT`, for reference: ``fixed_ms`` plus ``depth`` times the
   dense block parts should come close to it (`additive_dense_ms`);
+- ``dense_page_faults``: the dense pass's median minor page faults, 0 when ``device["malloc"]``
+  is ``"steady"`` (`uvc.torch.latency.steady_malloc` held freed memory in the process);
 - ``chain_ms[k]`` (tables with more than one token count): ``depth`` dense blocks run one after
   the other on ``tokens[k]`` tokens, what the parts cost chained inside a model at that token
   count; `uvc.LatencyTable` scales each token column of the parts by it.
@@ -51,7 +53,7 @@ from .._files import read_json
 from ..latency import FORMAT as LATENCY_FORMAT, LatencyTable
 from ..plan import ArchPlan, LayerPlan
 from ..spec import ViTSpec
-from .latency import _check_int, _measuring, _time_interleaved
+from .latency import _check_int, _measuring, _time_interleaved, steady_malloc as _steady_malloc
 from .slim import SlimBlock, SlimViT
 
 __all__ = ["profile", "save_table", "load_table", "default_v_dims", "default_neurons", "default_tokens",
@@ -202,7 +204,8 @@ def _stats(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def profile(spec_or_model: ViTSpec | nn.Module, *, device: str | torch.device = "cpu", batch_size: int = 1,
             dtype: torch.dtype | str = torch.float32, threads: int | None = None, v_dims: Sequence[int] | None = None,
             neurons: Sequence[int] | None = None, tokens: Sequence[int] | None = None, repeats: int = 30,
-            warmup: int = 5, sdpa: bool = True, progress: bool = True, config: dict | None = None) -> dict:
+            warmup: int = 5, sdpa: bool = True, progress: bool = True, config: dict | None = None,
+            steady_malloc: bool = True) -> dict:
     """The latency table of ``spec_or_model`` (a `ViTSpec`, a timm ViT or a `SlimViT`: its
     spec, and its configuration unless ``config`` overrides it) on ``device`` at ``batch_size``
     and ``dtype``; see the module doc for what is timed and the table's keys.
@@ -216,6 +219,9 @@ def profile(spec_or_model: ViTSpec | nn.Module, *, device: str | torch.device = 
     ``warmup`` untimed ones. ``sdpa``: attention through SDPA (``fused_attn``) or the explicit
     matmul-softmax-matmul path. ``config``: `SlimViT` keywords (``qkv_bias``, ``act``,
     ``norm_eps``, ...; from a timm model `uvc.torch.introspect.model_config` gives them).
+    ``steady_malloc``: keep freed memory in the process while timing
+    (`uvc.torch.latency.steady_malloc`; the table records ``device["malloc"]``, and
+    ``dense_page_faults``, the dense pass's median minor page faults).
     Arguments are checked before anything is measured (ValueError / TypeError).
     """
     spec, config = spec_and_config(spec_or_model, config)
@@ -229,6 +235,8 @@ def profile(spec_or_model: ViTSpec | nn.Module, *, device: str | torch.device = 
     if not isinstance(sdpa, (bool, np.bool_)):
         raise TypeError(f"profile: sdpa must be a bool, got {type(sdpa).__name__}")
     sdpa = bool(sdpa)
+    if not isinstance(steady_malloc, (bool, np.bool_)):
+        raise TypeError(f"profile: steady_malloc must be a bool, got {type(steady_malloc).__name__}")
     v_dims = _check_grid(default_v_dims(spec) if v_dims is None else v_dims, "v_dims", spec.v_head_dim, "v_head_dim")
     neurons = _check_grid(default_neurons(spec) if neurons is None else neurons, "neurons", spec.mlp_hidden,
                           "mlp_hidden")
@@ -268,9 +276,11 @@ def profile(spec_or_model: ViTSpec | nn.Module, *, device: str | torch.device = 
              + chains + [functools.partial(fixed, images), functools.partial(dense, images)])
     from tqdm.auto import tqdm
     with tqdm(total=warmup + repeats, desc=f"profile {len(calls)} parts", unit="pass", disable=not progress,
-              leave=False) as bar, _measuring(modules, threads):
+              leave=False) as bar, _measuring(modules, threads, bool(steady_malloc)):
         used_threads = torch.get_num_threads()
-        times = _time_interleaved(calls, warmup=warmup, repeats=repeats, device=dev, on_pass=bar.update)
+        faults = np.zeros((len(calls), repeats))
+        times = _time_interleaved(calls, warmup=warmup, repeats=repeats, device=dev, on_pass=bar.update,
+                                  faults=faults)
     median, spread = _stats(times)
     nt = len(tokens)
     na, nm = len(attention) * nt, len(mlp) * nt
@@ -287,7 +297,7 @@ def profile(spec_or_model: ViTSpec | nn.Module, *, device: str | torch.device = 
     return {"format": TABLE_FORMAT, "spec": spec.to_dict(),
             "device": {"type": dev.type, "name": _device_name(dev), "torch": torch.__version__,
                        "threads": int(used_threads), "dtype": next(k for k, v in DTYPES.items() if v == dtype),
-                       "sdpa": sdpa},
+                       "sdpa": sdpa, "malloc": "steady" if steady_malloc and _steady_malloc() else "default"},
             "batch_size": batch_size, "heads": heads, "v_dims": v_dims, "neurons": neurons, "tokens": tokens,
             "attention_ms": median[:na].reshape(att_shape).tolist(),
             "attention_spread_ms": spread[:na].reshape(att_shape).tolist(),
@@ -296,6 +306,7 @@ def profile(spec_or_model: ViTSpec | nn.Module, *, device: str | torch.device = 
             "drop_ms": drop.tolist(), "drop_spread_ms": drop_spread.tolist(),
             "fixed_ms": float(median[-2]), "fixed_spread_ms": float(spread[-2]),
             "dense_ms": float(median[-1]), "dense_spread_ms": float(spread[-1]), **chained,
+            "dense_page_faults": float(np.median(faults[-1])),
             "repeats": repeats, "warmup": warmup,
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
