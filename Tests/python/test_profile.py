@@ -145,6 +145,12 @@ def test_bad_arguments_fail_before_measuring(kwargs, match):
         profile(DEMO, **{"repeats": 3, "progress": False, **kwargs})
 
 
+def test_flags_that_are_not_bools_are_refused():
+    for name in ("sdpa", "steady_malloc"):
+        with pytest.raises(TypeError, match=f"{name} must be a bool, got str"):
+            profile(DEMO, repeats=3, progress=False, **{name: "yes"})
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_is_refused():
     with pytest.raises(ValueError, match="no CUDA device"):
