@@ -12,7 +12,7 @@ from conftest import TINY
 from uvc.torch import export_onnx, load
 from uvc.torch.compress import Compressor
 from uvc.settings import FINETUNE
-from uvc.torch.pipeline import compress, finetune
+from uvc.torch.pipeline import UNDER_BUDGET, compress, finetune, note_under_budget
 
 
 def stage2(s):
@@ -178,7 +178,7 @@ def test_a_latency_budget_from_the_command_line_settings(tmp_path, tiny_checkpoi
         compress(**settings(tmp_path / "bad", None, model_kwargs=other, budget_latency=0.5, latency_table=str(path)))
 
 
-def test_a_flat_latency_table_is_met_by_skipping_parts(tmp_path, tiny_checkpoint):
+def test_a_flat_latency_table_is_met_by_skipping_parts(tmp_path, tiny_checkpoint, capsys):
     """A table whose times do not depend on width (a CPU at batch 1): narrowing buys nothing, so
     the search meets 0.6 of the ms by skipping block parts, trains the skips it exports (the
     exported model is the masked one in eval mode) and keeps every width the counts give."""
@@ -203,6 +203,23 @@ def test_a_flat_latency_table_is_met_by_skipping_parts(tmp_path, tiny_checkpoint
     skipped = sum((not layer.attn) + (not layer.mlp) for layer in plan.layers)
     assert skipped >= 1 and any(layer.attn for layer in plan.layers), "parts skipped, one MHSA kept"
     assert s1["max_abs_logit_diff"] < 1e-4, "the masked model in eval mode is the exported one"
+    # A plan far under its budget is pointed out; one at the budget is not.
+    err = capsys.readouterr().err
+    far_under = s1["plan_ratio"] < 0.6 * (1 - UNDER_BUDGET)
+    assert ("NOTE: uvc compress: the exported model keeps" in err) == far_under, (s1["plan_ratio"], err[-500:])
+
+
+def test_a_plan_far_under_its_budget_is_pointed_out(capsys):
+    """Latency plans whose last trim step overshoots (a whole block at batch 1) are named, with
+    how far under and what takes finer steps; within UNDER_BUDGET nothing is printed."""
+    assert note_under_budget(0.72, 0.86, "uvc compress", "--gate-granularity part takes finer steps") is True
+    err = capsys.readouterr().err
+    assert "NOTE: uvc compress: the exported model keeps 72.00% of the dense latency, 14.00% of it under the " \
+           "budget 86.00%; --gate-granularity part" in err
+    for ratio in (0.9, 0.86, 0.83, 0.8171):  # 0.8171 is just inside 5 % under 0.86
+        assert note_under_budget(ratio, 0.86, "uvc compress", "hint") is False
+    assert note_under_budget(0.8169, 0.86, "uvc compress", "hint") is True
+    assert capsys.readouterr().err.count("NOTE") == 1
 
 
 def test_a_token_axis_lets_a_latency_budget_prune_tokens(tmp_path, tiny_checkpoint):

@@ -32,7 +32,7 @@ from .slim import SlimViT
 from .train import evaluate, fit, is_main_process, unwrap
 
 __all__ = ["load_model", "compress", "finetune", "prune", "describe", "setup_distributed", "check_budget",
-           "BudgetMissWarning", "BUDGET_TOLERANCE", "ASSETS", "SHIPPED"]
+           "BudgetMissWarning", "BUDGET_TOLERANCE", "UNDER_BUDGET", "note_under_budget", "ASSETS", "SHIPPED"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -42,6 +42,9 @@ SHIPPED = {"demo": "fmnist_vit", "deep": "fmnist_vit_deep"}
 
 # A plan whose MACs ratio is more than this much (relative) above the budget misses it.
 BUDGET_TOLERANCE = 0.01
+# A latency plan more than this much (relative) under its budget is pointed out: the trim's
+# last step, a whole skipped block at batch 1, can overshoot by far.
+UNDER_BUDGET = 0.05
 
 
 class BudgetMissWarning(UserWarning):
@@ -63,6 +66,18 @@ def check_budget(ratio: float, budget: float, who: str, hint: str, unit: str = "
         print(f"WARNING: {message}", file=sys.stderr, flush=True)
         warnings.warn(message, BudgetMissWarning, stacklevel=3)
     return {"budget_met": met, "plan_ratio": ratio, "budget_ratio": budget}
+
+
+def note_under_budget(ratio: float, budget: float, who: str, hint: str, unit: str = "latency") -> bool:
+    """Prints a NOTE to stderr (main process) when a model at ``ratio`` of the dense ``unit`` is
+    more than `UNDER_BUDGET` (relative) under ``budget``: it gives away what the budget allowed,
+    and is compared with models at the budget at a disadvantage. ``hint``: what takes finer
+    steps. Returns whether the plan is that far under."""
+    under = ratio < budget * (1 - UNDER_BUDGET)
+    if under and is_main_process():
+        print(f"NOTE: {who}: the exported model keeps {ratio:.2%} of the dense {unit}, {budget - ratio:.2%} of it "
+              f"under the budget {budget:.2%}; {hint}", file=sys.stderr, flush=True)
+    return under
 
 
 def setup_distributed(device: str | None) -> tuple[torch.device, int, int]:
@@ -313,6 +328,11 @@ def compress(**settings) -> dict:
                        **check_budget(predicted / latency.dense_ms, comp.solver.hyper["budget"], "uvc compress",
                                       "train longer (more --num_epochs) or allow more latency (--budget-latency)",
                                       unit="latency"))
+        coarse = comp.solver.hyper["skip_blocks"] and comp.solver.hyper["gate_granularity"] == "block"
+        note_under_budget(summary["plan_ratio"], summary["budget_ratio"], "uvc compress",
+                          "one skip gate per block skips a whole block at a time; --gate-granularity part takes "
+                          "finer steps" if coarse else "the trim's last step overshot it (the fill never un-skips "
+                          "a part)")
     if is_main_process():
         plan.save(out / "plan.json")
         save_slim(slim, out / "stage1_model", meta=meta)
