@@ -20,6 +20,11 @@ writes them to benchmarks/results/latency_model.json (or ``--out``). A table wit
 (every table with a token axis) is also priced without it, side by side: what the per-token-count
 chain scale changes.
 
+With ``--rounds R`` (R > 1) the profile and the timing alternate R times in one run (profile,
+time the plans, profile, time, ...), always profiling afresh: the table's times are the medians
+of the R tables and each plan's measured ms the median of its R medians, so a drift of the
+machine between the profile and the timing hits both alike (cached as ``..._rR.json``).
+
 Targets: median |predicted − measured| / measured ≤ 10 % and Spearman rank correlation
 ≥ 0.9 between predicted and measured. MACs' rank correlation is shown for comparison.
 """
@@ -91,17 +96,40 @@ def draw_plans(spec: ViTSpec, table: dict, count: int, seed: int, tokens: bool =
     return plans
 
 
+# The table's times: what `median_table` takes the median of across rounds.
+TIME_KEYS = ("attention_ms", "attention_spread_ms", "mlp_ms", "mlp_spread_ms", "drop_ms", "drop_spread_ms", "fixed_ms",
+             "fixed_spread_ms", "dense_ms", "dense_spread_ms", "chain_ms", "chain_spread_ms", "dense_page_faults")
+
+
+def median_table(tables: list[dict]) -> dict:
+    """The first table with each time (``TIME_KEYS``) replaced by its elementwise median over
+    ``tables`` (profiled alike, so their grids agree) and ``repeats`` summed."""
+    merged = dict(tables[0], repeats=sum(t["repeats"] for t in tables))
+    for key in TIME_KEYS:
+        if key in merged:
+            value = np.median([np.asarray(t[key], dtype=np.float64) for t in tables], axis=0)
+            merged[key] = value.tolist() if value.ndim else float(value)
+    return merged
+
+
 def _cache_path(folder: Path, model: str, args, threads: int) -> Path:
     key = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).name if Path(model).is_dir() else model)
-    extra = ("" if args.sdpa else "_nosdpa") + ("_tokens" if args.tokens else "") + ("_smoke" if args.smoke else "")
+    extra = (("" if args.sdpa else "_nosdpa") + ("_tokens" if args.tokens else "") + ("_smoke" if args.smoke else "")
+             + (f"_r{args.rounds}" if args.rounds > 1 else ""))
     return folder / f"latency_table_{key}_{args.device}_{args.dtype}_b{args.batch_size}_t{threads}{extra}.json"
+
+
+def _profile(source, spec: ViTSpec, args, threads: int) -> dict:
+    return profile(source, device=args.device, batch_size=args.batch_size, dtype=args.dtype, threads=threads,
+                   tokens=default_tokens(spec) if args.tokens else None, repeats=args.repeats, warmup=args.warmup,
+                   sdpa=args.sdpa)
 
 
 def get_table(source, spec: ViTSpec, args, threads: int, folder: Path) -> tuple[dict, Path]:
     """``--table``, else the cached table for this model and setting, else a fresh profile
     (then cached)."""
     path = Path(args.table) if args.table else _cache_path(folder, args.model, args, threads)
-    if path.exists():
+    if path.exists() and args.rounds == 1:
         table = load_table(path)
         # Profiled before chains were timed, or before narrow value widths were padded for SDPA.
         stale = not args.table and ((args.tokens and "chain_ms" not in table) or table["format"] != TABLE_FORMAT)
@@ -110,9 +138,7 @@ def get_table(source, spec: ViTSpec, args, threads: int, folder: Path) -> tuple[
             return table, path
         if args.table:
             raise SystemExit(f"--table {path} was measured for another spec than {args.model}'s")
-    table = profile(source, device=args.device, batch_size=args.batch_size, dtype=args.dtype, threads=threads,
-                    tokens=default_tokens(spec) if args.tokens else None, repeats=args.repeats, warmup=args.warmup,
-                    sdpa=args.sdpa)
+    table = _profile(source, spec, args, threads)
     folder.mkdir(parents=True, exist_ok=True)
     save_table(table, path)
     print(f"latency table: {path} (profiled, {table['repeats']} repeats)")
@@ -134,8 +160,14 @@ def main(argv=None) -> int:
     p.add_argument("--table", help="a latency table to use instead of profiling")
     p.add_argument("--tokens", action="store_true", help="profile token counts too and draw plans that drop tokens")
     p.add_argument("--out", default=str(RESULTS / "latency_model.json"))
+    p.add_argument("--rounds", type=int, default=1,
+                   help="alternate a fresh profile and the timing this many times; medians over the rounds")
     p.add_argument("--smoke", action="store_true", help="tiny: the demo model, 6 plans, 3 repeats, 1 thread")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
+    if args.rounds > 1 and args.table:
+        p.error("--rounds profiles afresh in every round; it does not take --table")
     if args.smoke:
         args.model, args.plans, args.repeats, args.warmup = "demo", 6, 3, 1
         args.threads = args.threads or 1
@@ -144,19 +176,34 @@ def main(argv=None) -> int:
 
     source, _ = load_model(args.model)
     spec, config = spec_and_config(source)
+    # Round 1's table draws the plans (their snapped widths need only its grid, the same in every round).
     table, table_path = get_table(source, spec, args, threads, out.parent)
-    priced = LatencyTable(table, source=str(table_path))  # the core's price of a plan
-    # The same table without its per-token-count chain scale, priced side by side.
-    unchained = (LatencyTable({k: v for k, v in table.items() if k not in ("chain_ms", "chain_spread_ms")},
-                              source=str(table_path)) if "chain_ms" in table else None)
     dense = ArchPlan.dense(spec)
-    if args.tokens and len(priced.tokens) == 1:
+    if args.tokens and len(table.get("tokens", ())) <= 1:
         raise SystemExit(f"--tokens: the table {table_path} has no token axis; profile one (drop --table)")
     plans = {"dense": ("dense", dense), **draw_plans(spec, table, args.plans, args.seed, tokens=args.tokens)}
     dd = dict(device=torch.device(args.device), dtype=DTYPES[args.dtype])
     models = {name: SlimViT(spec, plan, **config, fused_attn=args.sdpa, **dd) for name, (_, plan) in plans.items()}
-    measured = compare_latency(models, (spec.in_channels, *spec.image_size), (args.batch_size,),
-                               warmup=args.warmup, repeats=args.repeats, threads=threads, device=args.device)
+
+    def timed() -> dict:
+        return compare_latency(models, (spec.in_channels, *spec.image_size), (args.batch_size,), warmup=args.warmup,
+                               repeats=args.repeats, threads=threads, device=args.device)
+
+    measured = timed()
+    if args.rounds > 1:
+        tables, rounds = [table], [measured]
+        for r in range(1, args.rounds):
+            print(f"round {r + 1}/{args.rounds}: profile, then the plans", flush=True)
+            tables.append(_profile(source, spec, args, threads))
+            rounds.append(timed())
+        table = median_table(tables)
+        save_table(table, table_path)
+        measured = {name: {args.batch_size: {k: float(np.median([m[name][args.batch_size][k] for m in rounds]))
+                                             for k in ("median_ms", "p10_ms", "p90_ms")}} for name in models}
+    priced = LatencyTable(table, source=str(table_path))  # the core's price of a plan
+    # The same table without its per-token-count chain scale, priced side by side.
+    unchained = (LatencyTable({k: v for k, v in table.items() if k not in ("chain_ms", "chain_spread_ms")},
+                              source=str(table_path)) if "chain_ms" in table else None)
 
     dense_macs = cost.count(spec, dense).macs
     rows = []
@@ -194,7 +241,7 @@ def main(argv=None) -> int:
                       for r in rows]))
     d = table["device"]
     print(f"\n{args.model} on {d['type']} ({d['name']}), {d['dtype']}, batch {args.batch_size}, {threads} threads, "
-          f"{len(rows)} plans, {args.repeats} repeats")
+          f"{len(rows)} plans, {args.repeats} repeats" + (f" x {args.rounds} rounds" if args.rounds > 1 else ""))
     print(f"median |error| {err:.1%} (target <= {TARGET_ERR:.0%}), Spearman {rho:.3f} (target >= {TARGET_RHO}); "
           f"MACs' Spearman {rho_macs:.3f}; median |error| of the latency ratios to dense {ratio_err:.1%}")
     print("median |error| by kind: " + ", ".join(f"{k} {v:.1%}" for k, v in by_kind.items()))
@@ -212,7 +259,7 @@ def main(argv=None) -> int:
 
     data = {"benchmark": "latency_model", "model": args.model, "spec": spec.to_dict(), "device": d,
             "batch_size": args.batch_size, "threads": threads, "repeats": args.repeats, "warmup": args.warmup,
-            "seed": args.seed, "smoke": args.smoke, "tokens": args.tokens, "table": str(table_path), "plan_row": list(PLAN_ROW),
+            "seed": args.seed, "smoke": args.smoke, "tokens": args.tokens, "rounds": args.rounds, "table": str(table_path), "plan_row": list(PLAN_ROW),
             "median_abs_rel_err": err, "median_abs_ratio_err": ratio_err, "median_abs_rel_err_by_kind": by_kind, "spearman": rho, "macs_spearman": rho_macs,
             "without_chain_scale": None if unchained is None else chain_off,
             "targets": {"median_abs_rel_err": TARGET_ERR, "spearman": TARGET_RHO}, "met": met, "plans": rows}

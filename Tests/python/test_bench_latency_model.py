@@ -84,3 +84,44 @@ def test_smoke_with_a_token_axis_prices_plans_that_drop_tokens(tmp_path):
         assert row["unchained_ms"] == pytest.approx(unchained.predict(plan), rel=1e-12)
     off = data["without_chain_scale"]
     assert set(off["by_kind"]) == set(data["median_abs_rel_err_by_kind"]) and np.isfinite(off["median_abs_rel_err"])
+
+
+def _bench():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_latency_model as bench
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return bench
+
+
+def test_median_table_takes_each_time_elementwise():
+    bench = _bench()
+    tables = [{"format": "f", "repeats": 3, "heads": [1, 2], "attention_ms": [[a, 2 * a]], "mlp_ms": [a + 1],
+               "fixed_ms": a, "dense_ms": 10 * a} for a in (1.0, 5.0, 2.0)]
+    merged = bench.median_table(tables)
+    assert merged["attention_ms"] == [[2.0, 4.0]] and merged["mlp_ms"] == [3.0]
+    assert merged["fixed_ms"] == 2.0 and merged["dense_ms"] == 20.0 and isinstance(merged["fixed_ms"], float)
+    assert merged["repeats"] == 9 and merged["heads"] == [1, 2] and merged["format"] == "f"
+    assert tables[0]["fixed_ms"] == 1.0, "the inputs are left as they were"
+
+
+def test_rounds_alternate_fresh_profiles_and_timings(tmp_path):
+    """--rounds 2: two fresh profiles, two timings; the rows are priced by the saved median table."""
+    from uvc import LatencyTable
+    from uvc.spec import ViTSpec
+    from uvc.torch.profile import load_table
+    out = tmp_path / "latency_model.json"
+    done = _run(out, "--rounds", "2")
+    assert "round 2/2: profile, then the plans" in done.stdout and "x 2 rounds" in done.stdout
+    data = json.loads(out.read_text())
+    assert data["rounds"] == 2 and data["table"].endswith("_r2.json")
+    table = load_table(data["table"])
+    assert table["repeats"] == 2 * data["repeats"]
+    spec = ViTSpec.from_dict(data["spec"])
+    for row in data["plans"]:
+        plan = _bench().plan_from_counts(spec, row["counts"])
+        assert row["predicted_ms"] == pytest.approx(LatencyTable(table).predict(plan), rel=1e-12)
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--rounds", "2", "--table", data["table"]],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert bad.returncode == 2 and "--rounds profiles afresh in every round" in bad.stderr
