@@ -55,7 +55,7 @@ TARGET_ERR, TARGET_RHO = 0.10, 0.9
 
 
 def plan_from_counts(spec: ViTSpec, counts) -> ArchPlan:
-    """A plan with the given (heads, v_dim, neurons, attn, mlp, tokens) rows, keeping the first
+    """A plan with the given `PLAN_ROW` rows (query/key dims at full width), keeping the first
     heads, value dims and neurons (latency does not depend on which)."""
     layers = []
     for row in counts:

@@ -78,7 +78,10 @@ import numpy as np
 import uvc
 from uvc import _core, _native, usdc
 from uvc.cost import GLOBAL_COMPONENTS, LAYER_COMPONENTS, RELAXED_FIELDS
-from uvc.plan import ArchPlan
+from uvc.plan import PLAN_ROW, ArchPlan
+
+# Rows of a relaxed input, and the token row's index.
+_FIELDS, _TOKENS, _QK = len(RELAXED_FIELDS), RELAXED_FIELDS.index("tokens"), RELAXED_FIELDS.index("qk_dim")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EXPECTED = (TypeError, ValueError)
@@ -263,8 +266,8 @@ class SpecCase:
         self.arch_plans = [ArchPlan.dense(spec)] + [uvc.random_plan(spec, g, tokens=spec.prefix_tokens >= 1)
                                                   for _ in range(pool)]
         self.plans = [_ro(p.counts) for p in self.arch_plans]
-        upper = np.array([spec.num_heads, spec.v_head_dim, spec.mlp_hidden, 1.0, 1.0, spec.num_tokens])
-        self.xs = [_ro(g.random((6, d)) * upper[:, None]) for _ in range(pool)] + [_ro(np.repeat(upper[:, None], d, 1))]
+        upper = uvc.cost.relaxed_inputs(spec)[:, 0]  # the dense model, row by RELAXED_FIELDS
+        self.xs = [_ro(g.random((_FIELDS, d)) * upper[:, None]) for _ in range(pool)] + [_ro(np.repeat(upper[:, None], d, 1))]
         shapes = ((d, spec.num_heads), (d, spec.num_heads, spec.v_head_dim), (d, spec.mlp_hidden))
         self.shapes = shapes
         self.scores = [tuple(_ro(g.random(s) + 1e-3) for s in shapes) for _ in range(pool)]
@@ -472,10 +475,11 @@ def b_latency_expected(r, c, edge):
     x = r.choice(sc.xs).copy()
     table = _latency_table(r, sc.spec, edge)
     first = float(table[3][0]) if table[3].size else sc.spec.num_tokens
-    x[5] = np.maximum(x[5], first) if r.random() < 0.9 else x[5]  # mostly token counts the table spans
+    x[_TOKENS] = np.maximum(x[_TOKENS], first) if r.random() < 0.9 else x[_TOKENS]  # mostly counts the table spans
+    x[_QK] = sc.spec.qk_head_dim  # the only width a table prices
     if edge:
-        x[r.randrange(6)] = r.choice([0.0, 5e-324, 1.0, -1.0])
-    return _native_call("latency_expected", [sc.enc, *table, x, np.empty((6, d))])
+        x[r.randrange(_FIELDS)] = r.choice([0.0, 5e-324, 1.0, -1.0])
+    return _native_call("latency_expected", [sc.enc, *table, x, np.empty((_FIELDS, d))])
 
 
 def b_cost_expected(r, c, edge):
@@ -485,14 +489,15 @@ def b_cost_expected(r, c, edge):
         enc = _edge_spec(r)
         d = int(enc[0])
         n_tok = (int(enc[7]) // max(int(enc[6]), 1)) * (int(enc[8]) // max(int(enc[6]), 1)) + int(enc[10])
-        upper = np.array([enc[2], enc[4], enc[5], 1, 1, n_tok], dtype=np.float64)
+        bound = dict(heads=enc[2], qk_dim=enc[3], v_dim=enc[4], neurons=enc[5], attn_gate=1, mlp_gate=1, tokens=n_tok)
+        upper = np.array([bound[f] for f in uvc.cost.RELAXED_FIELDS], dtype=np.float64)
         x = np.repeat(upper[:, None], d, 1) * r.choice([0.0, 1.0, 0.5, 1 + 1e-15])
-        return _native_call("cost_expected", [enc, r.choice(c.conventions), x, np.empty((6, d))])
+        return _native_call("cost_expected", [enc, r.choice(c.conventions), x, np.empty((_FIELDS, d))])
     x = r.choice(sc.xs)
     if edge:
         x = x.copy()
-        x[r.randrange(6)] = r.choice([0.0, 5e-324, 1.0])
-    return _native_call("cost_expected", [sc.enc, r.choice(c.conventions), x, np.empty((6, d))])
+        x[r.randrange(_FIELDS)] = r.choice([0.0, 5e-324, 1.0])
+    return _native_call("cost_expected", [sc.enc, r.choice(c.conventions), x, np.empty((_FIELDS, d))])
 
 
 def _least_squares(r, edge):
@@ -584,7 +589,7 @@ def _solver_follow(r, c, s: Snapshot) -> tuple:
         "step": lambda o: o.step(*sc.scores[k], grad, tokens, 1e-3, epoch, *(np.empty(x) for x in sc.shapes)),
         "sample_gates": lambda o: o.sample_gates(epoch, np.empty((d, 2))),
         "masks": lambda o: o.masks(*(np.empty(x) for x in sc.shapes)),
-        "plan": lambda o: o.plan(round_to, fit, np.empty((d, 6), np.int64), *(np.empty(x) for x in sc.shapes)),
+        "plan": lambda o: o.plan(round_to, fit, np.empty((d, len(PLAN_ROW)), np.int64), *(np.empty(x) for x in sc.shapes)),
         "layout": lambda o: json.loads(o.layout()),
         "save": lambda o: o.save(),
     }
@@ -630,7 +635,7 @@ def b_solver_plan(r, c, edge):
     def args(s, sc):
         round_to = r.choice([1, 2, 3, 4, 8, 16, 2 ** 20, 2 ** 20 + 1, 0, 2 ** 62]) if edge else r.choice([1, 2, 4, 8])
         fit = r.choice([0, 1, 2, -1]) if edge else r.choice([0, 1])
-        return [round_to, fit, np.empty((s.spec.depth, 6), dtype=np.int64), *(np.empty(x) for x in sc.shapes)]
+        return [round_to, fit, np.empty((s.spec.depth, len(PLAN_ROW)), dtype=np.int64), *(np.empty(x) for x in sc.shapes)]
     return _solver_method("plan", r, c, args)
 
 
@@ -822,7 +827,7 @@ def _thread_ops(r, c, s: Snapshot | None, n: int, edge: bool, shared: bool) -> l
             elif name == "sample_gates":
                 args = [epoch, np.empty((d, 2))]
             elif name == "plan":
-                args = [r.choice([1, 8]), r.choice([0, 1]), np.empty((d, 6), np.int64), *outs()]
+                args = [r.choice([1, 8]), r.choice([0, 1]), np.empty((d, len(PLAN_ROW)), np.int64), *outs()]
             elif name == "masks":
                 args = outs()
             elif name == "summary":
@@ -1010,8 +1015,7 @@ def b_api_archplan_from_dict(r, c, edge):
 
 def _relaxed_fields(r, sc: SpecCase):
     spec = sc.spec
-    upper = dict(heads=spec.num_heads, v_dim=spec.v_head_dim, neurons=spec.mlp_hidden, attn_gate=1.0,
-                 mlp_gate=1.0, tokens=spec.num_tokens)
+    upper = dict(zip(RELAXED_FIELDS, uvc.cost.relaxed_inputs(spec)[:, 0]))  # the dense model's
     out = {}
     for name in r.sample(RELAXED_FIELDS, r.randint(0, len(RELAXED_FIELDS))):
         if r.random() < 0.5:
@@ -1751,7 +1755,7 @@ def mutate_obj(v, slot: Slot, r, c: Corpus) -> tuple[Any, str]:
         sc = c.case(r)
         opts = [lambda: (r.choice(sc.arch_plans), "a plan (maybe of another spec)"),
                 lambda: (v.to_dict() if v is not None else {}, "plan as dict"),
-                lambda: (v.counts if v is not None else np.zeros((1, 6), np.int64), "plan counts array")]
+                lambda: (v.counts if v is not None else np.zeros((1, len(PLAN_ROW)), np.int64), "plan counts array")]
         return r.choice(opts)()
     if tag == "convention":
         choices = [uvc.Convention(layer_norm=math.nan), uvc.Convention(layer_norm=-1.0),

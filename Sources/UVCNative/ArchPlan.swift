@@ -3,6 +3,10 @@
 public struct LayerPlan: Hashable, Sendable {
     /// Kept attention heads (0 only when `attention` is false).
     public var heads: Int
+    /// Kept query/key dims of every kept head (one width per layer, as `vDim`). Removing
+    /// dim j of a head removes its query row j and key row j: that head's logits lose the
+    /// term q_j·k_j, and the softmax keeps the dense model's scale 1/√qkHeadDim.
+    public var qkDim: Int
     /// Kept value dims of every kept head (one width per layer, so the layer stays one
     /// rectangular attention call after export).
     public var vDim: Int
@@ -16,8 +20,10 @@ public struct LayerPlan: Hashable, Sendable {
     /// means this block drops tokens after its MHSA (see `ArchPlan.validate`).
     public var tokens: Int
 
-    public init(heads: Int, vDim: Int, neurons: Int, attention: Bool = true, mlp: Bool = true, tokens: Int) {
+    public init(heads: Int, qkDim: Int, vDim: Int, neurons: Int, attention: Bool = true, mlp: Bool = true,
+                tokens: Int) {
         self.heads = heads
+        self.qkDim = qkDim
         self.vDim = vDim
         self.neurons = neurons
         self.attention = attention
@@ -26,13 +32,13 @@ public struct LayerPlan: Hashable, Sendable {
     }
 
     /// Names of the integers per layer in the flat encoding, in order.
-    public static let fieldNames = ["heads", "v_dim", "neurons", "attn", "mlp", "tokens"]
+    public static let fieldNames = ["heads", "qk_dim", "v_dim", "neurons", "attn", "mlp", "tokens"]
     /// Number of integers per layer in the flat encoding.
-    public static let encodedCount = 6
+    public static let encodedCount = 7
 
     /// Writes the flat encoding (`fieldNames`) into `row` (`encodedCount` values).
     public func encode(into row: UnsafeMutableBufferPointer<Int64>) {
-        for (k, v) in [heads, vDim, neurons, attention ? 1 : 0, mlp ? 1 : 0, tokens].enumerated() { row[k] = Int64(v) }
+        for (k, v) in [heads, qkDim, vDim, neurons, attention ? 1 : 0, mlp ? 1 : 0, tokens].enumerated() { row[k] = Int64(v) }
     }
 }
 
@@ -45,11 +51,11 @@ public struct ArchPlan: Hashable, Sendable {
     /// The dense model: everything kept.
     public static func dense(_ spec: ViTSpec) -> ArchPlan {
         ArchPlan(layers: Array(repeating: LayerPlan(
-            heads: spec.numHeads, vDim: spec.vHeadDim, neurons: spec.mlpHidden,
+            heads: spec.numHeads, qkDim: spec.qkHeadDim, vDim: spec.vHeadDim, neurons: spec.mlpHidden,
             tokens: spec.numTokens), count: spec.depth))
     }
 
-    /// Decodes `depth × 6` row-major integers (see `LayerPlan.encodedCount`).
+    /// Decodes `depth × 7` row-major integers (see `LayerPlan.encodedCount`).
     public init(encoded e: UnsafeBufferPointer<Int64>, spec: ViTSpec) throws(UVCError) {
         let w = LayerPlan.encodedCount
         try require(e.count == spec.depth * w, "plan",
@@ -58,12 +64,12 @@ public struct ArchPlan: Hashable, Sendable {
         layers.reserveCapacity(spec.depth)
         for l in 0..<spec.depth {
             let r = l * w
-            for k in 3...4 {
+            for k in 4...5 {
                 try require(e[r + k] == 0 || e[r + k] == 1, "plan",
                             "layer \(l): the attention/mlp switch must be 0 or 1, got \(e[r + k])")
             }
-            layers.append(LayerPlan(heads: Int(e[r]), vDim: Int(e[r + 1]), neurons: Int(e[r + 2]),
-                                    attention: e[r + 3] == 1, mlp: e[r + 4] == 1, tokens: Int(e[r + 5])))
+            layers.append(LayerPlan(heads: Int(e[r]), qkDim: Int(e[r + 1]), vDim: Int(e[r + 2]), neurons: Int(e[r + 3]),
+                                    attention: e[r + 4] == 1, mlp: e[r + 5] == 1, tokens: Int(e[r + 6])))
         }
         self.layers = layers
         try validate(for: spec)
@@ -86,13 +92,18 @@ public struct ArchPlan: Hashable, Sendable {
         for (l, p) in layers.enumerated() {
             try require(p.heads >= 0 && p.heads <= spec.numHeads, "plan",
                         "layer \(l) keeps \(p.heads) heads, expected 0...\(spec.numHeads)")
+            try require(p.qkDim >= 0 && p.qkDim <= spec.qkHeadDim, "plan",
+                        "layer \(l) keeps \(p.qkDim) query/key dims per head, expected 0...\(spec.qkHeadDim)")
             try require(p.vDim >= 0 && p.vDim <= spec.vHeadDim, "plan",
                         "layer \(l) keeps \(p.vDim) value dims per head, expected 0...\(spec.vHeadDim)")
             try require(p.neurons >= 0 && p.neurons <= spec.mlpHidden, "plan",
                         "layer \(l) keeps \(p.neurons) MLP neurons, expected 0...\(spec.mlpHidden)")
             if p.attention {
-                try require(p.heads >= 1 && p.vDim >= 1, "plan",
-                            "layer \(l) runs attention with \(p.heads) heads of \(p.vDim) value dims; a running part keeps at least one of each")
+                try require(p.heads >= 1 && p.qkDim >= 1 && p.vDim >= 1, "plan",
+                            "layer \(l) runs attention with \(p.heads) heads of \(p.qkDim) query/key and \(p.vDim) value dims; a running part keeps at least one of each")
+                // A q/k LayerNorm normalises over all of a head's dims: fewer dims change every value.
+                try require(!spec.qkNorm || p.qkDim == spec.qkHeadDim, "plan",
+                            "layer \(l) keeps \(p.qkDim) of \(spec.qkHeadDim) query/key dims in a model with q/k norms (spec.qk_norm); there every head keeps all of them")
             }
             if p.mlp {
                 try require(p.neurons >= 1, "plan",

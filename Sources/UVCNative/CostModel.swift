@@ -6,7 +6,7 @@
 /// gradient `expected(_:gradient:)` returns. Costs are in MACs; FLOPs are 2 × MACs.
 ///
 /// Per block with N tokens in (`tokens[l]`), N' tokens out (`tokens[l+1]`, N for the last
-/// block), width D, h heads of qk width q and value width v, m MLP units, MHSA gate a,
+/// block), width D, h heads of query/key width q (`LayerPlan.qkDim`) and value width v, m MLP units, MHSA gate a,
 /// MLP gate g, r = [N' < N] (the block drops tokens), u = 2 for a gated MLP (two fc1 rows
 /// per unit) and 1 otherwise, and k = [qk_norm]:
 ///
@@ -73,10 +73,11 @@ public struct CostModel: Sendable {
     /// One block's continuous inputs. `tokens` enter the block; `tokensOut` leave it (and
     /// feed its MLP): fewer out than in means the block drops tokens after its MHSA.
     public struct LayerInputs: Sendable {
-        public var heads, vDim, neurons, attentionGate, mlpGate, tokens, tokensOut: Double
-        public init(heads: Double, vDim: Double, neurons: Double, attentionGate: Double, mlpGate: Double,
-                    tokens: Double, tokensOut: Double) {
+        public var heads, qkDim, vDim, neurons, attentionGate, mlpGate, tokens, tokensOut: Double
+        public init(heads: Double, qkDim: Double, vDim: Double, neurons: Double, attentionGate: Double,
+                    mlpGate: Double, tokens: Double, tokensOut: Double) {
             self.heads = heads
+            self.qkDim = qkDim
             self.vDim = vDim
             self.neurons = neurons
             self.attentionGate = attentionGate
@@ -87,7 +88,7 @@ public struct CostModel: Sendable {
 
         /// Block `p` followed by a block taking `tokensOut` tokens (`p.tokens` for the last block).
         public init(_ p: LayerPlan, tokensOut: Int) {
-            self.init(heads: Double(p.heads), vDim: Double(p.vDim), neurons: Double(p.neurons),
+            self.init(heads: Double(p.heads), qkDim: Double(p.qkDim), vDim: Double(p.vDim), neurons: Double(p.neurons),
                       attentionGate: p.attention ? 1 : 0, mlpGate: p.mlp ? 1 : 0, tokens: Double(p.tokens),
                       tokensOut: Double(tokensOut))
         }
@@ -143,7 +144,7 @@ public struct CostModel: Sendable {
     /// Writes the components of one block into `out` (indexed by `Component`). The
     /// softmax of the ranking attention rows of a dropping block counts under `softmax`.
     public func layerBreakdown(_ x: LayerInputs, into out: UnsafeMutableBufferPointer<Double>) {
-        let d = Double(spec.embedDim), q = Double(spec.qkHeadDim)
+        let d = Double(spec.embedDim), q = x.qkDim
         let ln = convention.layerNormPerElement
         let n = x.tokens, n2 = x.tokensOut, h = x.heads, v = x.vDim, m = x.neurons
         let a = x.attentionGate, g = x.mlpGate
@@ -217,7 +218,7 @@ public struct CostModel: Sendable {
     public func expected(_ inputs: UnsafeBufferPointer<Double>, gradient: UnsafeMutableBufferPointer<Double>) -> Double {
         let depth = spec.depth
         precondition(inputs.count == RelaxedField.allCases.count * depth && gradient.count == inputs.count)
-        let d = Double(spec.embedDim), q = Double(spec.qkHeadDim)
+        let d = Double(spec.embedDim)
         let ln = convention.layerNormPerElement
         let sm: Double = convention.softmax ? 1 : 0
         let ge: Double = convention.gelu ? 1 : 0
@@ -231,6 +232,7 @@ public struct CostModel: Sendable {
         for l in 0..<depth { gradient[tokenRow + l] = 0 }
         for l in 0..<depth {
             let h = inputs[RelaxedField.heads.rawValue * depth + l]
+            let q = inputs[RelaxedField.qkDim.rawValue * depth + l]
             let v = inputs[RelaxedField.vDim.rawValue * depth + l]
             let m = inputs[RelaxedField.neurons.rawValue * depth + l]
             let a = inputs[RelaxedField.attentionGate.rawValue * depth + l]
@@ -250,6 +252,8 @@ public struct CostModel: Sendable {
             gradient[RelaxedField.heads.rawValue * depth + l] =
                 a * (n * d * qkvWidth + n * n * (q + v) + n * v * d + sm * n * n + b * n * qkvWidth + k * n * q
                      + r * rows * (n * q + sm * n))
+            gradient[RelaxedField.qkDim.rawValue * depth + l] =
+                a * (2 * n * d * h + h * n * n + 2 * b * n * h + k * n * h + r * rows * h * n)
             gradient[RelaxedField.vDim.rawValue * depth + l] = a * (n * d * h + h * n * n + n * h * d + b * n * h)
             gradient[RelaxedField.neurons.rawValue * depth + l] = g * ((u + 1) * n2 * d + ge * n2 + b * u * n2)
             gradient[RelaxedField.attentionGate.rawValue * depth + l] = attn + fuse
@@ -287,6 +291,8 @@ public struct CostModel: Sendable {
 public enum RelaxedField: Int, CaseIterable, Sendable {
     /// Expected kept heads, in [0, numHeads].
     case heads
+    /// Expected kept query/key dims per head, in [0, qkHeadDim].
+    case qkDim
     /// Expected kept value dims per head, in [0, vHeadDim].
     case vDim
     /// Expected kept MLP neurons, in [0, mlpHidden].
@@ -302,6 +308,7 @@ public enum RelaxedField: Int, CaseIterable, Sendable {
     public var name: String {
         switch self {
         case .heads: "heads"
+        case .qkDim: "qk_dim"
         case .vDim: "v_dim"
         case .neurons: "neurons"
         case .attentionGate: "attn_gate"
@@ -313,6 +320,7 @@ public enum RelaxedField: Int, CaseIterable, Sendable {
     public func upperBound(_ spec: ViTSpec) -> Double {
         switch self {
         case .heads: Double(spec.numHeads)
+        case .qkDim: Double(spec.qkHeadDim)
         case .vDim: Double(spec.vHeadDim)
         case .neurons: Double(spec.mlpHidden)
         case .attentionGate, .mlpGate: 1

@@ -171,7 +171,8 @@ public struct LatencyModel: Sendable {
                           + "is refused)"))
     }
 
-    /// The table's latency of `plan` in ms; per layer the MHSA (with the drop, if any) and MLP
+    /// The table's latency of `plan` in ms (every running MHSA at full query/key width, as
+    /// profiled); per layer the MHSA (with the drop, if any) and MLP
     /// parts go to `layers` (depth × 2, row-major).
     /// - Precondition: `plan` was validated for `spec`; `layers` has 2 × depth entries.
     public func exact(_ plan: ArchPlan, layers: UnsafeMutableBufferPointer<Double>) throws(UVCError) -> Double {
@@ -180,6 +181,8 @@ public struct LatencyModel: Sendable {
         for (l, p) in plan.layers.enumerated() {
             let n = Double(p.tokens), kept = l + 1 < plan.layers.count ? Double(plan.layers[l + 1].tokens) : n
             try checkTokens(n, "plan", layer: l)
+            try require(!p.attention || p.qkDim == spec.qkHeadDim, "plan",
+                        "layer \(l) keeps \(p.qkDim) of \(spec.qkHeadDim) query/key dims per head; the latency table timed them at full width (spec.qk_head_dim), so it prices no other")
             let drops = p.attention && kept < n
             layers[2 * l] = p.attention ? attentionTime(heads: Double(p.heads), vDim: Double(p.vDim), tokens: n).ms
                 + (drops ? dropTime(tokens: n).ms : 0) : 0
@@ -218,6 +221,7 @@ public struct LatencyModel: Sendable {
             let mlp = mlpTime(neurons: inputs[row(.neurons) + l], tokens: kept)
             total += a * (attn.ms + fuse.ms) + g * mlp.ms
             gradient[row(.heads) + l] = a * attn.dHeads
+            gradient[row(.qkDim) + l] = 0
             gradient[row(.vDim) + l] = a * attn.dVDim
             gradient[row(.neurons) + l] = g * mlp.dNeurons
             gradient[row(.attentionGate) + l] = attn.ms + fuse.ms
@@ -234,6 +238,11 @@ public struct LatencyModel: Sendable {
         try CostModel(spec: spec, convention: .uvc).validateRelaxed(inputs)
         let row = RelaxedField.tokens.rawValue * spec.depth
         for l in 0..<spec.depth { try checkTokens(inputs[row + l], "x", layer: l) }
+        let qk = RelaxedField.qkDim.rawValue * spec.depth
+        for l in 0..<spec.depth {
+            try require(inputs[qk + l] == Double(spec.qkHeadDim), "x",
+                        "qk_dim[\(l)] = \(inputs[qk + l]): the latency table timed every head's queries and keys at their full width \(spec.qkHeadDim) (spec.qk_head_dim), so it prices no other")
+        }
     }
 
     /// Widths a plan priced by this table may take: the grid points (`PlanExtraction` snaps to them).

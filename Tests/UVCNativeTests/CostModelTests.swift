@@ -46,7 +46,9 @@ func randomPlan(_ spec: ViTSpec, _ rng: inout TestRNG) -> ArchPlan {
     var tokens = spec.numTokens
     var layers: [LayerPlan] = []
     for _ in 0..<spec.depth {
-        let layer = LayerPlan(heads: rng.int(1...spec.numHeads), vDim: rng.int(1...spec.vHeadDim),
+        // q/k norms normalise over all of a head's query/key dims: such a model keeps them all.
+        let layer = LayerPlan(heads: rng.int(1...spec.numHeads),
+                              qkDim: spec.qkNorm ? spec.qkHeadDim : rng.int(1...spec.qkHeadDim), vDim: rng.int(1...spec.vHeadDim),
                               neurons: rng.int(1...spec.mlpHidden), attention: rng.int(0...4) != 0,
                               mlp: rng.int(0...4) != 0, tokens: tokens)
         layers.append(layer)
@@ -63,9 +65,10 @@ func relaxedInputs(_ plan: ArchPlan) -> [Double] {
     let depth = plan.layers.count
     var x = [Double](repeating: 0, count: RelaxedField.allCases.count * depth)
     for (l, p) in plan.layers.enumerated() {
-        let row = [Double(p.heads), Double(p.vDim), Double(p.neurons),
-                   p.attention ? 1 : 0, p.mlp ? 1 : 0, Double(p.tokens)]
-        for (k, v) in row.enumerated() { x[k * depth + l] = v }
+        let row: [(RelaxedField, Double)] = [(.heads, Double(p.heads)), (.qkDim, Double(p.qkDim)), (.vDim, Double(p.vDim)),
+                                             (.neurons, Double(p.neurons)), (.attentionGate, p.attention ? 1 : 0),
+                                             (.mlpGate, p.mlp ? 1 : 0), (.tokens, Double(p.tokens))]
+        for (field, v) in row { x[field.rawValue * depth + l] = v }
     }
     return x
 }
@@ -183,6 +186,48 @@ final class CostModelTests: XCTestCase {
         let embedOnly = model.patchEmbedMACs + model.headMACs + model.finalNormMACs(tokens: 197).macs
         XCTAssertEqual(model.exactTotal(plan), embedOnly)
         XCTAssertLessThan(embedOnly, dense)
+    }
+
+    /// Narrower queries and keys, written out: DeiT-S keeping 32 of 64 q/k dims in every head of
+    /// every block saves q and k's rows (2·N·D·h·32) and QKᵀ (h·N²·32) per block, and with
+    /// biases counted 2·N·h·32 more; the value side is untouched.
+    func testNarrowQueriesAndKeysAnalytic() throws {
+        let spec = try deit(384, 6)
+        let (n, d, h) = (197.0, 384.0, 6.0)
+        var plan = ArchPlan.dense(spec)
+        for l in 0..<12 { plan.layers[l].qkDim = 32 }
+        try plan.validate(for: spec)
+        let uvc = CostModel(spec: spec, convention: .uvc)
+        XCTAssertEqual(uvc.exactTotal(.dense(spec)) - uvc.exactTotal(plan), 12 * (2 * n * d * h * 32 + h * n * n * 32))
+        let biased = CostModel(spec: spec, convention: CostConvention(bias: true))
+        XCTAssertEqual(biased.exactTotal(.dense(spec)) - biased.exactTotal(plan),
+                       12 * (2 * n * d * h * 32 + h * n * n * 32 + 2 * n * h * 32))
+        // A dropping block's ranking row q·Kᵀ is as narrow as its queries: h·N·q.
+        var drop = plan
+        for l in 4..<12 { drop.layers[l].tokens = 120 }
+        var dense = ArchPlan.dense(spec)
+        for l in 4..<12 { dense.layers[l].tokens = 120 }
+        XCTAssertEqual(uvc.exactTotal(dense) - uvc.exactTotal(drop),
+                       4 * (2 * n * d * h * 32 + h * n * n * 32) + 8 * (2 * 120 * d * h * 32 + h * 120 * 120 * 32)
+                       + h * n * 32)
+    }
+
+    func testQueryKeyWidthIsValidated() throws {
+        let spec = try deit(192, 3)
+        var plan = ArchPlan.dense(spec)
+        plan.layers[2].qkDim = 65
+        XCTAssertThrowsError(try plan.validate(for: spec)) { XCTAssertTrue("\($0)".contains("query/key dims")) }
+        plan.layers[2].qkDim = 0
+        XCTAssertThrowsError(try plan.validate(for: spec), "a running MHSA keeps at least one q/k dim")
+        plan.layers[2].attention = false
+        plan.layers[2].heads = 0
+        plan.layers[2].vDim = 0
+        XCTAssertNoThrow(try plan.validate(for: spec), "a skipped MHSA keeps none")
+        var normed = spec
+        normed.qkNorm = true
+        var narrow = ArchPlan.dense(normed)
+        narrow.layers[0].qkDim = 63
+        XCTAssertThrowsError(try narrow.validate(for: normed)) { XCTAssertTrue("\($0)".contains("qk_norm")) }
     }
 
     /// A token drop, written out: DeiT-S drops 197 → 120 tokens in block 3 (uvc convention).
@@ -350,9 +395,11 @@ final class CostModelTests: XCTestCase {
         let model = CostModel(spec: spec, convention: .uvc)
         var x = relaxedInputs(.dense(spec))
         XCTAssertNoThrow(try x.withUnsafeBufferPointer { try model.validateRelaxed($0) })
-        for (index, bad) in [(0, Double.nan), (12, -1), (40, 2), (60, 198), (5, .infinity)] {
+        let bads: [(RelaxedField, Int, Double)] = [(.heads, 0, .nan), (.vDim, 0, -1), (.attentionGate, 4, 2),
+                                                   (.tokens, 0, 198), (.heads, 5, .infinity), (.qkDim, 3, 65)]
+        for (field, layer, bad) in bads {
             var y = x
-            y[index] = bad
+            y[field.rawValue * spec.depth + layer] = bad
             XCTAssertThrowsError(try y.withUnsafeBufferPointer { try model.validateRelaxed($0) })
         }
         x.removeLast()

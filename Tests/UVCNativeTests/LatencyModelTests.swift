@@ -43,12 +43,31 @@ final class LatencyModelTests: XCTestCase {
         return grad
     }
 
+    /// The table timed every MHSA at full q/k width: a plan or relaxed input with narrower
+    /// queries and keys is refused, naming the layer, not priced as if they were full.
+    func testNarrowQueriesAndKeysAreRefused() throws {
+        let spec = try smallSolverSpec()
+        let model = try table(spec)
+        var plan = ArchPlan.dense(spec)
+        plan.layers[1].qkDim = spec.qkHeadDim - 1
+        try plan.validate(for: spec)
+        XCTAssertThrowsError(try exact(model, plan)) { XCTAssertTrue("\($0)".contains("layer 1 keeps"), "\($0)") }
+        plan.layers[1].attention = false
+        XCTAssertNoThrow(try exact(model, plan), "a skipped MHSA has no q/k to price")
+        var x = relaxedInputs(.dense(spec))
+        XCTAssertNoThrow(try x.withUnsafeBufferPointer { try model.validateRelaxed($0) })
+        x[RelaxedField.qkDim.rawValue * spec.depth + 2] = 1.5
+        XCTAssertThrowsError(try x.withUnsafeBufferPointer { try model.validateRelaxed($0) }) {
+            XCTAssertTrue("\($0)".contains("qk_dim[2]"), "\($0)")
+        }
+    }
+
     func testGridPointsPriceAtTheTable() throws {
         let spec = try smallSolverSpec()
         let model = try table(spec)
-        let plan = ArchPlan(layers: [LayerPlan(heads: 2, vDim: 5, neurons: 17, tokens: 17),
-                                     LayerPlan(heads: 3, vDim: 8, neurons: 32, attention: false, tokens: 17),
-                                     LayerPlan(heads: 1, vDim: 1, neurons: 1, mlp: false, tokens: 17)])
+        let plan = ArchPlan(layers: [LayerPlan(heads: 2, qkDim: spec.qkHeadDim, vDim: 5, neurons: 17, tokens: 17),
+                                     LayerPlan(heads: 3, qkDim: spec.qkHeadDim, vDim: 8, neurons: 32, attention: false, tokens: 17),
+                                     LayerPlan(heads: 1, qkDim: spec.qkHeadDim, vDim: 1, neurons: 1, mlp: false, tokens: 17)])
         try plan.validate(for: spec)
         let a = { (h: Double, v: Double) in 0.2 + 0.05 * h * v + (v == 5 ? 0.3 : 0) }
         let m = { (n: Double) in 0.1 + 0.01 * n + (n >= 17 ? 0.05 : 0) }
@@ -89,7 +108,7 @@ final class LatencyModelTests: XCTestCase {
         var rng = TestRNG(state: 5)
         for _ in 0..<200 {
             let layers = (0..<4).map { _ in
-                LayerPlan(heads: rng.int(1...3), vDim: rng.int(1...8), neurons: rng.int(1...32),
+                LayerPlan(heads: rng.int(1...3), qkDim: spec.qkHeadDim, vDim: rng.int(1...8), neurons: rng.int(1...32),
                           attention: rng.int(0...3) != 0, mlp: rng.int(0...3) != 0, tokens: 17)
             }
             let plan = ArchPlan(layers: layers)
@@ -212,6 +231,10 @@ final class LatencyModelTests: XCTestCase {
                                         latency: try table(spec))) {
             XCTAssertEqual(($0 as? UVCError)?.argument, "prune_tokens")
         }
+        XCTAssertThrowsError(try Solver(spec: spec, convention: .uvc, config: SolverConfig(qkKeep: 0.5), seed: 0,
+                                        latency: try table(spec))) {
+            XCTAssertEqual(($0 as? UVCError)?.argument, "qk_keep")
+        }
     }
 
     // MARK: A token axis
@@ -235,9 +258,9 @@ final class LatencyModelTests: XCTestCase {
         let spec = try smallSolverSpec()
         let model = try tokenTable(spec)
         // Block 0 drops 17 → 9, block 1 drops 9 → 5 (between grid points), block 2 keeps 5.
-        let plan = ArchPlan(layers: [LayerPlan(heads: 2, vDim: 4, neurons: 16, tokens: 17),
-                                     LayerPlan(heads: 3, vDim: 8, neurons: 32, tokens: 9),
-                                     LayerPlan(heads: 1, vDim: 1, neurons: 1, tokens: 5)])
+        let plan = ArchPlan(layers: [LayerPlan(heads: 2, qkDim: spec.qkHeadDim, vDim: 4, neurons: 16, tokens: 17),
+                                     LayerPlan(heads: 3, qkDim: spec.qkHeadDim, vDim: 8, neurons: 32, tokens: 9),
+                                     LayerPlan(heads: 1, qkDim: spec.qkHeadDim, vDim: 1, neurons: 1, tokens: 5)])
         try plan.validate(for: spec)
         var layers = [Double](repeating: -1, count: 6)
         let total = try layers.withUnsafeMutableBufferPointer { try model.exact(plan, layers: $0) }
@@ -307,9 +330,9 @@ final class LatencyModelTests: XCTestCase {
                              drop: [-1, 0], fixed: 0)
         }
         let coarse = try tokenTable(spec, tokens: [9, 17])
-        let plan = ArchPlan(layers: [LayerPlan(heads: 3, vDim: 8, neurons: 32, tokens: 17),
-                                     LayerPlan(heads: 3, vDim: 8, neurons: 32, tokens: 9),
-                                     LayerPlan(heads: 3, vDim: 8, neurons: 32, tokens: 4)])
+        let plan = ArchPlan(layers: [LayerPlan(heads: 3, qkDim: spec.qkHeadDim, vDim: 8, neurons: 32, tokens: 17),
+                                     LayerPlan(heads: 3, qkDim: spec.qkHeadDim, vDim: 8, neurons: 32, tokens: 9),
+                                     LayerPlan(heads: 3, qkDim: spec.qkHeadDim, vDim: 8, neurons: 32, tokens: 4)])
         refused("plan", "layer 2 takes 4 tokens; the latency table's token grid [9, 17] starts at 9: profile it at 4") {
             try coarse.exactTotal(plan)
         }

@@ -120,7 +120,7 @@ final class SolverPlanTests: XCTestCase {
     private func widened(_ p: ArchPlan, layer: Int, dims: Int = 0, neurons: Int = 0) -> ArchPlan {
         var layers = p.layers
         let l = layers[layer]
-        layers[layer] = LayerPlan(heads: l.heads, vDim: l.vDim + dims, neurons: l.neurons + neurons,
+        layers[layer] = LayerPlan(heads: l.heads, qkDim: l.qkDim, vDim: l.vDim + dims, neurons: l.neurons + neurons,
                                   attention: l.attention, mlp: l.mlp, tokens: l.tokens)
         return ArchPlan(layers: layers)
     }
@@ -158,6 +158,37 @@ final class SolverPlanTests: XCTestCase {
                 for j in 0..<96 { XCTAssertEqual(m.neurons[layer * 96 + j], dropped.contains(j) ? 0 : 1) }
             }
         }
+    }
+
+    /// `qkKeep` prices every running MHSA at the kept q/k width from the first step, and the plan
+    /// exports that width; the fit spends the rest of the budget on the kinds the search prunes.
+    func testQueryKeyKeepIsPricedFromTheStartAndExported() throws {
+        let half = try SolverConfig(budget: 0.5, qkKeep: 0.5)
+        XCTAssertEqual(half.keptQKDim(try spec()), 8)
+        XCTAssertEqual(try SolverConfig(qkKeep: 0.3).keptQKDim(try spec()), 5, "4.8 rounds to 5")
+        XCTAssertEqual(try SolverConfig(qkKeep: 0.01).keptQKDim(try spec()), 1, "at least one")
+        var s = try Solver(spec: try spec(), convention: .fvcore, config: half, seed: 0)
+        var dense8 = ArchPlan.dense(s.spec)
+        for l in 0..<4 { dense8.layers[l].qkDim = 8 }
+        XCTAssertEqual(s.constraintMACs(), s.cost.exactTotal(dense8), accuracy: 1e-6 * s.denseMACs)
+        XCTAssertLessThan(s.cost.exactTotal(dense8), s.denseMACs)
+        s.state.committed = [1, 1, 2, 1, 8, 6, 9, 8, 70, 60, 75, 66]
+        var rng = Xoshiro256StarStar(seed: 6)
+        let (fit, macs, _) = try fitted(s, GroupData(s.spec, &rng))
+        XCTAssertTrue(fit.layers.allSatisfy { !$0.attention || $0.qkDim == 8 })
+        XCTAssertEqual(macs, s.cost.exactTotal(fit))
+        XCTAssertLessThanOrEqual(macs, s.budgetMACs)
+        for bad in [0.0, -0.5, 1.5, .nan] {
+            XCTAssertThrowsError(try SolverConfig(qkKeep: bad)) { XCTAssertTrue("\($0)".contains("qk_keep")) }
+        }
+        // q/k norms normalise over all of a head's dims: such a model keeps them all.
+        var normed = try spec()
+        normed.qkNorm = true
+        XCTAssertThrowsError(try Solver(spec: normed, convention: .fvcore, config: half, seed: 0)) {
+            XCTAssertTrue("\($0)".contains("qk_norm"))
+        }
+        XCTAssertNoThrow(try Solver(spec: normed, convention: .fvcore, config: try SolverConfig(qkKeep: 0.99), seed: 0),
+                         "0.99 of 16 rounds to all 16")
     }
 
     func testFitFillsWhereTheScoreGainedPerMACIsHighest() throws {

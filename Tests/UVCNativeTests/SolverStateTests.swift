@@ -39,6 +39,7 @@ final class SolverStateTests: XCTestCase {
             case .pruneTokens: config.pruneTokens ? 1 : 0
             case .lrTokens: config.tokenLR
             case .budgetDamping: config.budgetDamping
+            case .qkKeep: config.qkKeep
             }
         }
         return e

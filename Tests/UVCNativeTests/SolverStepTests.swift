@@ -42,10 +42,12 @@ final class SolverStepTests: XCTestCase {
         let scores = GroupData(s.spec, &rng)
         let before = s.state, l = 3, m = 32.0
         // ∂MACs/∂(kept neurons) at the pre-step counts, gates on.
-        var x = [Double](repeating: 0, count: 6 * l)
+        var x = [Double](repeating: 0, count: RelaxedField.allCases.count * l)
+        func at(_ f: RelaxedField, _ layer: Int) -> Int { f.rawValue * l + layer }
         for layer in 0..<l {
-            x[layer] = 3; x[l + layer] = 8; x[2 * l + layer] = m - before.removal[6 + layer]
-            x[3 * l + layer] = 1; x[4 * l + layer] = 1; x[5 * l + layer] = 17
+            x[at(.heads, layer)] = 3; x[at(.qkDim, layer)] = 8; x[at(.vDim, layer)] = 8
+            x[at(.neurons, layer)] = m - before.removal[6 + layer]
+            x[at(.attentionGate, layer)] = 1; x[at(.mlpGate, layer)] = 1; x[at(.tokens, layer)] = 17
         }
         var grad = x
         x.withUnsafeBufferPointer { xb in grad.withUnsafeMutableBufferPointer { _ = s.cost.expected(xb, gradient: $0) } }
@@ -56,7 +58,7 @@ final class SolverStepTests: XCTestCase {
         for layer in 0..<l {
             let row = Array(scores.neurons[(layer * 32)..<((layer + 1) * 32)])
             let slope = reference(row, count: before.removal[6 + layer], unit: mean(scores.neurons)).slope
-            g[layer] = before.duals[6 + layer] * slope - price * m * grad[2 * l + layer] / s.denseMACs
+            g[layer] = before.duals[6 + layer] * slope - price * m * grad[at(.neurons, layer)] / s.denseMACs
         }
         let scale = 0.05 * m / max(1, g.map(abs).max()!)
         _ = try s.step(scores, epoch: 0.5)
@@ -162,10 +164,12 @@ final class SolverStepTests: XCTestCase {
         for round in 0..<2 {
             _ = try s.sample(epoch: 1)
             let probs = s.gateProbabilities()
-            var x = [Double](repeating: 0, count: 18)
+            var x = [Double](repeating: 0, count: RelaxedField.allCases.count * 3)
+            func at(_ f: RelaxedField, _ layer: Int) -> Int { f.rawValue * 3 + layer }
             for layer in 0..<3 {
-                x[layer] = 3; x[3 + layer] = 8; x[6 + layer] = 32
-                x[9 + layer] = probs[2 * layer]; x[12 + layer] = probs[2 * layer + 1]; x[15 + layer] = 17
+                x[at(.heads, layer)] = 3; x[at(.qkDim, layer)] = 8; x[at(.vDim, layer)] = 8; x[at(.neurons, layer)] = 32
+                x[at(.attentionGate, layer)] = probs[2 * layer]; x[at(.mlpGate, layer)] = probs[2 * layer + 1]
+                x[at(.tokens, layer)] = 17
             }
             var grad = x
             x.withUnsafeBufferPointer { xb in grad.withUnsafeMutableBufferPointer { _ = s.cost.expected(xb, gradient: $0) } }
@@ -173,7 +177,7 @@ final class SolverStepTests: XCTestCase {
             for layer in 0..<3 {
                 for part in 0..<2 {
                     let i = 2 * layer + part, p = probs[i]
-                    let dMACs = grad[(part == 0 ? 9 : 12) + layer]
+                    let dMACs = grad[at(part == 0 ? .attentionGate : .mlpGate, layer)]
                     sum[i] += price * 0.5 * dMACs / s.denseMACs * p * (1 - p) + task[i] * s.state.sampleSlope[i]
                 }
             }
@@ -230,7 +234,7 @@ final class SolverStepTests: XCTestCase {
         let scores = GroupData(s.spec, &rng)
         // MACs of one head of one layer with every part kept.
         let oneHead = s.cost.exactTotal(.dense(s.spec)) - s.cost.exactTotal(ArchPlan(layers: ArchPlan.dense(s.spec).layers
-            .enumerated().map { $0.offset == 0 ? LayerPlan(heads: 2, vDim: 8, neurons: 32, tokens: 17) : $0.element }))
+            .enumerated().map { $0.offset == 0 ? LayerPlan(heads: 2, qkDim: s.spec.qkHeadDim, vDim: 8, neurons: 32, tokens: 17) : $0.element }))
         var zs: [Double] = []
         for t in 0..<1500 {
             let epoch = Double(t) / 100

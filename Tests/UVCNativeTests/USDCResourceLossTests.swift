@@ -75,9 +75,9 @@ final class USDCResourceLossTests: XCTestCase {
             }
         }
         let plan = ArchPlan(layers: [
-            LayerPlan(heads: 2, vDim: spec.vHeadDim, neurons: 8, tokens: spec.numTokens),
-            LayerPlan(heads: 3, vDim: spec.vHeadDim, neurons: 4, attention: false, mlp: false, tokens: spec.numTokens),
-            LayerPlan(heads: 1, vDim: spec.vHeadDim, neurons: 4, attention: false, mlp: false, tokens: spec.numTokens),
+            LayerPlan(heads: 2, qkDim: spec.qkHeadDim, vDim: spec.vHeadDim, neurons: 8, tokens: spec.numTokens),
+            LayerPlan(heads: 3, qkDim: spec.qkHeadDim, vDim: spec.vHeadDim, neurons: 4, attention: false, mlp: false, tokens: spec.numTokens),
+            LayerPlan(heads: 1, qkDim: spec.qkHeadDim, vDim: spec.vHeadDim, neurons: 4, attention: false, mlp: false, tokens: spec.numTokens),
         ])
         return (x, plan)
     }

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from uvc.plan import PLAN_ROW
+
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "bench_latency_model.py"
@@ -50,8 +52,10 @@ def test_smoke_rows_are_priced_by_the_table(tmp_path):
         plan = bench.plan_from_counts(spec, row["counts"])
         assert row["predicted_ms"] == pytest.approx(LatencyTable(table).predict(plan), rel=1e-12)
         if row["kind"] == "snapped":
-            for h, v, n, attn, mlp, _ in row["counts"]:
-                assert (not attn or v in table["v_dims"]) and (not mlp or n in table["neurons"])
+            for counts in row["counts"]:
+                c = dict(zip(PLAN_ROW, counts))
+                assert not c["attn"] or c["v_dim"] in table["v_dims"]
+                assert not c["mlp"] or c["neurons"] in table["neurons"]
     assert np.isfinite(data["median_abs_rel_err"]) and -1 <= data["spearman"] <= 1
 
     # A rerun takes the cached table.

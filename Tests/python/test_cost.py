@@ -9,6 +9,7 @@ import pytest
 
 import uvc
 from uvc.cost import RELAXED_FIELDS, expected_cost, relaxed_inputs
+from uvc.plan import PLAN_ROW
 
 # REFERENCE.md §8 (GMACs, 224x224, batch 1).
 DENSE = {
@@ -45,8 +46,10 @@ def test_distilled_spec():
 
 
 def exact_as_relaxed(plan):
+    """The plan's counts as relaxed inputs, row by row by name (attn/mlp are the gates)."""
     c = plan.counts.astype(np.float64)
-    return np.ascontiguousarray(c.T)  # rows: heads, v_dim, neurons, attn, mlp, tokens
+    column = {"attn_gate": "attn", "mlp_gate": "mlp"}
+    return np.ascontiguousarray(np.stack([c[:, PLAN_ROW.index(column.get(f, f))] for f in RELAXED_FIELDS]))
 
 
 def random_spec(rng):
@@ -62,8 +65,8 @@ def test_relaxed_at_integers_equals_exact(rng):
     drops = 0
     for _ in range(100):
         spec = random_spec(rng)
-        plan = uvc.random_plan(spec, rng, drop_prob=0.5)
-        tokens = plan.counts[:, 5]
+        plan = uvc.random_plan(spec, rng, drop_prob=0.5, qk=True)
+        tokens = plan.counts[:, PLAN_ROW.index("tokens")]
         assert tokens[0] == spec.num_tokens and np.all(np.diff(tokens) <= 0)
         drops += int(np.sum(np.diff(tokens) < 0))
         for conv in ("uvc", "fvcore", "full"):
@@ -99,9 +102,12 @@ def test_gradient_matches_central_differences(rng):
     # Away from the kinks: every block drops tokens (tokens[l+1] < tokens[l] by more than the step).
     for trial in range(20):
         spec = uvc.ViTSpec.from_name("deit_base_patch16_224") if trial == 0 else random_spec(rng)
-        upper = np.array([spec.num_heads, spec.v_head_dim, spec.mlp_hidden, 1, 1, spec.num_tokens], float)
-        x = (0.05 + 0.9 * rng.random((6, spec.depth))) * upper[:, None]
-        x[5] = (0.6 + 0.4 * rng.random()) * spec.num_tokens * np.cumprod(0.5 + 0.45 * rng.random(spec.depth))
+        bound = dict(heads=spec.num_heads, qk_dim=spec.qk_head_dim, v_dim=spec.v_head_dim,
+                     neurons=spec.mlp_hidden, attn_gate=1, mlp_gate=1, tokens=spec.num_tokens)
+        upper = np.array([bound[f] for f in RELAXED_FIELDS], float)
+        x = (0.05 + 0.9 * rng.random((len(RELAXED_FIELDS), spec.depth))) * upper[:, None]
+        x[RELAXED_FIELDS.index("tokens")] = ((0.6 + 0.4 * rng.random()) * spec.num_tokens
+                                             * np.cumprod(0.5 + 0.45 * rng.random(spec.depth)))
         x = np.ascontiguousarray(x)
         grad = np.empty_like(x)
         expected_cost(spec, x, grad, "full")
@@ -132,7 +138,8 @@ def test_expected_cost_errors():
         expected_cost(spec, x.astype(np.float32), out)
     with pytest.raises(TypeError, match="x: must be a float64 array"):
         expected_cost(spec, [[1.0]], out)
-    with pytest.raises(ValueError, match=r"x: expected shape \(6, 12\), got \(12, 6\)"):
+    rows = len(RELAXED_FIELDS)
+    with pytest.raises(ValueError, match=rf"x: expected shape \({rows}, 12\), got \(12, {rows}\)"):
         expected_cost(spec, np.ascontiguousarray(x.T), np.empty((12, 6)))
     with pytest.raises(ValueError, match="x: must be C-contiguous"):
         expected_cost(spec, np.tile(x, (1, 2))[:, ::2], out)
@@ -142,10 +149,11 @@ def test_expected_cost_errors():
         expected_cost(spec, x, ro)
     with pytest.raises(ValueError, match="out: shares memory with argument 'x'"):
         expected_cost(spec, x, x)
-    for row, bad in ((0, np.nan), (1, -1.0), (3, 1.5), (5, 1e9), (2, np.inf)):
+    for field, bad in (("heads", np.nan), ("v_dim", -1.0), ("attn_gate", 1.5), ("tokens", 1e9), ("neurons", np.inf),
+                       ("qk_dim", 65.0)):
         y = x.copy()
-        y[row, 4] = bad
-        with pytest.raises(ValueError, match=rf"{RELAXED_FIELDS[row]}\[4\]"):
+        y[RELAXED_FIELDS.index(field), 4] = bad
+        with pytest.raises(ValueError, match=rf"{field}\[4\]"):
             expected_cost(spec, y, out)
     with pytest.raises(ValueError, match="convention"):
         expected_cost(spec, x, out, convention="flops")
@@ -181,11 +189,43 @@ def test_plan_errors_and_roundtrip(tmp_path, rng):
         uvc.ArchPlan(spec, dense.layers[1:])
     with pytest.raises(ValueError, match="drop_prob"):
         uvc.random_plan(spec, rng, drop_prob=1.5)
-    plan = uvc.random_plan(spec, rng)
+    plan = uvc.random_plan(spec, rng, qk=True)
     plan.save(tmp_path / "plan.json")
     again = uvc.ArchPlan.load(tmp_path / "plan.json")
     assert again == plan
     assert uvc.count(spec, again).macs == uvc.count(spec, plan).macs
+
+
+def test_query_key_widths_in_plans(tmp_path, rng):
+    spec = uvc.ViTSpec.from_name("deit_small_patch16_224")
+    dense = uvc.ArchPlan.dense(spec)
+    # Left out, qk_index is every query/key dim of every kept head, written out by the plan.
+    layer = uvc.LayerPlan(heads=(1, 4), v_index=((0, 5),) * 2, neurons=(3,), tokens=197)
+    plan = uvc.ArchPlan(spec, (layer,) + dense.layers[1:])
+    assert plan.layers[0].qk_index == (tuple(range(64)),) * 2 and plan.layers[0].qk_dim == 64
+    narrow = dataclasses.replace(layer, qk_index=((0, 1, 2), (5, 6, 7)))
+    plan32 = uvc.ArchPlan(spec, (narrow,) + dense.layers[1:])
+    # 61 fewer q and k rows in 2 heads: 2·N·D·2·61 in qkv, 2·N²·61 in QKᵀ (uvc convention).
+    n, d = 197, 384
+    assert uvc.count(spec, plan).macs - uvc.count(spec, plan32).macs == 2 * n * d * 2 * 61 + 2 * n * n * 61
+    # Plans written before query/key widths existed (format 1) keep them all.
+    old = plan32.to_dict()
+    old["format"] = "uvc.plan/1"
+    for l in old["layers"]:
+        del l["qk_index"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert uvc.ArchPlan.load(tmp_path / "old.json").layers[0].qk_index == ((tuple(range(64)),) * 2)
+    with pytest.raises(ValueError, match=r"qk_index has 1 entries, expected one per kept head \(2\)"):
+        uvc.ArchPlan(spec, (dataclasses.replace(layer, qk_index=((0,),)),) + dense.layers[1:])
+    with pytest.raises(ValueError, match=r"qk_index keeps \[1, 2\] dims in different heads"):
+        uvc.ArchPlan(spec, (dataclasses.replace(layer, qk_index=((0,), (0, 1))),) + dense.layers[1:])
+    with pytest.raises(ValueError, match=r"qk_index\[1\]: indices must lie in 0..63"):
+        uvc.ArchPlan(spec, (dataclasses.replace(layer, qk_index=((0,), (64,))),) + dense.layers[1:])
+    # q/k norms normalise over all of a head's dims: such a model keeps them all.
+    normed = spec.replace(qk_norm=True)
+    with pytest.raises(ValueError, match="qk_norm"):
+        uvc.ArchPlan(normed, (narrow,) + uvc.ArchPlan.dense(normed).layers[1:])
+    assert all(l.qk_dim == 64 for l in uvc.random_plan(normed, rng, qk=True).layers if l.attn)
 
 
 def test_cli_flops(tmp_path, rng):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import uvc
+from uvc.cost import RELAXED_FIELDS, relaxed_inputs
 
 SPEC = uvc.ViTSpec(depth=4, embed_dim=64, num_heads=4, mlp_hidden=256, patch_size=4, image_size=28, in_channels=1,
                    num_classes=10)
@@ -92,25 +93,23 @@ def test_relaxed_latency_equals_the_plan_and_its_gradient_finite_differences():
     rng = np.random.default_rng(2)
     for _ in range(20):
         plan = uvc.random_plan(SPEC, rng, skip_prob=0.3, tokens=False)
-        x = np.array([[len(l.heads) if l.attn else 0 for l in plan.layers], [l.v_dim for l in plan.layers],
-                      [len(l.neurons) if l.mlp else 0 for l in plan.layers], [float(l.attn) for l in plan.layers],
-                      [float(l.mlp) for l in plan.layers], [SPEC.num_tokens] * SPEC.depth], dtype=np.float64)
         # A skipped part's counts are 0 in the plan row; any count prices it at 0 when its gate is 0.
-        x[0] = np.where(x[3] == 0, 1, x[0])
-        x[1] = np.where(x[1] == 0, 1, x[1])
-        x[2] = np.where(x[4] == 0, 1, x[2])
+        x = relaxed_row(plan)
+        x[RELAXED_FIELDS.index("tokens")] = SPEC.num_tokens
         assert lt.expected(x) == pytest.approx(lt.predict(plan), rel=1e-12)
-    x = np.array([[1.3, 2.5, 3.7, 2.2], [5.5, 9.1, 13.3, 2.6], [40.0, 100.5, 210.2, 17.0], [0.3, 0.9, 0.5, 0.8],
-                  [0.7, 0.2, 0.6, 0.4], [SPEC.num_tokens] * 4])
+    x = relaxed_inputs(SPEC, heads=[1.3, 2.5, 3.7, 2.2], v_dim=[5.5, 9.1, 13.3, 2.6],
+                       neurons=[40.0, 100.5, 210.2, 17.0], attn_gate=[0.3, 0.9, 0.5, 0.8], mlp_gate=[0.7, 0.2, 0.6, 0.4])
     grad = np.empty_like(x)
     lt.expected(x, grad)
-    for i in range(5):
+    for field in ("heads", "v_dim", "neurons", "attn_gate", "mlp_gate"):
+        i = RELAXED_FIELDS.index(field)
         for l in range(4):
             up, down = x.copy(), x.copy()
             up[i, l] += 1e-5
             down[i, l] -= 1e-5
             assert grad[i, l] == pytest.approx((lt.expected(up) - lt.expected(down)) / 2e-5, rel=1e-6, abs=1e-9)
-    assert (grad[5] == 0).all(), "tokens are not priced"
+    assert (grad[RELAXED_FIELDS.index("tokens")] == 0).all(), "tokens are not priced"
+    assert (grad[RELAXED_FIELDS.index("qk_dim")] == 0).all(), "q/k stay at the full width the table timed"
 
 
 def test_tables_that_cannot_price_a_plan_are_refused_naming_the_table_and_the_point(tmp_path):
@@ -155,6 +154,18 @@ def run_search(solver, steps=1200, seed=3):
         gates = solver.sample_gates(epoch)
         solver.step(dims.sum(-1), dims, neurons, gates - 2, lr=1e-3, epoch=epoch)
     return solver
+
+
+def test_plans_with_narrow_queries_and_keys_are_refused_not_priced_as_full():
+    # The table timed every MHSA at full q/k width; pricing a narrower one as full would be wrong.
+    lt = uvc.LatencyTable(make_table())
+    plan = uvc.random_plan(SPEC, np.random.default_rng(7), skip_prob=0.0, tokens=False, qk=True)
+    layer = next(i for i, l in enumerate(plan.layers) if l.qk_dim < SPEC.qk_head_dim)
+    with pytest.raises(ValueError, match=rf"plan: layer {layer} keeps \d+ of 16 query/key dims per head"):
+        lt.predict(plan)
+    x = relaxed_inputs(SPEC, qk_dim=[16, 16, 8.5, 16])
+    with pytest.raises(ValueError, match=r"qk_dim\[2\] = 8.5: the latency table timed"):
+        lt.expected(x)
 
 
 def test_the_solver_spends_a_latency_budget_on_measured_widths():
@@ -236,10 +247,12 @@ def token_reference(table, plan):
 
 
 def relaxed_row(plan):
-    x = np.array([[len(l.heads) if l.attn else 1 for l in plan.layers], [l.v_dim or 1 for l in plan.layers],
-                  [len(l.neurons) if l.mlp else 1 for l in plan.layers], [float(l.attn) for l in plan.layers],
-                  [float(l.mlp) for l in plan.layers], [l.tokens for l in plan.layers]], dtype=np.float64)
-    return x
+    """The plan's counts as relaxed inputs (a skipped part's counts 1: its gate 0 prices it at 0)."""
+    return relaxed_inputs(plan.spec, heads=[len(l.heads) if l.attn else 1 for l in plan.layers],
+                          v_dim=[l.v_dim or 1 for l in plan.layers],
+                          neurons=[len(l.neurons) if l.mlp else 1 for l in plan.layers],
+                          attn_gate=[float(l.attn) for l in plan.layers], mlp_gate=[float(l.mlp) for l in plan.layers],
+                          tokens=[l.tokens for l in plan.layers])
 
 
 def test_a_token_axis_prices_plans_that_drop_tokens():
@@ -334,13 +347,15 @@ def test_chained_blocks_scale_each_token_column():
 def test_the_token_rows_gradient_matches_finite_differences():
     lt = uvc.LatencyTable(make_token_table())
     # Tokens strictly decreasing off the grid points, so every drop indicator stays put.
-    x = np.array([[1.3, 2.5, 3.7, 2.2], [5.5, 9.1, 13.3, 2.6], [40.0, 100.5, 210.2, 17.0], [0.3, 0.9, 0.5, 0.8],
-                  [0.7, 0.2, 0.6, 0.4], [50.0, 41.5, 20.2, 7.7]])
+    x = relaxed_inputs(SPEC, heads=[1.3, 2.5, 3.7, 2.2], v_dim=[5.5, 9.1, 13.3, 2.6],
+                       neurons=[40.0, 100.5, 210.2, 17.0], attn_gate=[0.3, 0.9, 0.5, 0.8],
+                       mlp_gate=[0.7, 0.2, 0.6, 0.4], tokens=[50.0, 41.5, 20.2, 7.7])
     grad = np.empty_like(x)
     lt.expected(x, grad)
-    for i in range(6):
+    tokens = RELAXED_FIELDS.index("tokens")
+    for i in (RELAXED_FIELDS.index(f) for f in RELAXED_FIELDS if f != "qk_dim"):
         for l in range(4):
-            if i == 5 and l == 0:
+            if i == tokens and l == 0:
                 continue  # tokens[0] sits at the grid's end, where the one-sided slopes differ
             up, down = x.copy(), x.copy()
             up[i, l] += 1e-5

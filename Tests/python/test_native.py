@@ -41,12 +41,12 @@ def test_layouts_name_every_encoding_the_numpy_layer_reads():
     spec = uvc.ViTSpec.from_name(TINY)
     values = dict(spec.to_dict(), image_height=224, image_width=224, pool=LAYOUTS["pools"].index("token"))
     assert spec.encoded.tolist() == [values[n] for n in LAYOUTS["spec"]]
-    assert uvc.plan.PLAN_ROW == ("heads", "v_dim", "neurons", "attn", "mlp", "tokens")
-    assert uvc.cost.LAYER_COMPONENTS[-2:] == ("fuse", "qk_norm") and uvc.cost.RELAXED_FIELDS[0] == "heads"
+    assert uvc.plan.PLAN_ROW == ("heads", "qk_dim", "v_dim", "neurons", "attn", "mlp", "tokens")
+    assert uvc.cost.LAYER_COMPONENTS[-2:] == ("fuse", "qk_norm") and uvc.cost.RELAXED_FIELDS[:2] == ("heads", "qk_dim")
     assert usdc.GROUPINGS == ("halving", "sample", "batch", "mixed")
     config = {e["name"]: e for e in LAYOUTS["solver_config"]}
     assert config["lr_counts"]["count"] == 3 and config["gate_sampler"]["choices"] == ["gumbel", "sigmoid", "softl0"]
-    assert sum(e["count"] for e in LAYOUTS["solver_config"]) == 32
+    assert sum(e["count"] for e in LAYOUTS["solver_config"]) == 33
     # The defaults are the core's: a solver built from them encodes them back unchanged.
     assert uvc.solver.DEFAULTS["gate_init"] == config["gate_init"]["default"][0]
     layout = json.loads(uvc.Solver(spec)._core.layout())

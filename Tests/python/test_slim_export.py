@@ -29,10 +29,10 @@ def distilled_timm():
 
 def plan_with_removed_block(spec):
     """A random plan whose block 1 is removed and block 2 keeps its MLP only."""
-    plan = uvc.random_plan(spec, np.random.default_rng(5), skip_prob=0.0, tokens=False)
+    plan = uvc.random_plan(spec, np.random.default_rng(5), skip_prob=0.0, tokens=False, qk=True)
     layers = list(plan.layers)
-    layers[1] = dataclasses.replace(layers[1], heads=(), v_index=(), neurons=(), attn=False, mlp=False)
-    layers[2] = dataclasses.replace(layers[2], heads=(), v_index=(), attn=False)
+    layers[1] = dataclasses.replace(layers[1], heads=(), v_index=(), qk_index=(), neurons=(), attn=False, mlp=False)
+    layers[2] = dataclasses.replace(layers[2], heads=(), v_index=(), qk_index=(), attn=False)
     return uvc.ArchPlan(spec, tuple(layers))
 
 
@@ -55,7 +55,9 @@ def test_from_timm_structure(timm_model, slim):
     assert slim.block_index == (0, 2) and len(slim.blocks) == 2
     first, mlp_only = slim.blocks
     assert first.attn.num_heads == len(plan.layers[0].heads) and first.attn.v_dim == plan.layers[0].v_dim
-    assert first.attn.qkv.out_features == len(plan.layers[0].heads) * (2 * 8 + plan.layers[0].v_dim)
+    layer = plan.layers[0]
+    assert first.attn.qkv.out_features == len(layer.heads) * (2 * layer.qk_dim + layer.v_dim)
+    assert first.attn.qk_dim == plan.layers[0].qk_dim < 8 and first.attn.scale == 8 ** -0.5, "the dense logit scale"
     assert mlp_only.attn is None and mlp_only.norm1 is None and mlp_only.ls1 is None
     assert mlp_only.mlp.fc1.out_features == len(plan.layers[2].neurons)
     assert not any(k.startswith(("blocks.2", "blocks.1.attn", "blocks.1.norm1")) for k in slim.state_dict())
@@ -243,7 +245,7 @@ def test_register_tokens_and_no_embed_class_roundtrip(tmp_path):
     torch.manual_seed(1)
     model = VisionTransformer(img_size=8, patch_size=4, embed_dim=12, depth=2, num_heads=2, reg_tokens=2,
                               no_embed_class=True, qkv_bias=False, num_classes=3).eval()
-    plan = uvc.random_plan(spec_from_model(model), np.random.default_rng(2), skip_prob=0.0, tokens=False)
+    plan = uvc.random_plan(spec_from_model(model), np.random.default_rng(2), skip_prob=0.0, tokens=False, qk=True)
     slim = SlimViT.from_timm(model, plan)
     assert slim.reg_token.shape == (1, 2, 12) and slim.pos_embed.shape == (1, 4, 12)
     save(slim, tmp_path / "r")

@@ -28,7 +28,7 @@ def token_plans(spec, rng, n):
     """``n`` random plans of ``spec`` that each drop tokens at least once."""
     plans = []
     while len(plans) < n:
-        plan = uvc.random_plan(spec, rng, drop_prob=0.7)
+        plan = uvc.random_plan(spec, rng, drop_prob=0.7, qk=True)
         if drops(plan):
             plans.append(plan)
     return plans
@@ -181,7 +181,7 @@ def test_invalid_token_schedules_name_the_plan_and_layer(tmp_path):
 
     def plan(tokens, attn=(True, True, True)):
         layers = tuple(dataclasses.replace(l, tokens=t, attn=a, heads=l.heads if a else (),
-                                           v_index=l.v_index if a else ())
+                                           v_index=l.v_index if a else (), qk_index=l.qk_index if a else ())
                        for l, t, a in zip(dense.layers, tokens, attn))
         return uvc.ArchPlan(spec, layers)
 

@@ -102,14 +102,21 @@ def small_timm(config, seed):
 
 
 def masked_dense(model, plan):
-    """The dense timm model with removed heads' / value dims' proj columns and removed neurons'
-    fc2 columns zeroed, and skipped parts' output layers zeroed entirely (x + 0)."""
+    """The dense timm model with removed heads' / value dims' proj columns, removed query dims'
+    q rows (so q_j·k_j adds nothing to the logits) and removed neurons' fc2 columns zeroed, and
+    skipped parts' output layers zeroed entirely (x + 0)."""
     dense = copy.deepcopy(model)
     with torch.no_grad():
         for blk, layer in zip(dense.blocks, plan.layers):
             hd = blk.attn.head_dim
             keep = torch.zeros(blk.attn.attn_dim, dtype=torch.bool)
             if layer.attn:
+                queries = torch.zeros(blk.attn.attn_dim, dtype=torch.bool)
+                for h, dims in zip(layer.heads, layer.qk_index):
+                    queries[[h * hd + i for i in dims]] = True
+                blk.attn.qkv.weight[:blk.attn.attn_dim][~queries] = 0
+                if blk.attn.qkv.bias is not None:
+                    blk.attn.qkv.bias[:blk.attn.attn_dim][~queries] = 0
                 for h, dims in zip(layer.heads, layer.v_index):
                     keep[[h * hd + i for i in dims]] = True
             elif blk.attn.proj.bias is not None:
@@ -131,7 +138,7 @@ def test_random_plans_counts_and_logits(config):
     rng = np.random.default_rng(len(config))
     x = torch.randn(2, spec.in_channels, *spec.image_size, generator=torch.Generator().manual_seed(0))
     for _ in range(13):  # 5 configs x 13 = 65 plans
-        plan = uvc.random_plan(spec, rng, tokens=False)
+        plan = uvc.random_plan(spec, rng, tokens=False, qk=True)
         slim = SlimViT.from_timm(model, plan)
         expected = uvc.count(spec, plan, convention="fvcore").macs
         assert fvcore_macs(slim, x[:1]) == expected
@@ -158,7 +165,7 @@ def test_slim_counts_with_value_width_other_than_qk_width(rng):
                            mlp_hidden=int(rng.integers(4, 65)), patch_size=4, image_size=12,
                            in_channels=int(rng.integers(1, 4)), prefix_tokens=2 if distilled else 1,
                            classifier_heads=2 if distilled else 1, num_classes=int(rng.integers(2, 9)))
-        plan = uvc.random_plan(spec, rng, tokens=False)
+        plan = uvc.random_plan(spec, rng, tokens=False, qk=True)
         slim = SlimViT(spec, plan, init_values=0.5 if distilled else None).eval()
         x = torch.randn(1, spec.in_channels, 12, 12)
         expected = uvc.count(spec, plan, convention="fvcore").macs

@@ -243,7 +243,7 @@ def test_a_batch_skips_a_part_for_real_and_average_macs_count_it():
     res = dyn.average_macs("fvcore")
     plan = dyn.plan
     layers = list(plan.layers)
-    layers[1] = dataclasses.replace(layers[1], heads=(), v_index=(), attn=False)
+    layers[1] = dataclasses.replace(layers[1], heads=(), v_index=(), qk_index=(), attn=False)
     skipped = uvc.ArchPlan(plan.spec, tuple(layers))
     gates = sum(gate_macs(g.kind, 32, 17, convention="fvcore") for g in dyn.gates)
     assert res["macs"] == pytest.approx(uvc.count(plan.spec, skipped, "fvcore").macs + gates, rel=1e-12)

@@ -24,7 +24,7 @@ def cost_exact(spec: I, convention: F, plan: I, layers_out: F, globals_out: F) -
     """Exact MACs of a plan (d, len(plan_row)); writes the (d, len(layer_components)) and (len(global_components),) breakdown."""
 
 def cost_expected(spec: I, convention: F, x: F, out: F) -> float:
-    """Expected MACs of the relaxed (6, d) input ``x``; writes d(MACs)/dx into ``out``."""
+    """Expected MACs of the relaxed (len(RELAXED_FIELDS), d) input ``x``; writes d(MACs)/dx into ``out``."""
 
 def latency_exact(spec: I, heads: I, v_dims: I, neurons: I, tokens: I, attention_ms: F, mlp_ms: F, drop_ms: F,
                   fixed_ms: float, plan: I, layers_out: F) -> float:
@@ -35,7 +35,7 @@ def latency_exact(spec: I, heads: I, v_dims: I, neurons: I, tokens: I, attention
 
 def latency_expected(spec: I, heads: I, v_dims: I, neurons: I, tokens: I, attention_ms: F, mlp_ms: F, drop_ms: F,
                      fixed_ms: float, x: F, out: F) -> float:
-    """A latency table's relaxed ms of the (6, d) input ``x``; writes d(ms)/dx into ``out``."""
+    """A latency table's relaxed ms of the (len(RELAXED_FIELDS), d) input ``x``; writes d(ms)/dx into ``out``."""
 
 def group_gates(logits: F, groups: I, noise: F, tau: float, straight_through: float,
                 gates_out: F, probs_out: F) -> None:

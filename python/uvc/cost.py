@@ -7,8 +7,8 @@ under that name where shown.
 Token slimming: block l sees ``tokens[l]`` tokens in its MHSA; when ``tokens[l+1]`` is
 smaller it drops tokens right after its MHSA, so its MLP (and norm2) run on ``tokens[l+1]``
 tokens, and its ``fuse`` component counts the attention that ranks them: the class token's
-row (heads·tokens[l]·qk_head_dim MACs) or, in a spec without a class token, every query's row
-(heads·tokens[l]²·qk_head_dim), plus the weighted sum of the
+row (heads·tokens[l]·qk_dim MACs, qk_dim the block's kept query/key width) or, in a spec
+without a class token, every query's row (heads·tokens[l]²·qk_dim), plus the weighted sum of the
 tokens[l] − tokens[l+1] + 1 fused tokens (that many × embed_dim MACs). The final norm
 sees ``tokens[depth-1]``.
 """
@@ -167,7 +167,7 @@ def check_spec(spec: "ViTSpec") -> None:
     if min(spec.image_size) < 1:
         raise ValueError(f"ViTSpec: spec.image_size: must be at least 1 pixel each way, got {spec.image_size}")
     try:
-        row = np.array([spec.num_heads, spec.v_head_dim, spec.mlp_hidden, 1, 1, spec.num_tokens], dtype=np.int64)
+        row = np.array([_dense_layer(spec)[name] for name in LAYOUTS["plan_row"]], dtype=np.int64)
     except OverflowError:  # a derived size: num_tokens = patches + prefix tokens
         raise ValueError(f"ViTSpec: spec.num_tokens: {spec.num_tokens} tokens (patches plus prefix tokens) "
                          "do not fit in int64") from None
@@ -190,9 +190,10 @@ def expected_cost(spec: "ViTSpec", x: np.ndarray, out: np.ndarray | None = None,
                   convention: "str | Convention" = "uvc") -> float:
     """Expected MACs of the relaxed architecture ``x`` and its gradient.
 
-    ``x``: float64 array of shape (6, depth), rows `RELAXED_FIELDS` (expected kept heads,
-    value dims per head, MLP neurons; probabilities that the MHSA and MLP parts run;
-    expected tokens entering each block). ``out``: optional float64 (6, depth) array that
+    ``x``: float64 array of shape (len(RELAXED_FIELDS), depth), rows `RELAXED_FIELDS` (expected
+    kept heads, query/key dims and value dims per head, MLP neurons; probabilities that the
+    MHSA and MLP parts run; expected tokens entering each block). ``out``: optional float64
+    array of the same shape that
     receives d(MACs)/dx; a new array is allocated when None (then only the cost is returned,
     use `relaxed_cost` to get both). Returns the expected MACs.
 
@@ -210,17 +211,26 @@ def expected_cost(spec: "ViTSpec", x: np.ndarray, out: np.ndarray | None = None,
     return native.cost_expected(spec.encoded, conv.encoded, x, out)
 
 
-def relaxed_inputs(spec: "ViTSpec", *, heads=None, v_dim=None, neurons=None, attn_gate=None,
+def _dense_layer(spec: "ViTSpec") -> dict:
+    """One dense block by the core's field names: everything kept, both parts running."""
+    return {"heads": spec.num_heads, "qk_dim": spec.qk_head_dim, "v_dim": spec.v_head_dim,
+            "neurons": spec.mlp_hidden, "attn": 1, "mlp": 1, "attn_gate": 1.0, "mlp_gate": 1.0,
+            "tokens": spec.num_tokens}
+
+
+def relaxed_inputs(spec: "ViTSpec", *, heads=None, qk_dim=None, v_dim=None, neurons=None, attn_gate=None,
                    mlp_gate=None, tokens=None) -> np.ndarray:
-    """Builds the (6, depth) input of `expected_cost`; fields left out are dense
-    (everything kept, gates 1). Each given field is a scalar or a length-depth sequence."""
+    """Builds the (len(RELAXED_FIELDS), depth) input of `expected_cost`; fields left out are
+    dense (everything kept, gates 1). Each given field is a scalar or a length-depth sequence."""
     _check_spec_arg("relaxed_inputs", spec)
     x = np.empty((len(RELAXED_FIELDS), spec.depth), dtype=np.float64)
-    dense = (spec.num_heads, spec.v_head_dim, spec.mlp_hidden, 1.0, 1.0, spec.num_tokens)
-    given = (heads, v_dim, neurons, attn_gate, mlp_gate, tokens)
-    for row, (name, value, default) in enumerate(zip(RELAXED_FIELDS, given, dense)):
+    dense = _dense_layer(spec)
+    given = dict(heads=heads, qk_dim=qk_dim, v_dim=v_dim, neurons=neurons, attn_gate=attn_gate,
+                 mlp_gate=mlp_gate, tokens=tokens)
+    for row, name in enumerate(RELAXED_FIELDS):
+        value = given[name]
         if value is None:
-            x[row] = default
+            x[row] = dense[name]
             continue
         try:
             v = np.asarray(value, dtype=np.float64)

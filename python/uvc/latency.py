@@ -213,7 +213,7 @@ class LatencyTable:
         return total, layers
 
     def expected(self, x: np.ndarray, out: np.ndarray | None = None) -> float:
-        """Relaxed latency (ms) of ``x`` (float64 (6, depth), rows `uvc.cost.RELAXED_FIELDS`, token
+        """Relaxed latency (ms) of ``x`` (float64 (len(RELAXED_FIELDS), depth), rows `uvc.cost.RELAXED_FIELDS`, token
         counts on the table's token grid) and its gradient into ``out`` (allocated when None)."""
         if out is None:
             out = np.empty((len(RELAXED_FIELDS), self.spec.depth), dtype=np.float64)

@@ -16,12 +16,15 @@ from .spec import ViTSpec
 
 # The core's columns of a plan row, and what each holds.
 PLAN_ROW: tuple[str, ...] = tuple(LAYOUTS["plan_row"])
-_ROW = {"heads": lambda l: len(l.heads), "v_dim": lambda l: l.v_dim, "neurons": lambda l: len(l.neurons),
-        "attn": lambda l: int(l.attn), "mlp": lambda l: int(l.mlp), "tokens": lambda l: l.tokens}
+_ROW = {"heads": lambda l: len(l.heads), "qk_dim": lambda l: l.qk_dim, "v_dim": lambda l: l.v_dim,
+        "neurons": lambda l: len(l.neurons), "attn": lambda l: int(l.attn), "mlp": lambda l: int(l.mlp),
+        "tokens": lambda l: l.tokens}
 
 __all__ = ["LayerPlan", "ArchPlan", "random_plan", "PLAN_FORMAT"]
 
-PLAN_FORMAT = "uvc.plan/1"
+PLAN_FORMAT = "uvc.plan/2"
+# Formats `ArchPlan.from_dict` reads: /1 predates ``qk_index`` (every query/key dim kept).
+_READS = ("uvc.plan/1", PLAN_FORMAT)
 _LAYER_KEYS = ("heads", "v_index", "neurons", "tokens")
 
 
@@ -40,8 +43,10 @@ class LayerPlan:
 
     ``heads``: kept head indices. ``v_index``: for each kept head, its kept value dims
     (the same number for every head of a layer, so the layer stays one rectangular
-    attention call). ``neurons``: kept MLP hidden neurons. ``attn`` / ``mlp``: whether the
-    MHSA / MLP part runs at all. ``tokens``: tokens entering the block, prefix included.
+    attention call). ``qk_index``: the same for its query/key dims (dim j removes query row
+    j and key row j; the softmax keeps the dense scale 1/√qk_head_dim); None, the default,
+    keeps all of them (`ArchPlan` writes them out). ``neurons``: kept MLP hidden neurons.
+    ``attn`` / ``mlp``: whether the MHSA / MLP part runs at all. ``tokens``: tokens entering the block, prefix included.
 
     Token schedule (checked by `ArchPlan`): layer 0 takes ``spec.num_tokens``; when layer
     l + 1 takes fewer tokens than layer l, block l drops them after its MHSA (which must
@@ -56,13 +61,22 @@ class LayerPlan:
     tokens: int
     attn: bool = True
     mlp: bool = True
+    qk_index: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def v_dim(self) -> int:
         return len(self.v_index[0]) if self.v_index else 0
 
+    @property
+    def qk_dim(self) -> int:
+        """Kept query/key dims per head (0 without heads)."""
+        if self.qk_index is None:
+            raise ValueError("LayerPlan.qk_dim: qk_index is None (all dims); an ArchPlan writes the indices out")
+        return len(self.qk_index[0]) if self.qk_index else 0
+
     def to_dict(self) -> dict:
-        return {"heads": list(self.heads), "v_index": [list(v) for v in self.v_index],
+        return {"heads": list(self.heads), "qk_index": [list(q) for q in self.qk_index or ()],
+                "v_index": [list(v) for v in self.v_index],
                 "neurons": list(self.neurons), "tokens": self.tokens, "attn": self.attn, "mlp": self.mlp}
 
 
@@ -78,23 +92,32 @@ class ArchPlan:
         if not isinstance(spec, ViTSpec):
             raise TypeError(f"ArchPlan: spec must be a ViTSpec, got {type(spec).__name__}")
         layers = tuple(self.layers)
-        object.__setattr__(self, "layers", layers)
         if len(layers) != spec.depth:
             raise ValueError(f"ArchPlan: layers has {len(layers)} entries, the spec has depth {spec.depth}")
+        full = tuple(range(spec.qk_head_dim))
         for i, layer in enumerate(layers):
             if not isinstance(layer, LayerPlan):
                 raise TypeError(f"ArchPlan: layers[{i}] must be a LayerPlan, got {type(layer).__name__}")
             _index_tuple(layer.heads, f"ArchPlan: layers[{i}].heads", spec.num_heads)
             _index_tuple(layer.neurons, f"ArchPlan: layers[{i}].neurons", spec.mlp_hidden)
-            if len(layer.v_index) != len(layer.heads):
-                raise ValueError(f"ArchPlan: layers[{i}].v_index has {len(layer.v_index)} entries, "
-                                 f"expected one per kept head ({len(layer.heads)})")
-            widths = {len(v) for v in layer.v_index}
-            if len(widths) > 1:
-                raise ValueError(f"ArchPlan: layers[{i}].v_index keeps {sorted(widths)} value dims in "
-                                 "different heads; every head of a layer keeps the same number")
-            for h, v in enumerate(layer.v_index):
-                _index_tuple(v, f"ArchPlan: layers[{i}].v_index[{h}]", spec.v_head_dim)
+            for name, width in (("v_index", spec.v_head_dim), ("qk_index", spec.qk_head_dim)):
+                per_head = getattr(layer, name)
+                # qk_index None: every query/key dim of every kept head; without heads, nothing to keep.
+                if per_head is None or (name == "qk_index" and not layer.heads):
+                    continue
+                if len(per_head) != len(layer.heads):
+                    raise ValueError(f"ArchPlan: layers[{i}].{name} has {len(per_head)} entries, "
+                                     f"expected one per kept head ({len(layer.heads)})")
+                widths = {len(v) for v in per_head}
+                if len(widths) > 1:
+                    raise ValueError(f"ArchPlan: layers[{i}].{name} keeps {sorted(widths)} dims in "
+                                     "different heads; every head of a layer keeps the same number")
+                for h, v in enumerate(per_head):
+                    _index_tuple(v, f"ArchPlan: layers[{i}].{name}[{h}]", width)
+        layers = tuple(dataclasses.replace(l, qk_index=(full,) * len(l.heads))
+                       if l.qk_index is None or not l.heads else l for l in layers)
+        object.__setattr__(self, "layers", layers)
+        for i, layer in enumerate(layers):
             if isinstance(layer.tokens, bool) or not isinstance(layer.tokens, numbers.Integral):
                 raise TypeError(f"ArchPlan: layers[{i}].tokens must be an int, got {type(layer.tokens).__name__}")
             if not 0 <= layer.tokens <= spec.num_tokens:
@@ -111,13 +134,15 @@ class ArchPlan:
             raise TypeError(f"ArchPlan.dense: spec must be a ViTSpec, got {type(spec).__name__}")
         v = tuple(range(spec.v_head_dim))
         layer = LayerPlan(heads=tuple(range(spec.num_heads)), v_index=(v,) * spec.num_heads,
-                          neurons=tuple(range(spec.mlp_hidden)), tokens=spec.num_tokens)
+                          neurons=tuple(range(spec.mlp_hidden)), tokens=spec.num_tokens,
+                          qk_index=(tuple(range(spec.qk_head_dim)),) * spec.num_heads)
         return cls(spec, (layer,) * spec.depth)
 
     @property
     def counts(self) -> np.ndarray:
         """The (depth, len(PLAN_ROW)) int64 array the core reads, columns `PLAN_ROW`: kept heads,
-        value dims per head, neurons; whether MHSA and MLP run; tokens entering the block."""
+        query/key and value dims per head, neurons; whether MHSA and MLP run; tokens entering the
+        block."""
         rows = [[_ROW[name](l) for name in PLAN_ROW] for l in self.layers]
         return np.array(rows, dtype=np.int64).reshape(self.spec.depth, len(PLAN_ROW))
 
@@ -126,9 +151,10 @@ class ArchPlan:
 
     @classmethod
     def from_dict(cls, d: dict, spec: ViTSpec | None = None) -> "ArchPlan":
-        if not isinstance(d, dict) or d.get("format") != PLAN_FORMAT:
+        if not isinstance(d, dict) or d.get("format") not in _READS:
             got = f"format {d.get('format')!r}" if isinstance(d, dict) else f"a {type(d).__name__}"
-            raise ValueError(f"ArchPlan.from_dict: expected a dict with format {PLAN_FORMAT!r}, got {got}")
+            raise ValueError(f"ArchPlan.from_dict: expected a dict with format {PLAN_FORMAT!r} (or "
+                             f"{_READS[0]!r}), got {got}")
         for key in ("layers",) + (("spec",) if spec is None else ()):
             if key not in d:
                 raise ValueError(f"ArchPlan.from_dict: missing key {key!r}; expected keys "
@@ -143,12 +169,15 @@ class ArchPlan:
             missing = [k for k in _LAYER_KEYS if k not in l]
             if missing:
                 raise ValueError(f"ArchPlan.from_dict: layers[{i}] lacks keys {missing}; "
-                                 f"expected keys {list(_LAYER_KEYS)} (and optional 'attn', 'mlp')")
-            for key in ("heads", "v_index", "neurons"):
+                                 f"expected keys {list(_LAYER_KEYS)} (and optional 'qk_index', 'attn', 'mlp')")
+            for key in ("heads", "v_index", "qk_index", "neurons"):
+                if key not in l:  # only qk_index is optional
+                    continue
+                nested = key in ("v_index", "qk_index")
                 if not isinstance(l[key], (list, tuple)) or (
-                        key == "v_index" and not all(isinstance(v, (list, tuple)) for v in l[key])):
+                        nested and not all(isinstance(v, (list, tuple)) for v in l[key])):
                     raise TypeError(f"ArchPlan.from_dict: layers[{i}].{key} must be a list"
-                                    f"{' of lists' if key == 'v_index' else ''}, got {l[key]!r:.80}")
+                                    f"{' of lists' if nested else ''}, got {l[key]!r:.80}")
             tokens = l["tokens"]
             if isinstance(tokens, bool) or not isinstance(tokens, numbers.Integral):
                 raise TypeError(f"ArchPlan.from_dict: layers[{i}].tokens must be an int, got {type(tokens).__name__}")
@@ -158,9 +187,11 @@ class ArchPlan:
                                                                   and flag in (0, 1)):
                     raise TypeError(f"ArchPlan.from_dict: layers[{i}].{key} must be a bool, "
                                     f"got {type(l[key]).__name__}")
+            qk = l.get("qk_index")
             layers.append(LayerPlan(heads=tuple(l["heads"]), v_index=tuple(tuple(v) for v in l["v_index"]),
                                     neurons=tuple(l["neurons"]), tokens=int(tokens),
-                                    attn=bool(l.get("attn", True)), mlp=bool(l.get("mlp", True))))
+                                    attn=bool(l.get("attn", True)), mlp=bool(l.get("mlp", True)),
+                                    qk_index=None if qk is None else tuple(tuple(q) for q in qk)))
         return cls(spec, tuple(layers))
 
     def save(self, path: str | os.PathLike) -> None:
@@ -176,7 +207,7 @@ class ArchPlan:
         file and what is wrong with it."""
         name = f"{os.path.basename(os.fspath(path))} at {os.fspath(path)}"
         d = read_json(path, name)
-        if isinstance(d, dict) and d.get("format") == PLAN_FORMAT:
+        if isinstance(d, dict) and d.get("format") in _READS:
             for key in ("spec", "layers"):
                 if key not in d:
                     raise ValueError(f"{name} is not a plan: it lacks key {key!r}")
@@ -189,17 +220,19 @@ class ArchPlan:
 
 
 def random_plan(spec: ViTSpec, rng: np.random.Generator, *, skip_prob: float = 0.15,
-                tokens: bool = True, drop_prob: float = 0.3) -> ArchPlan:
+                tokens: bool = True, drop_prob: float = 0.3, qk: bool = False) -> ArchPlan:
     """A random valid plan (for tests and benchmarks): random kept heads, value dims,
-    neurons, skipped block parts and, if ``tokens``, a valid token schedule in which each
-    block whose MHSA runs drops tokens with probability ``drop_prob`` (when it can)."""
+    neurons, skipped block parts, with ``qk`` random query/key dims too (never under
+    ``spec.qk_norm``; without ``qk`` all are kept, as a latency table prices), and, if ``tokens``, a valid token schedule in which
+    each block whose MHSA runs drops tokens with probability ``drop_prob`` (when it can)."""
     if not isinstance(spec, ViTSpec):
         raise TypeError(f"random_plan: spec must be a ViTSpec, got {type(spec).__name__}")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"random_plan: rng must be a numpy.random.Generator, got {type(rng).__name__}")
     skip_prob, drop_prob = _probability("skip_prob", skip_prob), _probability("drop_prob", drop_prob)
-    if not isinstance(tokens, (bool, np.bool_)):
-        raise TypeError(f"random_plan: tokens must be a bool, got {type(tokens).__name__}")
+    for name, flag in (("tokens", tokens), ("qk", qk)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"random_plan: {name} must be a bool, got {type(flag).__name__}")
     layers = []
     n_tok = spec.num_tokens
     for i in range(spec.depth):
@@ -211,8 +244,14 @@ def random_plan(spec: ViTSpec, rng: np.random.Generator, *, skip_prob: float = 0
         v_index = tuple(tuple(sorted(rng.choice(spec.v_head_dim, v_dim, replace=False).tolist())) for _ in heads)
         n_neurons = int(rng.integers(1, spec.mlp_hidden + 1))
         neurons = tuple(sorted(rng.choice(spec.mlp_hidden, n_neurons, replace=False).tolist()))
+        qk_index = None
+        if qk and not spec.qk_norm:
+            qk_dim = int(rng.integers(1, spec.qk_head_dim + 1))
+            qk_index = tuple(tuple(sorted(rng.choice(spec.qk_head_dim, qk_dim, replace=False).tolist()))
+                             for _ in heads)
         layers.append(LayerPlan(heads=heads if attn else (), v_index=v_index if attn else (),
-                                neurons=neurons if mlp else (), tokens=n_tok, attn=attn, mlp=mlp))
+                                neurons=neurons if mlp else (), tokens=n_tok, attn=attn, mlp=mlp,
+                                qk_index=(qk_index if attn else ()) if qk_index is not None else None))
         # A drop keeps the prefix, at least one patch and the fused token: needs prefix + 3 in.
         can_drop = attn and i + 1 < spec.depth and n_tok >= spec.prefix_tokens + 3
         if tokens and can_drop and rng.random() < drop_prob:

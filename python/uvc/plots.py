@@ -132,7 +132,8 @@ def plot_architecture(plan: ArchPlan, path: str | os.PathLike, *, title: str | N
 
     for i, layer in enumerate(plan.layers):
         r = rates[i] if rates is not None else (None, None)
-        heads = f"h={len(layer.heads)}" + (f" v={layer.v_dim}" if layer.v_dim < spec.v_head_dim else "")
+        heads = f"h={len(layer.heads)}" + (f" qk={layer.qk_dim}" if layer.attn and layer.qk_dim < spec.qk_head_dim
+                                           else "") + (f" v={layer.v_dim}" if layer.v_dim < spec.v_head_dim else "")
         bar(x[i] - width / 2, len(layer.heads) / spec.num_heads, _MHSA_COLOR, heads, layer.attn, r[0])
         bar(x[i] + width / 2, len(layer.neurons) / spec.mlp_hidden, _MLP_COLOR, str(len(layer.neurons)), layer.mlp, r[1])
         ref = reference.layers[i]

@@ -34,10 +34,11 @@ def cost_table(report: "CostReport", plan: "ArchPlan") -> str:
     rows = []
     for i, (layer, macs) in enumerate(zip(plan.layers, report.layer_macs)):
         rows.append([i, f"{len(layer.heads)}/{spec.num_heads}" if layer.attn else "skip",
+                     f"{layer.qk_dim}/{spec.qk_head_dim}" if layer.attn else "-",
                      f"{layer.v_dim}/{spec.v_head_dim}" if layer.attn else "-",
                      f"{len(layer.neurons)}/{spec.mlp_hidden}" if layer.mlp else "skip",
                      layer.tokens, human(macs), f"{100 * macs / report.macs:.1f}%"])
-    body = table(["layer", "heads", "v dim", "mlp", "tokens", "MACs", "share"], rows)
+    body = table(["layer", "heads", "qk dim", "v dim", "mlp", "tokens", "MACs", "share"], rows)
     g = dict(zip(("patch_embed", "final_norm", "head"), report.globals))
     extras = f"patch embed {human(g['patch_embed'], 'MACs')}, final norm {human(g['final_norm'], 'MACs')}, head {human(g['head'], 'MACs')}"
     total = f"total: {report.macs / 1e9:.4f} GMACs = {report.flops / 1e9:.4f} GFLOPs (2 FLOPs per MAC)"

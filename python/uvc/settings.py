@@ -311,6 +311,9 @@ _SOLVER_HELP = {
     "prune_tokens": ("learn how many tokens each block keeps (the rest fused into one by attention)", ""),
     "lr_tokens": ("largest step of a block's token removal per optimizer step", "fraction of the patches"),
     "budget_damping": ("ρ of the augmented-Lagrangian budget term", ""),
+    "qk_keep": ("query/key dims every kept head keeps, priced from the first step (those whose query and key "
+                "rows have the largest norm product, fixed for the search); 1 keeps all, as UVC",
+                "fraction of a head's q/k dims"),
     "zlr_schedule": ("epochs at which the z learning rate is multiplied by zlr_gamma", "epochs"),
 }
 # The original UVC scripts' spellings.

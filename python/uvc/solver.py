@@ -233,6 +233,10 @@ class Solver:
       optimizer step, as a fraction of the patches.
     * ``budget_damping``: ρ of the augmented-Lagrangian term (ρ/2)·(R − B)² of the budget (R, B:
       MACs ratios; see the module doc).
+    * ``qk_keep`` (1: all, as UVC): the fraction of each head's query/key dims every running
+      MHSA keeps, ``round(qk_keep · qk_head_dim)`` (at least 1), priced from the first step and
+      exported by `plan` (``LayerPlan.qk_dim``; which dims is the caller's choice, e.g. the
+      Compressor's). Not with a latency table (it timed full q/k) or q/k norms.
     * ``gate_granularity``: ``"block"`` (one gate per block, as UVC) or ``"part"`` (MHSA and
       MLP gated separately). ``gate_sampler``: ``"gumbel"`` (two-class Gumbel-softmax, UVC's
       default), ``"sigmoid"`` (same distribution, one draw) or ``"softl0"`` (deterministic
@@ -368,7 +372,7 @@ class Solver:
         ``prune_tokens`` or before the search moves."""
         return self._summary()["tokens"].astype(np.int64)
 
-    def plan(self, round_to: int = 1, *, fit: bool = False) -> ArchPlan:
+    def plan(self, round_to: int = 1, *, fit: bool = False, qk_scores: np.ndarray | None = None) -> ArchPlan:
         """The architecture to export: block parts by `gate_decisions`, the kept heads, value
         dims (the same number in every kept head of a layer, the highest-scoring ones per head)
         and neurons by the integer counts and the last scores, tokens by `token_keep`.
@@ -388,7 +392,11 @@ class Solver:
         thus exports a plan that spends it; that plan differs from the training masks where it
         trimmed or filled. The trim and the fill move only the kinds the search prunes
         (``prune_dims``, ``prune_neurons``): a search that prunes neither can end over the
-        budget, which the plan's cost then shows."""
+        budget, which the plan's cost then shows.
+
+        With ``qk_keep`` < 1 every kept head keeps ``LayerPlan.qk_dim`` query/key dims: the
+        highest-scoring of ``qk_scores`` (depth, num_heads, qk_head_dim; ties to the lower
+        index), or without it the first ones."""
         if not isinstance(fit, bool):
             raise TypeError(f"Solver.plan: fit must be a bool, got {type(fit).__name__}")
         if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral):
@@ -399,13 +407,24 @@ class Solver:
         heads, dims, neurons = (np.empty(shape) for shape in self._groups)
         self._core.plan(int(round_to), int(fit), counts, heads, dims, neurons)
         col = {name: k for k, name in enumerate(PLAN_ROW)}
+        s = self.spec
+        if qk_scores is not None:
+            qk_scores = np.asarray(qk_scores, dtype=np.float64)
+            if qk_scores.shape != (s.depth, s.num_heads, s.qk_head_dim) or not np.all(np.isfinite(qk_scores)):
+                raise ValueError(f"Solver.plan: qk_scores must be finite, of shape ({s.depth}, {s.num_heads}, "
+                                 f"{s.qk_head_dim}), got shape {qk_scores.shape}")
         layers = []
         for l, row in enumerate(counts.tolist()):
             kept = np.flatnonzero(heads[l]).tolist()
+            width = row[col["qk_dim"]]
+            if qk_scores is None:
+                qk = [tuple(range(width))] * len(kept)
+            else:
+                qk = [tuple(sorted(np.argsort(-qk_scores[l, h], kind="stable")[:width].tolist())) for h in kept]
             layers.append(LayerPlan(heads=tuple(kept), v_index=tuple(tuple(np.flatnonzero(dims[l, h]).tolist())
                                                                        for h in kept),
                                     neurons=tuple(np.flatnonzero(neurons[l]).tolist()), tokens=row[col["tokens"]],
-                                    attn=bool(row[col["attn"]]), mlp=bool(row[col["mlp"]])))
+                                    attn=bool(row[col["attn"]]), mlp=bool(row[col["mlp"]]), qk_index=tuple(qk)))
         return ArchPlan(self.spec, tuple(layers))
 
     def stats(self) -> dict:

@@ -163,6 +163,7 @@ extension Solver {
         let tokens = committedTokens
         let layers = (0..<l).map { layer in
             LayerPlan(heads: attention(layer) ? spec.numHeads - Int(state.committed[layer]) : 0,
+                      qkDim: attention(layer) ? config.keptQKDim(spec) : 0,
                       vDim: attention(layer) ? shape.vDim[layer] : 0, neurons: mlp(layer) ? shape.neurons[layer] : 0,
                       attention: attention(layer), mlp: mlp(layer), tokens: tokens[layer])
         }

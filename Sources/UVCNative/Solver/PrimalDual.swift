@@ -209,6 +209,7 @@ extension Solver {
         var x = [Double](repeating: 0, count: RelaxedField.allCases.count * l)
         for layer in 0..<l {
             x[RelaxedField.heads.rawValue * l + layer] = groups(.heads) - removal[layer]
+            x[RelaxedField.qkDim.rawValue * l + layer] = Double(config.keptQKDim(spec))
             x[RelaxedField.vDim.rawValue * l + layer] = groups(.dims) - removal[l + layer]
             x[RelaxedField.neurons.rawValue * l + layer] = groups(.neurons) - removal[2 * l + layer]
             x[RelaxedField.attentionGate.rawValue * l + layer] = gates[2 * layer]

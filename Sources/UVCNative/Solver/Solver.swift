@@ -124,7 +124,13 @@ public struct Solver: Sendable {
                           + "token counts (`uvc profile --tokens`), turn prune_tokens off or budget MACs"
                         : "the latency table's token grid starts at \(first), above the \(fewest) tokens a block may "
                           + "keep; profile from \(fewest) tokens (`uvc profile --tokens`)")
+            try require(config.keptQKDim(spec) == spec.qkHeadDim, "qk_keep",
+                        "the latency table timed every head's queries and keys at full width; with a latency "
+                        + "budget qk_keep must keep all \(spec.qkHeadDim), got \(config.qkKeep)")
         }
+        try require(!spec.qkNorm || config.keptQKDim(spec) == spec.qkHeadDim, "qk_keep",
+                    "the model normalises each head's queries and keys over all their dims (qk_norm); "
+                    + "qk_keep must keep all \(spec.qkHeadDim), got \(config.qkKeep)")
         if config.pruneTokens {
             try require(spec.depth >= 2 && spec.numPatches >= 3, "prune_tokens",
                         "needs depth >= 2 and at least 3 patches (a block drops tokens down to one kept patch and "
@@ -178,6 +184,7 @@ public struct Solver: Sendable {
         let gate: Double = config.skipBlocks ? 0 : 1
         for i in 0..<l {
             x[RelaxedField.heads.rawValue * l + i] = config.prune[0] ? 1 : Double(spec.numHeads)
+            x[RelaxedField.qkDim.rawValue * l + i] = Double(config.keptQKDim(spec))
             x[RelaxedField.vDim.rawValue * l + i] = config.prune[1] ? 1 : Double(spec.vHeadDim)
             x[RelaxedField.neurons.rawValue * l + i] = config.prune[2] ? 1 : Double(spec.mlpHidden)
             x[RelaxedField.attentionGate.rawValue * l + i] = gate

@@ -57,6 +57,10 @@ public struct SolverConfig: Hashable, Sendable {
     /// Largest step of the removal counts per optimizer step, as a fraction of the layer's
     /// groups of that kind (indexed by `GroupKind`); reached when ‖g‖∞ ≥ 1.
     public var countLR: [Double]
+    /// Fraction of each head's query/key dims every running MHSA keeps, in (0, 1]: the search
+    /// prices (and the plan exports) `keptQKDim(spec)` of them from the start; which ones is the
+    /// adapter's choice (the highest-scoring per head), fixed for the search. 1: all, as UVC.
+    public var qkKeep: Double
     /// Largest step of a block's token removal per optimizer step, as a fraction of the patches;
     /// reached when ‖g‖∞ ≥ 1.
     public var tokenLR: Double
@@ -103,8 +107,9 @@ public struct SolverConfig: Hashable, Sendable {
                 zLR: Double = 1, zLRSchedule: [Double] = [1, 5, 9, 13, 17], zLRGamma: Double = 1.5,
                 zGradClip: Double = 0.5, zInit: Double = 0, dualLR: Double = 1e-4, dualInit: Double = 1,
                 tau: Double = 0.5, tauDecay: Double = 1, tauMin: Double = 0.05,
-                eps: Double = 0.1, epsDecay: Double = 0.92) throws(UVCError) {
+                eps: Double = 0.1, epsDecay: Double = 0.92, qkKeep: Double = 1) throws(UVCError) {
         self.budget = budget
+        self.qkKeep = qkKeep
         self.prune = prune
         self.pruneTokens = pruneTokens
         self.skipBlocks = skipBlocks
@@ -141,7 +146,7 @@ public struct SolverConfig: Hashable, Sendable {
         case budget, pruneHeads, pruneDims, pruneNeurons, skipBlocks, gateGranularity, gateSampler,
              straightThrough, warmupEpochs, lrHeads, lrDims, lrNeurons, hysteresis, gateLR, gatingWeight,
              gatingInterval, gateMomentum, gateInit, zLR, zLRGamma, zGradClip, zInit, dualLR, dualInit,
-             tau, tauDecay, tauMin, eps, epsDecay, pruneTokens, lrTokens, budgetDamping
+             tau, tauDecay, tauMin, eps, epsDecay, pruneTokens, lrTokens, budgetDamping, qkKeep
 
         /// What the field holds: a switch, one of `choices` (by index), an integer or a real.
         public var kind: String {
@@ -194,6 +199,7 @@ public struct SolverConfig: Hashable, Sendable {
             case .pruneTokens: "prune_tokens"
             case .lrTokens: "lr_tokens"
             case .budgetDamping: "budget_damping"
+            case .qkKeep: "qk_keep"
             }
         }
     }
@@ -230,6 +236,7 @@ public struct SolverConfig: Hashable, Sendable {
             case .pruneTokens: pruneTokens ? 1 : 0
             case .lrTokens: tokenLR
             case .budgetDamping: budgetDamping
+            case .qkKeep: qkKeep
             }
         }
     }
@@ -269,7 +276,7 @@ public struct SolverConfig: Hashable, Sendable {
             zGradClip: e[Field.zGradClip.rawValue], zInit: e[Field.zInit.rawValue],
             dualLR: e[Field.dualLR.rawValue], dualInit: e[Field.dualInit.rawValue],
             tau: e[Field.tau.rawValue], tauDecay: e[Field.tauDecay.rawValue], tauMin: e[Field.tauMin.rawValue],
-            eps: e[Field.eps.rawValue], epsDecay: e[Field.epsDecay.rawValue])
+            eps: e[Field.eps.rawValue], epsDecay: e[Field.epsDecay.rawValue], qkKeep: e[Field.qkKeep.rawValue])
     }
 
     func validate() throws(UVCError) {
@@ -309,7 +316,14 @@ public struct SolverConfig: Hashable, Sendable {
         try require(tauMin.isFinite && tauMin > 0 && tauMin <= tau, "tau_min", "must lie in (0, tau], got \(tauMin)")
         try require(tauDecay.isFinite && tauDecay > 0 && tauDecay <= 1, "tau_decay", "must lie in (0, 1], got \(tauDecay)")
         try require(eps.isFinite && eps > 0, "eps", "must be finite and > 0, got \(eps)")
+        try require(qkKeep.isFinite && qkKeep > 0 && qkKeep <= 1, "qk_keep",
+                    "must be a fraction of each head's query/key dims in (0, 1], got \(qkKeep)")
         try require(epsDecay.isFinite && epsDecay > 0 && epsDecay <= 1, "eps_decay", "must lie in (0, 1], got \(epsDecay)")
+    }
+
+    /// Query/key dims each kept head keeps: `qkKeep` of `spec.qkHeadDim`, rounded half up, at least 1.
+    public func keptQKDim(_ spec: ViTSpec) -> Int {
+        max(1, min(spec.qkHeadDim, Int((qkKeep * Double(spec.qkHeadDim) + 0.5).rounded(.down))))
     }
 
     /// Number of skip gates per layer: 0 when blocks are never skipped.

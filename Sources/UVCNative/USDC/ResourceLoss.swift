@@ -126,6 +126,7 @@ public struct ResourceLoss {
             for i in 0..<heads { h += x.headProbs[l * heads + i] }
             for k in 0..<groups { n += x.neuronProbs[l * groups + k] }
             relaxed[at(.heads, l)] = h
+            relaxed[at(.qkDim, l)] = Double(spec.qkHeadDim)
             relaxed[at(.vDim, l)] = Double(spec.vHeadDim)
             relaxed[at(.neurons, l)] = groupSize * n
             relaxed[at(.attentionGate, l)] = x.partProbs[2 * l] * x.rates[2 * l]

@@ -11,6 +11,9 @@ solver step per optimizer step, export of the physically smaller model.
 The forward pass is changed by hooks: the input of every ``attn.proj`` is multiplied by its
 head × value-dim keep mask, the input of every ``mlp.fc2`` by its neuron mask, and the outputs
 of ``ls1`` / ``ls2`` (the MHSA and MLP branches) by this step's block-part gates. With
+``qk_keep`` < 1 the queries of every ``attn.qkv`` output are multiplied by a fixed mask that
+keeps each head's ``qk_dim`` dims of highest |q row|·|k row| weight norm (chosen once, at
+construction): a removed dim adds q_j·k_j = 0 to the logits, as in the exported model. With
 ``prune_tokens=True`` a hook on every ``attn.qkv`` also computes the attention that ranks the
 tokens (`uvc.torch.slim.ranking_attention` over the kept heads: the class token's row
 softmax(q_cls·Kᵀ/√d), or without a class token every row averaged over the queries), and each
@@ -73,11 +76,20 @@ class Compressor:
         self.step_count = 0
         s = self.spec
         device = next(model.parameters()).device
+        self._handles = []
+        # Query/key dims: the width is the core's (`Solver.plan`), the dims the highest |q|·|k| rows.
+        self.qk_dim = next((l.qk_dim for l in self.solver.plan().layers if l.attn), s.qk_head_dim)
+        self._qk_scores = None
+        if self.qk_dim < s.qk_head_dim:
+            self._qk_scores = self._qk_weight_scores()
+            self._q_mask = torch.ones(s.depth, s.num_heads * s.qk_head_dim, device=device)
+            self._sync_q_mask()
+            self._handles += [block.attn.qkv.register_forward_hook(self._query_masker(l))
+                              for l, block in enumerate(model.blocks)]
         self._attn_mask = torch.ones(s.depth, s.num_heads * s.v_head_dim, device=device)
         self._mlp_mask = torch.ones(s.depth, s.mlp_hidden, device=device)
         self._eval_gates = torch.ones(s.depth, 2, device=device)
         self._gates = self._new_gates(self.solver.sample_gates(self.epoch))
-        self._handles = []
         for l, block in enumerate(model.blocks):
             self._handles += [
                 block.attn.proj.register_forward_pre_hook(self._masker(self._attn_mask, l)),
@@ -102,6 +114,38 @@ class Compressor:
     def epoch(self) -> float:
         """Fractional epoch of the next optimizer step."""
         return self.step_count / self.steps_per_epoch
+
+    @torch.no_grad()
+    def _qk_weight_scores(self) -> np.ndarray:
+        """(depth, heads, qk_head_dim): the norm of query row j times that of key row j of each
+        head (weights and bias), the scale of its logit term q_j·k_j."""
+        s = self.spec
+        out = []
+        for block in self.model.blocks:
+            w = block.attn.qkv.weight.float()
+            if block.attn.qkv.bias is not None:
+                w = torch.cat([w, block.attn.qkv.bias.float()[:, None]], dim=1)
+            width = s.num_heads * s.qk_head_dim
+            q, k = w[:width].norm(dim=1), w[width:2 * width].norm(dim=1)
+            out.append((q * k).reshape(s.num_heads, s.qk_head_dim).double().cpu().numpy())
+        return np.stack(out)
+
+    @torch.no_grad()
+    def _sync_q_mask(self) -> None:
+        """The query mask of the fixed dims every head keeps (`Solver.plan` chooses them from
+        ``_qk_scores``; a head's choice does not depend on which heads stay)."""
+        s = self.spec
+        mask = np.zeros((s.depth, s.num_heads, s.qk_head_dim))
+        order = np.argsort(-self._qk_scores, axis=2, kind="stable")[:, :, :self.qk_dim]
+        np.put_along_axis(mask, order, 1.0, axis=2)
+        self._q_mask.copy_(torch.from_numpy(mask.reshape(s.depth, -1)))
+
+    def _query_masker(self, l: int):
+        width = self.spec.num_heads * self.spec.qk_head_dim
+
+        def hook(module, args, qkv):
+            return torch.cat([qkv[..., :width] * self._q_mask[l].to(qkv.dtype), qkv[..., width:]], dim=-1)
+        return hook
 
     @staticmethod
     def _masker(mask: torch.Tensor, l: int):
@@ -233,7 +277,7 @@ class Compressor:
         """The physically smaller model for the current plan (`Solver.plan`'s ``round_to`` and
         ``fit``), in eval mode. Before any fine-tuning it reproduces this model's eval-mode
         logits, unless rounding or ``fit`` moved a width."""
-        plan = self.solver.plan(round_to=round_to, fit=fit)
+        plan = self.solver.plan(round_to=round_to, fit=fit, qk_scores=self._qk_scores)
         return SlimViT.from_timm(self.model, plan).eval()
 
     def remove(self) -> None:
@@ -248,13 +292,22 @@ class Compressor:
     def state_dict(self) -> dict:
         """Solver state, step count, the gate sample of the next step and the importance's state
         (for exact resume)."""
-        return {"solver": self.solver.state_dict(), "step_count": self.step_count,
-                "gates": self._gates.detach().cpu().numpy().tolist(), "importance": self.importance.state_dict()}
+        state = {"solver": self.solver.state_dict(), "step_count": self.step_count,
+                 "gates": self._gates.detach().cpu().numpy().tolist(), "importance": self.importance.state_dict()}
+        if self._qk_scores is not None:  # chosen on the weights at the start: resumed weights differ
+            state["qk_scores"] = self._qk_scores.tolist()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if "importance" in state:  # absent in states written before importance was pluggable
             self.importance.load_state_dict(state["importance"])
         self.solver.load_state_dict(state["solver"])
         self.step_count = int(state["step_count"])
+        if self._qk_scores is not None:
+            if "qk_scores" not in state:
+                raise ValueError("Compressor.load_state_dict: the state has no qk_scores; it was saved by a "
+                                 "search that kept every query/key dim (qk_keep 1), this one has qk_keep < 1")
+            self._qk_scores = np.asarray(state["qk_scores"], dtype=np.float64)
+            self._sync_q_mask()
         self._sync_masks()
         self._gates = self._new_gates(np.asarray(state["gates"], dtype=np.float64))

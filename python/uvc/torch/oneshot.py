@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .. import cost
-from ..plan import ArchPlan, LayerPlan
+from ..plan import PLAN_ROW, ArchPlan, LayerPlan
 from ..reconstruct import gram, ridge_solve
 from ..settings import PRUNE_CRITERIA as IMPORTANCE
 from .introspect import blocks, check_supported, spec_from_model
@@ -164,7 +164,9 @@ def allocate(spec, scores: dict[str, np.ndarray], budget: float, *, convention: 
     target = budget * dense.macs
 
     def layer_macs(heads: int, width: int, hidden: int) -> np.ndarray:
-        counts = np.tile(np.array([heads, width, hidden, int(heads > 0), int(hidden > 0), spec.num_tokens]), (d, 1))
+        row = {**cost._dense_layer(spec), "heads": heads, "v_dim": width, "neurons": hidden, "attn": int(heads > 0),
+               "mlp": int(hidden > 0)}
+        counts = np.tile(np.array([row[name] for name in PLAN_ROW]), (d, 1))
         return cost._count_counts(spec, counts.astype(np.int64), conv).layers.sum(axis=1)
 
     # MACs of one layer by (kept heads, value width), MLP off; and per MLP neuron (the MLP is linear in it).

@@ -147,18 +147,20 @@ class SlimAttention(nn.Module):
     that ranks tokens, `ranking_attention` over all its heads: the class token's row, one
     extra matmul of heads·N·qk_dim MACs per image (or every row averaged over the queries,
     heads·N²·qk_dim), in both paths. ``qk_norm``: LayerNorms over each head's queries and keys
-    (one each, shared by the heads, as in timm), before the attention.
+    (one each, shared by the heads, as in timm), before the attention. ``scale``: of the
+    logits, qk_dim^-½ by default; a block whose queries and keys were narrowed keeps the dense
+    model's, so the kept dims' logits stay as they were.
     """
 
     def __init__(self, dim: int, num_heads: int, qk_dim: int, v_dim: int, *, qkv_bias: bool = True,
                  proj_bias: bool = True, qk_norm: bool = False, norm_eps: float = 1e-6, fused_attn: bool = True,
-                 device=None, dtype=None) -> None:
+                 scale: float | None = None, device=None, dtype=None) -> None:
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.q_norm = nn.LayerNorm(qk_dim, eps=norm_eps, **dd) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(qk_dim, eps=norm_eps, **dd) if qk_norm else nn.Identity()
         self.num_heads, self.qk_dim, self.v_dim = num_heads, qk_dim, v_dim
-        self.scale = qk_dim ** -0.5
+        self.scale = qk_dim ** -0.5 if scale is None else scale
         self.fused_attn = fused_attn
         self.qkv = nn.Linear(dim, num_heads * (2 * qk_dim + v_dim), bias=qkv_bias, device=device, dtype=dtype)
         self.proj = nn.Linear(num_heads * v_dim, dim, bias=proj_bias, device=device, dtype=dtype)
@@ -242,14 +244,15 @@ class SlimBlock(nn.Module):
     With ``tokens_out`` set, the block drops tokens after its MHSA (which must be present):
     `reduce_tokens` by the class token's attention (``class_token``) or else by the attention
     each token receives, keeping ``prefix_tokens`` in place; the MLP then runs on
-    ``tokens_out`` tokens.
+    ``tokens_out`` tokens. ``qk_scale``: the attention's logit scale (`SlimAttention`'s ``scale``).
     """
 
     def __init__(self, dim: int, *, num_heads: int, qk_dim: int, v_dim: int, mlp_hidden: int,
                  qkv_bias: bool = True, proj_bias: bool = True, norm_eps: float = 1e-6,
                  init_values: float | None = None, act: str = "gelu", gated_mlp: bool = False,
                  qk_norm: bool = False, fused_attn: bool = True, tokens_out: int | None = None,
-                 prefix_tokens: int = 1, class_token: bool = True, device=None, dtype=None) -> None:
+                 prefix_tokens: int = 1, class_token: bool = True, qk_scale: float | None = None,
+                 device=None, dtype=None) -> None:
         super().__init__()
         if tokens_out is not None and not num_heads:
             raise ValueError("SlimBlock: tokens_out needs the MHSA part (num_heads >= 1): tokens are dropped "
@@ -261,7 +264,7 @@ class SlimBlock(nn.Module):
         if num_heads:
             self.norm1 = nn.LayerNorm(dim, eps=norm_eps, **dd)
             self.attn = SlimAttention(dim, num_heads, qk_dim, v_dim, qkv_bias=qkv_bias, proj_bias=proj_bias,
-                                      qk_norm=qk_norm, norm_eps=norm_eps, fused_attn=fused_attn, **dd)
+                                      qk_norm=qk_norm, norm_eps=norm_eps, fused_attn=fused_attn, scale=qk_scale, **dd)
             self.ls1 = LayerScale(dim, init_values, **dd) if init_values is not None else nn.Identity()
         if mlp_hidden:
             self.norm2 = nn.LayerNorm(dim, eps=norm_eps, **dd)
@@ -354,7 +357,9 @@ class SlimViT(nn.Module):
                 continue
             # The plan (validated by the core) lets only a block whose MHSA runs drop tokens.
             after = plan.layers[i + 1].tokens if i + 1 < spec.depth else layer.tokens
-            kept.append(SlimBlock(d, num_heads=len(layer.heads) if layer.attn else 0, qk_dim=spec.qk_head_dim,
+            kept.append(SlimBlock(d, num_heads=len(layer.heads) if layer.attn else 0,
+                                  qk_dim=layer.qk_dim if layer.attn else spec.qk_head_dim,
+                                  qk_scale=spec.qk_head_dim ** -0.5,
                                   v_dim=layer.v_dim, mlp_hidden=len(layer.neurons) if layer.mlp else 0,
                                   qkv_bias=qkv_bias, proj_bias=proj_bias, norm_eps=norm_eps,
                                   init_values=init_values, act=act, gated_mlp=spec.gated_mlp,
@@ -433,7 +438,7 @@ class SlimViT(nn.Module):
         for j, l in enumerate(slim.block_index):
             layer, s, t = plan.layers[l], f"blocks.{l}.", f"blocks.{j}."
             if layer.attn:
-                qk = [h * hd + i for h in layer.heads for i in range(hd)]
+                qk = [h * hd + i for h, idx in zip(layer.heads, layer.qk_index) for i in idx]
                 v = [h * hd + i for h, idx in zip(layer.heads, layer.v_index) for i in idx]
                 rows = torch.tensor(qk + [attn_dim + r for r in qk] + [v_start + r for r in v], device=ref.device)
                 cols = torch.tensor(v, device=ref.device)
