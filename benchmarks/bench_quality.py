@@ -9,8 +9,9 @@ Rows (per model × budget × seed):
   uvc          the UVC search (`pipeline.compress`, budget counted in the fvcore convention, the
                recipe of `uvc demo`'s stage 1) for round(search fraction × epochs) epochs, the plan
                fitted to the budget at export (unless --no-fit-budget; refit by least squares with
-               --reconstruct), then fine-tuning for the rest; --search-set changes more settings
-               of the search;
+               --reconstruct), every head keeping --qk-keep of its query/key dims (by budget:
+               0.5 at 0.3, all at other budgets; 1 keeps all, as UVC), then fine-tuning for the
+               rest; --search-set changes more settings of the search;
   uvc_prune    `uvc prune` without training (first-order Taylor scores on --calibration training
                images, the budget spent across layers by the cost model, kept proj / fc2 columns
                refit by least squares), then fine-tuning for all the epochs;
@@ -33,7 +34,7 @@ so every row is saved, fine-tuned, counted and timed as the same kind of module.
 
     python benchmarks/bench_quality.py [--models demo deep] [--budgets 0.5 0.3] [--seeds 0 1]
         [--rows ...] [--epochs 8] [--subset 20000] [--search-fraction 0.125] [--importance taylor] [--no-fit-budget]
-        [--search-set KEY=VALUE ...]
+        [--qk-keep [BUDGET=]FRACTION ...] [--search-set KEY=VALUE ...]
     python benchmarks/bench_quality.py --smoke    # demo model, budget 0.5, seed 0, a few steps per row, 1 + 1 epochs for uvc (CI)
 
 Prints a table (per model and budget, mean ± half the range over the seeds, with uvc's lead over
@@ -67,6 +68,10 @@ MODELS = ("demo", "deep")  # the keys of uvc.torch.pipeline.SHIPPED
 BATCH_SIZES = (1, 64)  # of the latency measurement
 # The search recipe of `uvc demo` (stage 1); z's learning rate also grows after every search epoch.
 SEARCH = dict(learning_rate=5e-4, warmup_epochs=0.25)
+# The uvc row's query/key keep (`uvc compress --qk-keep`) by budget, the same for every model: at
+# 0.3 half of each head's q/k dims (+0.42 / +0.51 points on demo / deep, two seeds), elsewhere all
+# (at 0.5, half cost 0.38 points on the demo, seed 0). None: the other budgets.
+QK_KEEP = {0.3: 0.5, None: 1.0}
 # --smoke only: a search of a few dozen steps reaches the budget with faster-moving counts.
 SMOKE_SOLVER = dict(warmup_epochs=0.0, lr_counts=(0.2, 0.2, 0.2), hysteresis=0.0, z_init=20.0, budget_damping=50.0)
 # --smoke: 32 steps of 8 images per epoch; one thread, which a busy 2-core machine runs best.
@@ -94,6 +99,10 @@ def parse(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
                         default=COMPRESS.defaults()["reconstruct"],
                         help="uvc: refit the exported model by least squares on --calibration images before "
                         "fine-tuning (default: uvc compress's)")
+    parser.add_argument("--qk-keep", nargs="+", default=None, metavar="[BUDGET=]FRACTION",
+                        help="uvc: the fraction of each head's query/key dims the search keeps (`uvc compress "
+                        "--qk-keep`; 1 keeps all, as UVC), for every budget or, as BUDGET=FRACTION, for one "
+                        "(default: 0.3=0.5, all dims at other budgets)")
     parser.add_argument("--search-set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="uvc: more `uvc compress` settings for the search, VALUE in JSON "
                         "(prune_dims=false, distillation_alpha=0.5, lr_counts=[0.05,0.05,0.05]); named in the "
@@ -115,6 +124,7 @@ def parse(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     args.batch_size = FINETUNE.defaults()["train_batch_size"]
     args.solver = {}
     args.search_set = search_settings(parser, args.search_set)
+    args.qk_keep = qk_keep_settings(parser, args.qk_keep)
     if args.smoke:
         vars(args).update(SMOKE)
         args.out = str(Path(args.out).with_name("quality_smoke.json"))
@@ -135,6 +145,7 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if not 1 <= search < args.epochs:
             parser.error(f"--search-fraction {args.search_fraction} of --epochs {args.epochs} leaves {search} search "
                          f"and {args.epochs - search} fine-tuning epochs; the uvc row needs at least one of each")
+
     if args.subset < args.batch_size:
         parser.error(f"--subset {args.subset}: fewer than one batch of {args.batch_size} images")
     for name in ("eval_subset", "calibration", "threads"):
@@ -147,8 +158,8 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 # What the benchmark fixes for every uvc search (the same for all rows, or a flag of its own).
 OWNED = {"model", "checkpoint", "model_kwargs", "num_classes", "img_size", "budget", "budget_macs", "budget_latency",
          "latency_table", "num_epochs", "convention", "output_dir", "resume", "stop_after", "zlr_schedule",
-         "importance", "fit_budget", "reconstruct", "calibration", "data", "data_dir", "subset", "eval_subset",
-         "seed", "train_batch_size", "eval_batch_size", "device", "progress", "checkpoint_every"}
+         "importance", "fit_budget", "reconstruct", "calibration", "qk_keep", "data", "data_dir", "subset",
+         "eval_subset", "seed", "train_batch_size", "eval_batch_size", "device", "progress", "checkpoint_every"}
 
 
 def search_settings(parser: argparse.ArgumentParser, items: list[str]) -> dict:
@@ -176,6 +187,28 @@ def search_settings(parser: argparse.ArgumentParser, items: list[str]) -> dict:
     return dict(sorted(out.items()))
 
 
+def qk_keep_settings(parser: argparse.ArgumentParser, items: list[str] | None) -> dict:
+    """``--qk-keep`` items as {budget: fraction}, the key None for every budget not named
+    (`QK_KEEP` when not given)."""
+    if items is None:
+        return dict(QK_KEEP)
+    out = {None: 1.0}
+    for item in items:
+        budget, sep, text = item.rpartition("=")
+        try:
+            value, where = float(text), float(budget) if sep else None
+        except ValueError:
+            parser.error(f"--qk-keep {item!r}: expected FRACTION or BUDGET=FRACTION (numbers)")
+        if not 0 < value <= 1:
+            parser.error(f"--qk-keep {item!r}: the fraction must lie in (0, 1] (of each head's query/key dims)")
+        out[where] = value
+    return out
+
+
+def qk_keep_of(args, budget: float) -> float:
+    return args.qk_keep.get(budget, args.qk_keep[None])
+
+
 def key_of(args, model: str, budget: float, seed: int, row: str) -> str:
     """The cache key of one row: every setting its result depends on."""
     key = (f"{model}_b{budget:g}_s{seed}_{row}_e{args.epochs}_n{args.subset}_bs{args.batch_size}"
@@ -183,6 +216,8 @@ def key_of(args, model: str, budget: float, seed: int, row: str) -> str:
     if row in ("uvc", "uvc_scratch"):
         key += (f"_f{args.search_fraction:g}_i{args.importance}" + ("_fit" if args.fit_budget else "")
                 + (f"_rec{args.calibration}" if args.reconstruct else "") + ("_smoke" if args.solver else "")
+                # UVC's all-dims search keeps the key it had before --qk-keep existed.
+                + (f"_qk_keep={qk_keep_of(args, budget):g}" if qk_keep_of(args, budget) != 1 else "")
                 + "".join(f"_{k}={json.dumps(v, separators=(',', ':'))}" for k, v in args.search_set.items()))
     if row in ("tp_taylor", "uvc_prune"):
         key += f"_c{args.calibration}"
@@ -329,7 +364,7 @@ def run_row(args, model_name: str, meta: dict, budget: float, seed: int, row: st
         search = round(args.search_fraction * args.epochs)
         distill = {k: v for k, v in FINETUNE.defaults().items() if k.startswith("distillation_")}
         # --search-set last: it may override the search recipe and its distillation.
-        recipe = {**SEARCH, **distill, **args.solver, **args.search_set}
+        recipe = {**SEARCH, **distill, **args.solver, "qk_keep": qk_keep_of(args, budget), **args.search_set}
         out = folder / "search"
         s1 = compress(model=model_name, budget=budget, num_epochs=search, convention="fvcore", output_dir=str(out),
                       zlr_schedule=tuple(float(e) for e in range(1, search)),
@@ -338,7 +373,7 @@ def run_row(args, model_name: str, meta: dict, budget: float, seed: int, row: st
                       calibration=args.calibration, **recipe, **data_settings(args, seed))
         start_dir, train_seconds = out / "stage1_model", epoch_seconds(out / "stage1" / "log.jsonl")
         entry.update(acc_before=s1["exported_acc"], search_epochs=search, importance=args.importance,
-                     fit_budget=args.fit_budget, reconstruct=args.reconstruct,
+                     fit_budget=args.fit_budget, reconstruct=args.reconstruct, qk_keep=qk_keep_of(args, budget),
                      budget_met=s1["budget_met"], **({"search_set": args.search_set} if args.search_set else {}))
     else:
         if row == "uvc_scratch":
@@ -358,7 +393,7 @@ def run_row(args, model_name: str, meta: dict, budget: float, seed: int, row: st
     entry.update(acc=tuned["acc"], macs=count_macs(final, x)["macs"],
                  params=sum(p.numel() for p in final.parameters()),
                  train_seconds=train_seconds + tuned["train_seconds"], seconds=time.perf_counter() - t0,
-                 plan=[[len(l.heads), l.v_dim, len(l.neurons), int(l.attn), int(l.mlp)] for l in final.plan.layers])
+                 plan=[[len(l.heads), l.v_dim, len(l.neurons), int(l.attn), int(l.mlp), l.qk_dim] for l in final.plan.layers])
     for ckpt in folder.glob("*/stage*/checkpoint.pt"):  # the row is done: no resume needed, save the space
         ckpt.unlink()
     return entry
@@ -483,7 +518,9 @@ def main(argv=None) -> dict:
                 parser.error(f"--rows {r} --budgets {b} (model {m}): the baseline reaches no model at or below the "
                              f"budget: {e}")
     data = json.loads(out.read_text()) if out.exists() else {}
-    data.update(benchmark="quality", settings={k: v for k, v in vars(args).items() if k != "solver"})
+    settings = {k: v for k, v in vars(args).items() if k != "solver"}
+    settings["qk_keep"] = {("other" if b is None else f"{b:g}"): v for b, v in args.qk_keep.items()}
+    data.update(benchmark="quality", settings=settings)
     data.setdefault("dense", {})
     data.setdefault("rows", {})
     for m in args.models:

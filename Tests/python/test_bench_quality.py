@@ -49,8 +49,8 @@ def test_the_uniform_row_keeps_the_same_fraction_in_every_layer(smoke):
     uniform = next(r for r in json.loads(path.read_text())["rows"].values() if r["row"] == "uniform")
     heads = max(1, int(uniform["rho"] * 4 + 0.5))
     neurons = max(1, int(uniform["rho"] * 256 + 0.5))
-    # per layer: heads, value dims, neurons, MHSA runs, MLP runs (demo: 4 heads of 16 dims, MLP 256)
-    assert uniform["plan"] == [[heads, 16, neurons, 1, 1]] * 6
+    # per layer: heads, value dims, neurons, MHSA runs, MLP runs, query/key dims (demo: 4 heads of 16, MLP 256)
+    assert uniform["plan"] == [[heads, 16, neurons, 1, 1, 16]] * 6
 
 
 def test_a_second_run_reloads_the_cached_rows_without_training(smoke):
@@ -77,6 +77,8 @@ def bench(monkeypatch):
     (["--budgets", "0"], "--budgets 0"),
     (["--budgets", "0.5", "1.5"], "--budgets 1.5"),
     (["--models", "demo", "--rows", "uniform", "--budgets", "0.02", "--threads", "1"], "--rows uniform --budgets 0.02"),
+    (["--qk-keep", "0.3=1.5"], "--qk-keep '0.3=1.5': the fraction must lie in (0, 1]"),
+    (["--qk-keep", "half"], "--qk-keep 'half': expected FRACTION or BUDGET=FRACTION"),
 ])
 def test_bad_settings_stop_before_training_and_name_the_setting(bench, capsys, tmp_path, args, named):
     with pytest.raises(SystemExit):
@@ -97,14 +99,19 @@ def test_a_missing_torch_pruning_says_how_to_install_it(bench, capsys, monkeypat
 def test_the_cache_key_names_every_setting_of_the_uvc_row(bench):
     _, args = bench.parse(["--models", "demo"])
     assert (args.search_fraction, args.fit_budget, args.reconstruct) == (0.125, True, False)
+    assert args.qk_keep == {0.3: 0.5, None: 1.0}, "half the q/k dims at 0.3, all elsewhere"
     keys = {bench.key_of(bench.parse(extra)[1], "demo", 0.3, 1, row)
-            for extra in ([], ["--no-fit-budget"], ["--reconstruct"], ["--search-fraction", "0.5"])
+            for extra in ([], ["--no-fit-budget"], ["--reconstruct"], ["--search-fraction", "0.5"], ["--qk-keep", "1"])
             for row in ("uvc", "uvc_scratch")}
-    assert len(keys) == 8, "each setting and row has its own cached result"
-    assert bench.key_of(args, "demo", 0.3, 1, "uvc") == "demo_b0.3_s1_uvc_e8_n20000_bs128_vall_f0.125_itaylor_fit"
-    _, off = bench.parse(["--no-fit-budget", "--search-fraction", "0.5"])
+    assert len(keys) == 10, "each setting and row has its own cached result"
+    assert bench.key_of(args, "demo", 0.3, 1, "uvc") == \
+        "demo_b0.3_s1_uvc_e8_n20000_bs128_vall_f0.125_itaylor_fit_qk_keep=0.5"
+    assert bench.key_of(args, "demo", 0.5, 1, "uvc") == "demo_b0.5_s1_uvc_e8_n20000_bs128_vall_f0.125_itaylor_fit"
+    _, off = bench.parse(["--no-fit-budget", "--search-fraction", "0.5", "--qk-keep", "1"])
     assert bench.key_of(off, "demo", 0.3, 1, "uvc") == "demo_b0.3_s1_uvc_e8_n20000_bs128_vall_f0.5_itaylor", \
-        "rows cached before the fit existed keep their keys"
+        "rows cached before the fit and --qk-keep existed keep their keys"
+    _, mixed = bench.parse(["--qk-keep", "0.75", "0.5=0.25"])
+    assert [bench.qk_keep_of(mixed, b) for b in (0.3, 0.5)] == [0.75, 0.25]
 
 
 def test_search_set_passes_checked_settings_to_the_search_and_names_them_in_the_key(bench, capsys):
@@ -113,13 +120,14 @@ def test_search_set_passes_checked_settings_to_the_search_and_names_them_in_the_
     _, twice = bench.parse(["--search-set", "prune_dims=false", "--search-set", "skip_blocks=false"])
     assert twice.search_set == {"prune_dims": False, "skip_blocks": False}, "a second --search-set adds to the first"
     assert bench.key_of(args, "demo", 0.3, 0, "uvc").endswith(
-        "_fit_distillation_alpha=0.5_lr_counts=[0.05,0.05,0.05]_prune_dims=false")
+        "_fit_qk_keep=0.5_distillation_alpha=0.5_lr_counts=[0.05,0.05,0.05]_prune_dims=false")
     assert bench.key_of(args, "demo", 0.3, 0, "tp_l2") == bench.key_of(bench.parse([])[1], "demo", 0.3, 0, "tp_l2")
     for bad, says in [("subset=100", "--search-set subset: not a setting of the search the benchmark leaves open"),
                       ("prune_dim=false", "--search-set prune_dim: not a setting"),
                       ("prune_dims=3", "--search-set prune_dims: expected true or false, got 3"),
                       ("prune_dims", "--search-set 'prune_dims': expected KEY=VALUE"),
-                      ("prune_dims=false prune_dims=true", "--search-set prune_dims: given twice")]:
+                      ("prune_dims=false prune_dims=true", "--search-set prune_dims: given twice"),
+                      ("qk_keep=0.5", "--search-set qk_keep: not a setting of the search the benchmark leaves open")]:
         with pytest.raises(SystemExit):
             bench.parse(["--search-set", *bad.split()])
         assert says in capsys.readouterr().err

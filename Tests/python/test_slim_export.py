@@ -81,13 +81,13 @@ def test_dense_plan_reproduces_timm_in_both_modes(timm_model):
         assert isinstance(slim(x), torch.Tensor)
 
 
-@pytest.mark.parametrize("v_dim", [1, 5, 8])
-def test_sdpa_with_narrow_values_equals_explicit_attention(v_dim):
-    # SDPA pads a value width below the q/k width (8) with zeros: outputs and gradients are the
-    # explicit path's, and the padding never reaches the output or the weights.
+@pytest.mark.parametrize("qk_dim, v_dim", [(8, 1), (8, 5), (8, 8), (3, 8), (1, 5)])
+def test_sdpa_with_unequal_widths_equals_explicit_attention(qk_dim, v_dim):
+    # SDPA pads the narrower of the value and the q/k width with zeros: outputs and gradients are
+    # the explicit path's, and the padding never reaches the output or the weights.
     from uvc.torch.slim import SlimAttention
     torch.manual_seed(0)
-    attn = SlimAttention(24, 3, 8, v_dim, qk_norm=True).double()
+    attn = SlimAttention(24, 3, qk_dim, v_dim, qk_norm=qk_dim == 8, scale=8 ** -0.5).double()
     x = torch.randn(2, 7, 24, dtype=torch.float64, requires_grad=True)
     results = []
     for fused in (True, False):

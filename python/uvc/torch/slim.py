@@ -37,16 +37,20 @@ ACTIVATIONS = {"gelu": lambda: nn.GELU(), "gelu_tanh": lambda: nn.GELU(approxima
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, *, fused: bool) -> torch.Tensor:
     """softmax(q·kᵀ·``scale``)·v per head: (B, h, N, qk_dim) queries and keys, (B, h, N, v_dim)
-    values, v_dim ≤ qk_dim. ``fused``: torch SDPA, else explicit matmuls and softmax (what
-    counters see). A value width below the q/k width leaves SDPA's fused kernel (2× slower on a
-    CPU at batch 64; `benchmarks/bench_attention.py`), so ``fused`` pads v with zero columns,
-    which add nothing to the output, and slices them off.
+    values. ``fused``: torch SDPA, else explicit matmuls and softmax (what counters see). Unequal
+    widths leave SDPA's fused kernel (2× slower on a CPU at batch 64;
+    `benchmarks/bench_attention.py`), so ``fused`` pads the narrower side with zero columns: a
+    narrower v's add nothing to the output and are sliced off, narrower q and k's add nothing to
+    the logits (``scale`` is given, not derived from the width).
     """
     if not fused:
         return ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
     vd, qd = v.shape[-1], q.shape[-1]
     if vd < qd:
         return F.scaled_dot_product_attention(q, k, F.pad(v, (0, qd - vd)), scale=scale)[..., :vd]
+    if qd < vd:
+        pad = (0, vd - qd)
+        return F.scaled_dot_product_attention(F.pad(q, pad), F.pad(k, pad), v, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
