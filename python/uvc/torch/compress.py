@@ -77,9 +77,11 @@ class Compressor:
         s = self.spec
         device = next(model.parameters()).device
         self._handles = []
-        # Query/key dims: the width is the core's (`Solver.plan`), the dims the highest |q|·|k| rows.
-        self.qk_dim = next((l.qk_dim for l in self.solver.plan().layers if l.attn), s.qk_head_dim)
-        self._qk_scores = None
+        # Query/key dims: the width is the core's (`Solver.plan`; only asked when narrowing, as a plan
+        # under a latency table may move gates), the dims the highest |q|·|k| rows.
+        self.qk_dim, self._qk_scores = s.qk_head_dim, None
+        if self.solver.hyper["qk_keep"] < 1:
+            self.qk_dim = next((l.qk_dim for l in self.solver.plan().layers if l.attn), s.qk_head_dim)
         if self.qk_dim < s.qk_head_dim:
             self._qk_scores = self._qk_weight_scores()
             self._q_mask = torch.ones(s.depth, s.num_heads * s.qk_head_dim, device=device)
