@@ -67,7 +67,7 @@ from .latency import NO_TABLE, LatencyTable
 from .plan import PLAN_ROW, ArchPlan, LayerPlan
 from .spec import ViTSpec
 
-__all__ = ["Solver", "StepResult", "SOLVER_FORMAT", "DEFAULTS"]
+__all__ = ["Solver", "StepResult", "SOLVER_FORMAT", "DEFAULTS", "highest"]
 
 SOLVER_FORMAT = "uvc.solver/3"
 # Formats this version refuses, with what saved them.
@@ -106,6 +106,12 @@ class StepResult:
     head_factor: np.ndarray
     dim_factor: np.ndarray
     neuron_factor: np.ndarray
+
+
+def highest(scores: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` highest ``scores`` along the last axis, ties to the lower index,
+    in increasing order: the query/key dims a head keeps (`Solver.plan`, the Compressor's mask)."""
+    return np.sort(np.argsort(-scores, axis=-1, kind="stable")[..., :count], axis=-1)
 
 
 def _number(name: str, value: Any) -> float:
@@ -420,7 +426,7 @@ class Solver:
             if qk_scores is None:
                 qk = [tuple(range(width))] * len(kept)
             else:
-                qk = [tuple(sorted(np.argsort(-qk_scores[l, h], kind="stable")[:width].tolist())) for h in kept]
+                qk = [tuple(highest(qk_scores[l, h], width).tolist()) for h in kept]
             layers.append(LayerPlan(heads=tuple(kept), v_index=tuple(tuple(np.flatnonzero(dims[l, h]).tolist())
                                                                        for h in kept),
                                     neurons=tuple(np.flatnonzero(neurons[l]).tolist()), tokens=row[col["tokens"]],

@@ -316,9 +316,9 @@ public struct SolverConfig: Hashable, Sendable {
         try require(tauMin.isFinite && tauMin > 0 && tauMin <= tau, "tau_min", "must lie in (0, tau], got \(tauMin)")
         try require(tauDecay.isFinite && tauDecay > 0 && tauDecay <= 1, "tau_decay", "must lie in (0, 1], got \(tauDecay)")
         try require(eps.isFinite && eps > 0, "eps", "must be finite and > 0, got \(eps)")
+        try require(epsDecay.isFinite && epsDecay > 0 && epsDecay <= 1, "eps_decay", "must lie in (0, 1], got \(epsDecay)")
         try require(qkKeep.isFinite && qkKeep > 0 && qkKeep <= 1, "qk_keep",
                     "must be a fraction of each head's query/key dims in (0, 1], got \(qkKeep)")
-        try require(epsDecay.isFinite && epsDecay > 0 && epsDecay <= 1, "eps_decay", "must lie in (0, 1], got \(epsDecay)")
     }
 
     /// Query/key dims each kept head keeps: `qkKeep` of `spec.qkHeadDim`, rounded half up, at least 1.

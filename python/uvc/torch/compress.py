@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..solver import Solver
+from ..solver import Solver, highest
 from .importance import Importance, make_importance
 from .introspect import check_supported, spec_from_model
 from .slim import SlimViT, ranking_attention, reduce_tokens
@@ -84,7 +84,8 @@ class Compressor:
             self.qk_dim = next((l.qk_dim for l in self.solver.plan().layers if l.attn), s.qk_head_dim)
         if self.qk_dim < s.qk_head_dim:
             self._qk_scores = self._qk_weight_scores()
-            self._q_mask = torch.ones(s.depth, s.num_heads * s.qk_head_dim, device=device)
+            # Over the whole qkv output: the kept queries 1, the rest 0, keys and values 1.
+            self._q_mask = torch.ones(s.depth, model.blocks[0].attn.qkv.out_features, device=device)
             self._sync_q_mask()
             self._handles += [block.attn.qkv.register_forward_hook(self._query_masker(l))
                               for l, block in enumerate(model.blocks)]
@@ -134,19 +135,17 @@ class Compressor:
 
     @torch.no_grad()
     def _sync_q_mask(self) -> None:
-        """The query mask of the fixed dims every head keeps (`Solver.plan` chooses them from
-        ``_qk_scores``; a head's choice does not depend on which heads stay)."""
+        """The query part of the qkv mask: the dims every head keeps, `uvc.solver.highest` of
+        ``_qk_scores`` as `Solver.plan` exports them (a head's choice does not depend on which
+        heads stay)."""
         s = self.spec
-        mask = np.zeros((s.depth, s.num_heads, s.qk_head_dim))
-        order = np.argsort(-self._qk_scores, axis=2, kind="stable")[:, :, :self.qk_dim]
-        np.put_along_axis(mask, order, 1.0, axis=2)
-        self._q_mask.copy_(torch.from_numpy(mask.reshape(s.depth, -1)))
+        queries = np.zeros((s.depth, s.num_heads, s.qk_head_dim))
+        np.put_along_axis(queries, highest(self._qk_scores, self.qk_dim), 1.0, axis=2)
+        self._q_mask[:, :queries[0].size] = torch.from_numpy(queries.reshape(s.depth, -1)).to(self._q_mask)
 
     def _query_masker(self, l: int):
-        width = self.spec.num_heads * self.spec.qk_head_dim
-
         def hook(module, args, qkv):
-            return torch.cat([qkv[..., :width] * self._q_mask[l].to(qkv.dtype), qkv[..., width:]], dim=-1)
+            return qkv * self._q_mask[l].to(qkv.dtype)
         return hook
 
     @staticmethod
