@@ -61,7 +61,11 @@ class SwiftBuildExt(build_ext):
         built = Path(bin_dir, f"lib{PRODUCT}.so")
         target = Path(self.get_ext_fullpath(ext.name))
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(built, target)
+        # A copy beside the target, then a rename: a process that has the old library loaded keeps
+        # its file (copying over it in place would change the pages it maps under it).
+        partial = target.with_name(target.name + ".partial")
+        shutil.copyfile(built, partial)
+        os.replace(partial, target)
 
 
 setup(

@@ -445,6 +445,77 @@ final class LatencyModelTests: XCTestCase {
     }
 
     /// Where width pays (time proportional to width), the trim narrows layers and skips nothing.
+    /// MHSA 0.3 ms a head plus 0.01 ms a value dim of each; MLP 0.04 ms a neuron, but 27 neurons
+    /// timed 0.01 ms slower than 28.
+    private func noisyTable(_ spec: ViTSpec) throws -> LatencyModel {
+        let heads = Array(1...3), vDims = [1, 2, 4, 6, 8], neurons = [1, 8, 16, 24, 27, 28, 32]
+        var attention: [Double] = []
+        for h in heads { for v in vDims { attention.append(0.3 * Double(h) + 0.01 * Double(h * v)) } }
+        let mlp = neurons.map { $0 == 27 ? 0.04 * 28 + 0.01 : 0.04 * Double($0) }
+        return try LatencyModel(spec: spec, heads: heads, vDims: vDims, neurons: neurons, attention: attention,
+                                mlp: mlp, fixed: 0.01)
+    }
+
+    /// The budget trim steps an MLP of 28 neurons down to 24, past 27 which saves nothing; it
+    /// used to stop there, over the budget, when a step saved nothing.
+    func testTheTrimStepsPastAWidthThatSavesNothing() throws {
+        let spec = try smallSolverSpec(depth: 4)
+        let model = try noisyTable(spec)
+        var at28 = ArchPlan.dense(spec)
+        for l in 0..<4 { at28.layers[l].neurons = 28 }
+        let dense = try model.exactTotal(.dense(spec)), cost28 = try model.exactTotal(at28)
+        // Value dims and block skips off: narrowing MLPs is the only way to save.
+        var solver = try Solver(spec: spec, convention: .uvc,
+                                config: SolverConfig(budget: (cost28 - 0.05) / dense, prune: [true, false, true],
+                                                     skipBlocks: false, warmupEpochs: 0),
+                                seed: 0, latency: model)
+        for l in 0..<4 { (solver.state.removal[8 + l], solver.state.committed[8 + l]) = (4, 4) }
+        solver.state.searchSteps = 1
+        var rng = Xoshiro256StarStar(seed: 4)
+        let scores = GroupData(spec, &rng)
+        var masks = GroupData(spec, fill: -1)
+        let (plan, ms) = try scores.withScores { sc in try masks.withOutputs { try solver.plan(scores: sc, roundTo: 1, into: $0) } }
+        XCTAssertLessThanOrEqual(ms, solver.budgetMACs + 1e-12)
+        XCTAssertEqual(plan.layers.map(\.neurons).sorted(), [24, 28, 28, 28], "one MLP from 28 to 24, none to 27")
+    }
+
+    /// A table proportional to width but for one inverted stretch below the MLP's count (27
+    /// neurons timed 0.01 ms slower than 28, as noise leaves measured tables): the counts and the
+    /// budget trim go past it. With the local derivative every MLP stopped at 28 neurons and the
+    /// budget was met by cutting heads alone.
+    func testANoisyStretchDoesNotHoldTheCounts() throws {
+        let spec = try smallSolverSpec(depth: 4)
+        let model = try noisyTable(spec)
+        XCTAssertLessThan(model.mlpTime(neurons: 27.5).dNeurons, 0, "the table falls on [27, 28]")
+        // Counts that move at most 0.32 neurons a step: they cannot jump the stretch.
+        let s = SolverSession(try Solver(spec: spec, convention: .uvc,
+                                         config: SolverConfig(budget: 0.7, gateGranularity: .part, warmupEpochs: 0.1,
+                                                              countLR: [0.01, 0.01, 0.01]),
+                                         seed: 3, latency: model))
+        var rng = Xoshiro256StarStar(seed: 4)
+        let scores = GroupData(spec, &rng)
+        var factors = GroupData(spec, fill: -1)
+        var gates = [Double](repeating: 0, count: 2 * spec.depth)
+        for t in 0..<600 {
+            let epoch = Double(t) / 100
+            try gates.withUnsafeMutableBufferPointer { try s.sampleGates(epoch: epoch, into: $0) }
+            let push = [Double](repeating: -1, count: 2 * spec.depth)
+            try scores.withScores { sc in
+                try factors.withOutputs { f in
+                    try push.withUnsafeBufferPointer {
+                        try s.step(scores: sc, gateGradient: $0, tokenScores: nil, learningRate: 1e-3, epoch: epoch, factors: f)
+                    }
+                }
+            }
+        }
+        let committed = (0..<4).map { 32 - Int(s.solver.state.committed[2 * 4 + $0]) }
+        XCTAssertTrue(committed.allSatisfy { $0 < 27 }, "the neuron counts went past the inverted stretch: \(committed)")
+        var masks = GroupData(spec, fill: -1)
+        let (plan, ms) = try scores.withScores { sc in try masks.withOutputs { try s.solver.plan(scores: sc, roundTo: 1, into: $0) } }
+        XCTAssertLessThanOrEqual(ms, s.solver.budgetMACs + 1e-12)
+        XCTAssertTrue(plan.layers.allSatisfy { $0.attention && $0.mlp && $0.neurons < 27 }, "\(plan.layers)")
+    }
+
     func testAWidthProportionalTableIsMetByNarrowing() throws {
         let spec = try smallSolverSpec(depth: 4)
         let heads = Array(1...3), vDims = [1, 2, 4, 6, 8], neurons = [1, 8, 16, 24, 32]

@@ -132,6 +132,29 @@ def test_the_allocation_spends_the_price_where_the_scores_are():
     assert 0 in plan.layers[1].heads
 
 
+def test_the_allocation_fills_the_budget_the_price_jumps_leave(rng):
+    """The price alone lands a part's size under the budget; the fill spends the rest, so no
+    running MLP below full width can take one more neuron within the budget."""
+    import dataclasses
+    spec = spec_from_model(_model())
+    dense = uvc.count(spec).macs
+    for budget in (0.3, 0.45, 0.7):
+        scores = {"dims": rng.gamma(0.5, size=(spec.depth, spec.num_heads, spec.v_head_dim)),
+                  "neurons": rng.gamma(0.5, size=(spec.depth, spec.mlp_hidden))}
+        scores["heads"] = scores["dims"].sum(-1)
+        plan = allocate(spec, scores, budget)
+        macs = uvc.count(spec, plan).macs
+        assert macs <= budget * dense
+        open_mlps = [l for l, layer in enumerate(plan.layers) if 0 < len(layer.neurons) < spec.mlp_hidden]
+        assert open_mlps, "the test needs a layer whose MLP can still grow"
+        for l in open_mlps:
+            layer = plan.layers[l]
+            extra = min(set(range(spec.mlp_hidden)) - set(layer.neurons))
+            wider = dataclasses.replace(layer, neurons=tuple(sorted((*layer.neurons, extra))))
+            grown = uvc.ArchPlan(spec, tuple(wider if i == l else x for i, x in enumerate(plan.layers)))
+            assert uvc.count(spec, grown).macs > budget * dense, (budget, l)
+
+
 def test_bad_calibration_data_is_refused():
     model = _model()
     with pytest.raises(ValueError, match="yielded no images"):

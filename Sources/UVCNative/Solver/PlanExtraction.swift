@@ -173,8 +173,8 @@ extension Solver {
 
     /// Greedy budget repair after rounding or snapping: while the plan exceeds the budget, takes
     /// the step with the most cost saved (up to what the budget still needs) per unit of score
-    /// lost, among steps that save anything: one part one grid width narrower (a kind the
-    /// search does not prune has one width), or (with a latency table and skippable blocks) one
+    /// lost, among steps that save anything: one part down to its nearest narrower grid width
+    /// that saves time (a kind the search does not prune has one width), or (with a latency table and skippable blocks) one
     /// running gate's part(s) skipped. A table flat in width (a CPU at batch 1) thus skips
     /// parts instead of narrowing layers for nothing.
     ///
@@ -196,23 +196,35 @@ extension Solver {
         var current = cost()
         while current > budgetMACs {
             var best: (ratio: Double, apply: (inout PlanShape) -> Void, cost: Double)?
-            func consider(_ lost: Double, _ change: @escaping (inout PlanShape) -> Void) {
+            /// Whether `change` saves anything; if it does, it is a candidate.
+            @discardableResult
+            func consider(_ lost: Double, _ change: @escaping (inout PlanShape) -> Void) -> Bool {
                 let before = shape
                 change(&shape)
                 let after = cost()
                 shape = before
-                guard after < current else { return }
+                guard after < current else { return false }
                 // Only what the budget still needs counts as saved: a large step is not
                 // preferred for savings past the budget, which the plan would throw away.
                 let ratio = min(current - after, current - budgetMACs) / (lost + 1e-12)
                 if best == nil || ratio > best!.ratio { best = (ratio, change, after) }
+                return true
             }
             for layer in 0..<l {
-                if shape.decisions[2 * layer] == 1, let lower = grids.dims.nextLower(shape.vDim[layer]) {
-                    consider(share(layer, 0, lower..<shape.vDim[layer])) { $0.vDim[layer] = lower }
+                // The nearest narrower grid width that saves anything: a measured width can be
+                // slower than the next wider one (timing noise, an odd width), and stepping
+                // only one point would stop there.
+                if shape.decisions[2 * layer] == 1 {
+                    var lower = grids.dims.nextLower(shape.vDim[layer])
+                    while let w = lower, !consider(share(layer, 0, w..<shape.vDim[layer]), { $0.vDim[layer] = w }) {
+                        lower = grids.dims.nextLower(w)
+                    }
                 }
-                if shape.decisions[2 * layer + 1] == 1, let lower = grids.neurons.nextLower(shape.neurons[layer]) {
-                    consider(share(layer, 1, lower..<shape.neurons[layer])) { $0.neurons[layer] = lower }
+                if shape.decisions[2 * layer + 1] == 1 {
+                    var lower = grids.neurons.nextLower(shape.neurons[layer])
+                    while let w = lower, !consider(share(layer, 1, w..<shape.neurons[layer]), { $0.neurons[layer] = w }) {
+                        lower = grids.neurons.nextLower(w)
+                    }
                 }
             }
             if skips {

@@ -18,7 +18,9 @@ A head's score is the sum over its value dims; a layer's value width is shared b
 heads (the export stays one attention call per layer), so it drops the same number of dims,
 each head its lowest-scoring ones. For a price λ every layer keeps what is worth more than λ
 per MAC (the best head count × value width, the neurons), a part with nothing worth keeping is
-skipped; λ is bisected until the exact MACs of the plan meet the budget. Activation and Taylor
+skipped; λ is bisected until the exact MACs of the plan meet the budget, then a greedy fill spends
+what the price's jumps left (one neuron, value dim or head a step, by score per MAC, while it
+fits), so the plan lands at the budget rather than a part's size under it. Activation and Taylor
 scores share a unit across axes (output energy, loss); magnitudes are divided by each kind's
 mean.
 
@@ -151,8 +153,8 @@ def importance(model: nn.Module, batches=None, criterion: str = "activation") ->
 def allocate(spec, scores: dict[str, np.ndarray], budget: float, *, convention: str = "uvc",
              normalise: bool = False) -> ArchPlan:
     """The plan that keeps, in every layer, what is worth more than a price λ per MAC, with λ
-    bisected so that the plan's exact MACs are at most ``budget`` × the dense MACs (see the
-    module doc). ``normalise``: divide each kind's scores by its mean first (for magnitudes)."""
+    bisected so that the plan's exact MACs are at most ``budget`` × the dense MACs, then filled
+    greedily up to the budget (see the module doc). ``normalise``: divide each kind's scores by its mean first (for magnitudes)."""
     if not 0 < budget <= 1:
         raise ValueError(f"allocate: budget must be a fraction of the dense MACs in (0, 1], got {budget}")
     dims, neurons = scores["dims"].astype(np.float64), scores["neurons"].astype(np.float64)
@@ -205,7 +207,40 @@ def allocate(spec, scores: dict[str, np.ndarray], budget: float, *, convention: 
     for _ in range(60):
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if macs(plan_at(mid)) <= target else (mid, hi)
-    return _plan(spec, plan_at(hi), dims, order)
+    rows = [list(r) for r in plan_at(hi)]
+
+    # The plan at a price jumps (a layer drops a head, or a whole part, at once), so it can land
+    # well under the budget. Fill: while a step fits, take the one that gains the most score per
+    # MAC: one more neuron, value dim (in every kept head) or head (at the layer's width).
+    def steps(l: int):
+        k, wd, keep = rows[l]
+        if keep < m:
+            yield (neuron_sorted[l, keep], per_neuron[l] + (mlp_fixed[l] if keep == 0 else 0.0), (k, wd, keep + 1))
+        if k == 0:
+            yield (kept_value[l, 0, 0], attn[l, 1, 1], (1, 1, keep))
+            return
+        if wd < v:
+            yield (kept_value[l, k - 1, wd] - kept_value[l, k - 1, wd - 1], attn[l, k, wd + 1] - attn[l, k, wd],
+                   (k, wd + 1, keep))
+        if k < h:
+            yield (kept_value[l, k, wd - 1] - kept_value[l, k - 1, wd - 1], attn[l, k + 1, wd] - attn[l, k, wd],
+                   (k + 1, wd, keep))
+
+    current, refused = macs(rows), set()
+    while True:
+        best = max(((gain / added, l, row) for l in range(d) for gain, added, row in steps(l)
+                    if gain > 0 and added <= target - current and (l, row) not in refused), default=None)
+        if best is None:
+            break
+        _, l, row = best
+        before, rows[l] = rows[l], list(row)
+        after = macs(rows)
+        if after > target:  # the tables' sum is exact for these counts; guard anyway
+            rows[l] = before
+            refused.add((l, row))
+        else:
+            current = after
+    return _plan(spec, rows, dims, order)
 
 
 def _plan(spec, rows, dims: np.ndarray, neuron_order: np.ndarray) -> ArchPlan:
