@@ -145,7 +145,6 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if not 1 <= search < args.epochs:
             parser.error(f"--search-fraction {args.search_fraction} of --epochs {args.epochs} leaves {search} search "
                          f"and {args.epochs - search} fine-tuning epochs; the uvc row needs at least one of each")
-
     if args.subset < args.batch_size:
         parser.error(f"--subset {args.subset}: fewer than one batch of {args.batch_size} images")
     for name in ("eval_subset", "calibration", "threads"):

@@ -174,8 +174,8 @@ extension Solver {
     /// Greedy budget repair after rounding or snapping: while the plan exceeds the budget, takes
     /// the step with the most cost saved (up to what the budget still needs) per unit of score
     /// lost, among steps that save anything: one part down to its nearest narrower grid width
-    /// that saves time (a kind the search does not prune has one width), or (with a latency table and skippable blocks) one
-    /// running gate's part(s) skipped. A table flat in width (a CPU at batch 1) thus skips
+    /// that saves time (a kind the search does not prune has one width), or (with a latency
+    /// table and skippable blocks) one running gate's part(s) skipped. A table flat in width (a CPU at batch 1) thus skips
     /// parts instead of narrowing layers for nothing.
     ///
     /// Score lost, in units of an average part of its kind (MHSA or MLP; `RankedScores`): a
@@ -194,6 +194,8 @@ extension Solver {
         let probabilities = gateProbabilities()
         let skips = latency != nil && config.skipBlocks
         var current = cost()
+        // The part (0 MHSA, 1 MLP) of each kind of width step, its grid and its width in a shape.
+        let parts = [(0, grids.dims, \PlanShape.vDim), (1, grids.neurons, \PlanShape.neurons)]
         while current > budgetMACs {
             var best: (ratio: Double, apply: (inout PlanShape) -> Void, cost: Double)?
             /// Whether `change` saves anything; if it does, it is a candidate.
@@ -210,20 +212,15 @@ extension Solver {
                 if best == nil || ratio > best!.ratio { best = (ratio, change, after) }
                 return true
             }
+            // Per running part, the nearest narrower grid width that saves anything: a measured
+            // width can be slower than the next wider one (timing noise, an odd width), and
+            // stepping only one point would stop there.
             for layer in 0..<l {
-                // The nearest narrower grid width that saves anything: a measured width can be
-                // slower than the next wider one (timing noise, an odd width), and stepping
-                // only one point would stop there.
-                if shape.decisions[2 * layer] == 1 {
-                    var lower = grids.dims.nextLower(shape.vDim[layer])
-                    while let w = lower, !consider(share(layer, 0, w..<shape.vDim[layer]), { $0.vDim[layer] = w }) {
-                        lower = grids.dims.nextLower(w)
-                    }
-                }
-                if shape.decisions[2 * layer + 1] == 1 {
-                    var lower = grids.neurons.nextLower(shape.neurons[layer])
-                    while let w = lower, !consider(share(layer, 1, w..<shape.neurons[layer]), { $0.neurons[layer] = w }) {
-                        lower = grids.neurons.nextLower(w)
+                for (part, grid, width) in parts where shape.decisions[2 * layer + part] == 1 {
+                    let now = shape[keyPath: width][layer]
+                    var lower = grid.nextLower(now)
+                    while let w = lower, !consider(share(layer, part, w..<now), { $0[keyPath: width][layer] = w }) {
+                        lower = grid.nextLower(w)
                     }
                 }
             }

@@ -84,6 +84,7 @@ extension Solver {
     /// - Complexity: O(depth²) relaxed evaluations' work: one evaluation per (kind, layer).
     private func widthSecants(_ x: [Double], total: Double, gradient: inout [Double]) {
         let l = spec.depth
+        var y = x  // x with one count lowered at a time
         for (kind, field) in [(GroupKind.heads, RelaxedField.heads), (.dims, .vDim), (.neurons, .neurons)]
         where config.prune[kind.rawValue] {
             let window = Solver.latencySecantWindow * groups(kind)
@@ -91,9 +92,9 @@ extension Solver {
                 let i = field.rawValue * l + layer
                 let lower = max(1, x[i] - window)
                 guard x[i] - lower > 1e-9 else { continue }
-                var y = x
                 y[i] = lower
                 gradient[i] = (total - evaluate(y).macs) / (x[i] - lower)
+                y[i] = x[i]
             }
         }
     }

@@ -154,7 +154,8 @@ def allocate(spec, scores: dict[str, np.ndarray], budget: float, *, convention: 
              normalise: bool = False) -> ArchPlan:
     """The plan that keeps, in every layer, what is worth more than a price λ per MAC, with λ
     bisected so that the plan's exact MACs are at most ``budget`` × the dense MACs, then filled
-    greedily up to the budget (see the module doc). ``normalise``: divide each kind's scores by its mean first (for magnitudes)."""
+    greedily up to the budget (see the module doc). ``normalise``: divide each kind's scores by
+    its mean first (for magnitudes)."""
     if not 0 < budget <= 1:
         raise ValueError(f"allocate: budget must be a fraction of the dense MACs in (0, 1], got {budget}")
     dims, neurons = scores["dims"].astype(np.float64), scores["neurons"].astype(np.float64)
