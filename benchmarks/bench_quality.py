@@ -8,10 +8,11 @@ stage-2 defaults of `uvc.settings.FINETUNE` for every row).
 Rows (per model × budget × seed):
   uvc          the UVC search (`pipeline.compress`, budget counted in the fvcore convention, the
                recipe of `uvc demo`'s stage 1) for round(search fraction × epochs) epochs, the plan
-               fitted to the budget at export (unless --no-fit-budget; refit by least squares with
-               --reconstruct), every head keeping --qk-keep of its query/key dims (by budget:
-               0.5 at 0.3, all at other budgets; 1 keeps all, as UVC), then fine-tuning for the
-               rest; --search-set changes more settings of the search;
+               fitted to the budget at export (unless --no-fit-budget; on the dense model's weights
+               with --rewind; refit by least squares with --reconstruct), every head keeping
+               --qk-keep of its query/key dims (by budget: 0.5 at 0.3, all at other budgets; 1 keeps
+               all, as UVC), then fine-tuning for the rest; --search-set changes more settings of
+               the search;
   uvc_prune    `uvc prune` without training (first-order Taylor scores on --calibration training
                images, the budget spent across layers by the cost model, kept proj / fc2 columns
                refit by least squares), then fine-tuning for all the epochs;
@@ -34,7 +35,7 @@ so every row is saved, fine-tuned, counted and timed as the same kind of module.
 
     python benchmarks/bench_quality.py [--models demo deep] [--budgets 0.5 0.3] [--seeds 0 1]
         [--rows ...] [--epochs 8] [--subset 20000] [--search-fraction 0.125] [--importance taylor] [--no-fit-budget]
-        [--qk-keep [BUDGET=]FRACTION ...] [--search-set KEY=VALUE ...]
+        [--rewind] [--reconstruct] [--qk-keep [BUDGET=]FRACTION ...] [--search-set KEY=VALUE ...]
     python benchmarks/bench_quality.py --smoke    # demo model, budget 0.5, seed 0, a few steps per row, 1 + 1 epochs for uvc (CI)
 
 Prints a table (per model and budget, mean ± half the range over the seeds, with uvc's lead over
@@ -95,6 +96,9 @@ def parse(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser.add_argument("--fit-budget", action=argparse.BooleanOptionalAction,
                         default=COMPRESS.defaults()["fit_budget"],
                         help="uvc: fit the searched plan to the budget at export (default: uvc compress's)")
+    parser.add_argument("--rewind", action=argparse.BooleanOptionalAction, default=COMPRESS.defaults()["rewind"],
+                        help="uvc: fine-tune the searched plan from the dense model's weights, not the search's own "
+                        "(default: uvc compress's)")
     parser.add_argument("--reconstruct", action=argparse.BooleanOptionalAction,
                         default=COMPRESS.defaults()["reconstruct"],
                         help="uvc: refit the exported model by least squares on --calibration images before "
@@ -157,7 +161,7 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 # What the benchmark fixes for every uvc search (the same for all rows, or a flag of its own).
 OWNED = {"model", "checkpoint", "model_kwargs", "num_classes", "img_size", "budget", "budget_macs", "budget_latency",
          "latency_table", "num_epochs", "convention", "output_dir", "resume", "stop_after", "zlr_schedule",
-         "importance", "fit_budget", "reconstruct", "calibration", "qk_keep", "data", "data_dir", "subset",
+         "importance", "fit_budget", "rewind", "reconstruct", "calibration", "qk_keep", "data", "data_dir", "subset",
          "eval_subset", "seed", "train_batch_size", "eval_batch_size", "device", "progress", "checkpoint_every"}
 
 
@@ -214,7 +218,8 @@ def key_of(args, model: str, budget: float, seed: int, row: str) -> str:
            f"_v{args.eval_subset or 'all'}")
     if row in ("uvc", "uvc_scratch"):
         key += (f"_f{args.search_fraction:g}_i{args.importance}" + ("_fit" if args.fit_budget else "")
-                + (f"_rec{args.calibration}" if args.reconstruct else "") + ("_smoke" if args.solver else "")
+                + ("_rewind" if args.rewind else "") + (f"_rec{args.calibration}" if args.reconstruct else "")
+                + ("_smoke" if args.solver else "")
                 # UVC's all-dims search keeps the key it had before --qk-keep existed.
                 + (f"_qk_keep={qk_keep_of(args, budget):g}" if qk_keep_of(args, budget) != 1 else "")
                 + "".join(f"_{k}={json.dumps(v, separators=(',', ':'))}" for k, v in args.search_set.items()))
@@ -368,11 +373,13 @@ def run_row(args, model_name: str, meta: dict, budget: float, seed: int, row: st
         s1 = compress(model=model_name, budget=budget, num_epochs=search, convention="fvcore", output_dir=str(out),
                       zlr_schedule=tuple(float(e) for e in range(1, search)),
                       resume=(out / "stage1" / "checkpoint.pt").is_file(),
-                      importance=args.importance, fit_budget=args.fit_budget, reconstruct=args.reconstruct,
+                      importance=args.importance, fit_budget=args.fit_budget, rewind=args.rewind,
+                      reconstruct=args.reconstruct,
                       calibration=args.calibration, **recipe, **data_settings(args, seed))
         start_dir, train_seconds = out / "stage1_model", epoch_seconds(out / "stage1" / "log.jsonl")
         entry.update(acc_before=s1["exported_acc"], search_epochs=search, importance=args.importance,
-                     fit_budget=args.fit_budget, reconstruct=args.reconstruct, qk_keep=qk_keep_of(args, budget),
+                     fit_budget=args.fit_budget, rewind=args.rewind, reconstruct=args.reconstruct,
+                     qk_keep=qk_keep_of(args, budget),
                      budget_met=s1["budget_met"], **({"search_set": args.search_set} if args.search_set else {}))
     else:
         if row == "uvc_scratch":

@@ -98,12 +98,13 @@ def test_a_missing_torch_pruning_says_how_to_install_it(bench, capsys, monkeypat
 
 def test_the_cache_key_names_every_setting_of_the_uvc_row(bench):
     _, args = bench.parse(["--models", "demo"])
-    assert (args.search_fraction, args.fit_budget, args.reconstruct) == (0.125, True, False)
+    assert (args.search_fraction, args.fit_budget, args.rewind, args.reconstruct) == (0.125, True, False, False)
     assert args.qk_keep == {0.3: 0.5, None: 1.0}, "half the q/k dims at 0.3, all elsewhere"
     keys = {bench.key_of(bench.parse(extra)[1], "demo", 0.3, 1, row)
-            for extra in ([], ["--no-fit-budget"], ["--reconstruct"], ["--search-fraction", "0.5"], ["--qk-keep", "1"])
+            for extra in ([], ["--no-fit-budget"], ["--rewind"], ["--reconstruct"], ["--search-fraction", "0.5"],
+                          ["--qk-keep", "1"])
             for row in ("uvc", "uvc_scratch")}
-    assert len(keys) == 10, "each setting and row has its own cached result"
+    assert len(keys) == 12, "each setting and row has its own cached result"
     assert bench.key_of(args, "demo", 0.3, 1, "uvc") == \
         "demo_b0.3_s1_uvc_e8_n20000_bs128_vall_f0.125_itaylor_fit_qk_keep=0.5"
     assert bench.key_of(args, "demo", 0.5, 1, "uvc") == "demo_b0.5_s1_uvc_e8_n20000_bs128_vall_f0.125_itaylor_fit"

@@ -11,7 +11,7 @@ import uvc
 from conftest import TINY
 from uvc.torch import export_onnx, load
 from uvc.torch.compress import Compressor
-from uvc.settings import FINETUNE
+from uvc.settings import COMPRESS, FINETUNE
 from uvc.torch.pipeline import UNDER_BUDGET, compress, finetune, note_under_budget
 
 
@@ -105,7 +105,6 @@ def test_budget_miss_is_said(tmp_path, tiny_checkpoint, capsys):
 def test_fit_budget_trims_an_unfinished_search_to_the_budget(tmp_path, tiny_checkpoint):
     # The run of test_budget_miss_is_said (nothing pruned yet), exported with fit_budget (uvc
     # compress's default): the plan is trimmed to the budget, and what was exported is that plan.
-    from uvc.settings import COMPRESS
     assert COMPRESS.defaults()["fit_budget"] is True
     s1 = compress(**settings(tmp_path, tiny_checkpoint, num_epochs=1, subset=128, eval_subset=64, fit_budget=True))
     assert s1["budget_met"] is True and 0.49 < s1["plan_ratio"] <= 0.5
@@ -113,6 +112,25 @@ def test_fit_budget_trims_an_unfinished_search_to_the_budget(tmp_path, tiny_chec
     assert load(tmp_path / "stage1_model").plan == plan
     assert all(len(layer.heads) == plan.spec.num_heads for layer in plan.layers), "the fit keeps the heads"
     assert s1["max_abs_logit_diff"] > 0, "the trimmed export differs from the unpruned, masked model"
+
+
+def test_rewind_exports_the_searched_plan_on_the_dense_weights(tmp_path, tiny_checkpoint):
+    from uvc.torch import SlimViT
+    from uvc.torch.pipeline import load_model
+    assert COMPRESS.defaults()["rewind"] is False
+    run = dict(num_epochs=1, subset=128, eval_subset=64, fit_budget=True)
+    searched = compress(**settings(tmp_path / "s", tiny_checkpoint, **run))
+    rewound = compress(**settings(tmp_path / "r", tiny_checkpoint, rewind=True, **run))
+    plan = uvc.ArchPlan.load(tmp_path / "r" / "plan.json")
+    assert plan == uvc.ArchPlan.load(tmp_path / "s" / "plan.json"), "rewinding does not change the search"
+    assert searched["plan_ratio"] <= 0.5, "the plan is pruned"
+    dense, _ = load_model("vit_tiny_patch16_224", tiny_checkpoint, **TINY)
+    expected = SlimViT.from_timm(dense, plan).state_dict()
+    got, trained = (load(tmp_path / d / "stage1_model").state_dict() for d in ("r", "s"))
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected), "the dense weights at the plan, exactly"
+    assert not all(torch.equal(trained[k], expected[k]) for k in expected), "the search's own weights differ"
+    assert rewound["max_abs_logit_diff"] > 0 and isinstance(load(tmp_path / "r" / "stage1_model"), SlimViT)
 
 
 def test_cli_axis_flags_reach_the_solver(tmp_path):

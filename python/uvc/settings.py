@@ -379,6 +379,9 @@ COMPRESS = Stage("compress", "stage 1: search the architecture under the budget 
             "fc1 rows, biases, the column) or taylor (first-order loss change: absolute Σ w·∂L/∂w over those weights, "
             "moving average over steps)",
             choices=COMPRESS_IMPORTANCE),
+    Setting("rewind", bool, False, "export the searched plan with the dense model's weights, as they were before "
+            "the search trained and shrank them, instead of the search's own (the start of stage 2; with "
+            "--reconstruct, refit from there)"),
     Setting("reconstruct", bool, False, "refit the exported model's proj / fc2 columns by least squares against the "
             "dense model on --calibration training images (the start of stage 2)"),
     Setting("calibration", int, 1024, "training images the reconstruction fits on", "images"),

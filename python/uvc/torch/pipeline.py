@@ -299,6 +299,8 @@ def compress(**settings) -> dict:
         return {"stopped_at_step": comp.step_count}
     model.eval()
     slim = comp.export(fit=settings["fit_budget"]).to(device)
+    if settings["rewind"]:  # `teacher` is the copy taken before the search changed `model` in place
+        slim = SlimViT.from_timm(teacher, slim.plan).eval()
     if settings["reconstruct"]:
         from .oneshot import _batches, reconstruct
         # The search changed `model` in place; the copy taken before it is the dense model.
@@ -308,7 +310,7 @@ def compress(**settings) -> dict:
     with torch.no_grad():
         masked, exported = model(x.to(device)), slim(x.to(device))
     plan = slim.plan  # what export extracted (and fitted): extracting it again would repeat the fit
-    # After a reconstruction or a fit the exported model differs from the masked one on purpose.
+    # After a rewind, a reconstruction or a fit the exported model differs from the masked one on purpose.
     summary = {
         "stage": 1, "budget": settings["budget"],
         "masked_acc": evaluate(model, test, device), "exported_acc": evaluate(slim, test, device),
