@@ -274,12 +274,18 @@ class Compressor:
             self._head_mask.copy_(torch.from_numpy(head))
             self._sync_tokens()
 
-    def export(self, round_to: int = 1, *, fit: bool = False) -> SlimViT:
+    def export(self, round_to: int = 1, *, fit: bool = False, weights: nn.Module | None = None) -> SlimViT:
         """The physically smaller model for the current plan (`Solver.plan`'s ``round_to`` and
         ``fit``), in eval mode. Before any fine-tuning it reproduces this model's eval-mode
-        logits, unless rounding or ``fit`` moved a width."""
+        logits, unless rounding or ``fit`` moved a width.
+
+        Args:
+            weights: the timm model of this one's shape whose kept weights are copied (default:
+                this model, as the search left it; a copy of the dense model taken before the
+                search exports the plan on the dense weights).
+        """
         plan = self.solver.plan(round_to=round_to, fit=fit, qk_scores=self._qk_scores)
-        return SlimViT.from_timm(self.model, plan).eval()
+        return SlimViT.from_timm(self.model if weights is None else weights, plan).eval()
 
     def remove(self) -> None:
         """Removes the hooks and our block forwards; the model runs dense again (with its

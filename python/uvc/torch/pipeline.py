@@ -298,12 +298,10 @@ def compress(**settings) -> dict:
     if settings["stop_after"] is not None and comp.step_count < epochs * len(train):
         return {"stopped_at_step": comp.step_count}
     model.eval()
-    slim = comp.export(fit=settings["fit_budget"]).to(device)
-    if settings["rewind"]:  # `teacher` is the copy taken before the search changed `model` in place
-        slim = SlimViT.from_timm(teacher, slim.plan).eval()
+    # The search changed `model` in place; `teacher`, the copy taken before it, is the dense model.
+    slim = comp.export(fit=settings["fit_budget"], weights=teacher if settings["rewind"] else None).to(device)
     if settings["reconstruct"]:
         from .oneshot import _batches, reconstruct
-        # The search changed `model` in place; the copy taken before it is the dense model.
         reconstruct(slim, teacher, _batches(train.batches(0), settings["calibration"], device),
                     progress=settings["progress"])
     x, _ = next(test.batches(0))
